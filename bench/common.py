@@ -1,0 +1,64 @@
+"""Helpers for benchmark scripts: timing, peak memory of a call, writing a results section."""
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 1e6
+
+
+def measure(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float, float]:
+    """Run ``fn`` ``repeat`` times; return (last result, best wall seconds, peak RSS MB during the runs).
+
+    Peak memory is sampled every 5 ms by a thread, so it is the process's resident peak while ``fn``
+    ran (including what was resident before).
+    """
+    peak = [rss_mb()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    best = float("inf")
+    result = None
+    try:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            result = fn()
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        stop.set()
+        t.join()
+    return result, best, peak[0]
+
+
+def write_section(name: str, title: str, command: str, lines: list[str]) -> Path:
+    """Write ``bench/results/<name>.md`` with a title, the command that made it, and ``lines``."""
+    out = HERE / "results" / f"{name}.md"
+    out.parent.mkdir(exist_ok=True)
+    text = [f"## {title}", "", f"Command: `{command}`", ""] + lines + [""]
+    out.write_text("\n".join(text))
+    print("\n".join(text))
+    return out
+
+
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))

@@ -1,0 +1,27 @@
+"""Shared bits of the command line: the console, the version option."""
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+
+console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sscild {__version__}")
+        raise typer.Exit()
+
+
+def _register() -> None:
+    from . import app
+
+    @app.callback()
+    def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit.")) -> None:
+        """sscild command line."""
+
+
+_register()
