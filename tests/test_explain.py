@@ -118,7 +118,7 @@ def test_derived_scores_and_threshold_search():
         lung[8:88, 8:88] = True
         region = np.zeros((H, W), bool)
         side = 8 * (k + 1)
-        y0, x0 = rng.integers(8, 88 - side, 2)
+        y0, x0 = 8 * rng.integers(1, (88 - side) // 8 + 1, 2)  # on the patch grid: exact blocks
         region[y0:y0 + side, x0:x0 + side] = True
         img[region] = -500.0
 
