@@ -1,0 +1,332 @@
+"""L-Net: a 3D regression network that places the five Goh levels, sized for a CPU.
+
+After Jia et al. (Sci Rep 2024): a VGG-style 3D network regresses the slice positions of the five levels from
+a downsampled scan; training uses random z crops that always contain the five levels, and inference slides
+windows along z and takes the median of each level's predictions.
+
+Defaults sized for a 2-core CPU: the scan is area-averaged to ``in_plane`` x ``in_plane`` pixels over the
+whole field of view and resampled to ``z_mm`` mm per slice; windows are ``window`` slices long
+(default 64 x 4 mm = 256 mm, enough for the span L1..L5 of adult thoraces). HU are clipped to -1500..1500 and
+scaled to [-1, 1], as in the paper.
+
+The network's input is one window ``(1, window, in_plane, in_plane)``; its output is five numbers, the level
+positions in window units (0 = first slice of the window, 1 = last). :func:`predict_levels` turns them into
+world z (mm, LPS) like the anatomical method.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from ..scan import CTScan
+
+LEVELS = ("L1", "L2", "L3", "L4", "L5")
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "models" / "lnet"
+
+
+@dataclass(frozen=True)
+class LNetConfig:
+    """Geometry and size of an L-Net; stored in its model card so weights and preprocessing match."""
+
+    in_plane: int = 64
+    z_mm: float = 4.0
+    window: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 96, 128)
+    hu_min: float = -1500.0
+    hu_max: float = 1500.0
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    """A scan resampled for L-Net: ``volume`` (Z, in_plane, in_plane) in [-1, 1], and the world z of each slice."""
+
+    volume: np.ndarray
+    z_world: np.ndarray  # (Z,), increasing
+
+
+def prepare(scan: CTScan, cfg: LNetConfig = LNetConfig()) -> Prepared:
+    """Area-average the scan to L-Net's grid (whole field of view in-plane, ``cfg.z_mm`` along z)."""
+    import torch
+    import torch.nn.functional as F
+
+    nz = scan.shape[0]
+    z0, z1 = scan.z_mm(0), scan.z_mm(nz - 1)
+    length = abs(z1 - z0) + abs(scan.spacing[0])
+    out_z = max(2, int(round(length / cfg.z_mm)))
+    vol = torch.from_numpy(np.clip(scan.hu, cfg.hu_min, cfg.hu_max).astype(np.float32))
+    vol = (vol - (cfg.hu_max + cfg.hu_min) / 2) / ((cfg.hu_max - cfg.hu_min) / 2)
+    with torch.inference_mode():
+        small = F.adaptive_avg_pool2d(vol, (cfg.in_plane, cfg.in_plane))  # (nz, p, p)
+        flat = small.reshape(nz, -1).T[None]  # (1, p*p, nz)
+        flat = F.interpolate(flat, size=out_z, mode="linear", align_corners=True)[0]
+        small = flat.T.reshape(out_z, cfg.in_plane, cfg.in_plane).contiguous().numpy()
+    # slice centres of the output grid, spanning the input's first..last slice centres
+    z_world = np.linspace(z0, z1, out_z)
+    if z_world[0] > z_world[-1]:  # not expected for LPS scans, kept for safety
+        small, z_world = small[::-1].copy(), z_world[::-1].copy()
+    return Prepared(small.astype(np.float32), z_world)
+
+
+def _z_to_index(prep: Prepared, z: float) -> float:
+    return float(np.interp(z, prep.z_world, np.arange(len(prep.z_world))))
+
+
+def _index_to_z(prep: Prepared, idx: float) -> float:
+    n = len(prep.z_world)
+    step = (prep.z_world[-1] - prep.z_world[0]) / max(n - 1, 1)
+    return float(prep.z_world[0] + idx * step)
+
+
+def _air(cfg: LNetConfig) -> float:
+    """-1000 HU in L-Net's scaled units."""
+    return (-1000.0 - (cfg.hu_max + cfg.hu_min) / 2) / ((cfg.hu_max - cfg.hu_min) / 2)
+
+
+def _window(volume: np.ndarray, start: int, length: int, pad: float) -> np.ndarray:
+    """Slices ``start .. start+length`` of ``volume``, padded with ``pad`` (air) beyond its ends."""
+    z = volume.shape[0]
+    out = np.full((length,) + volume.shape[1:], pad, np.float32)
+    a, b = max(start, 0), min(start + length, z)
+    if b > a:
+        out[a - start:b - start] = volume[a:b]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# network
+# --------------------------------------------------------------------------------------------
+def build_lnet(cfg: LNetConfig = LNetConfig()):
+    """A VGG-style 3D regressor of MONAI convolution blocks: (conv-BN-ReLU, max-pool) x n, then a small head."""
+    import torch.nn as nn
+    from monai.networks.blocks import Convolution
+
+    layers: list = []
+    cin = 1
+    for i, c in enumerate(cfg.channels):
+        layers.append(Convolution(3, cin, c, kernel_size=3, act="RELU", norm="BATCH"))
+        if i >= 2:
+            layers.append(Convolution(3, c, c, kernel_size=3, act="RELU", norm="BATCH"))
+        layers.append(nn.MaxPool3d(2))
+        cin = c
+    # keep the z axis (positions live there), pool the plane
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool3d((2, 1, 1)),
+        nn.Flatten(),
+        nn.Linear(cin * 2, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.1),
+        nn.Linear(128, len(LEVELS)),
+    )
+    return nn.Sequential(*layers, head)
+
+
+# --------------------------------------------------------------------------------------------
+# data for training
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LevelCase:
+    """One training/evaluation case: the prepared volume and its five level positions (slice index units)."""
+
+    case_id: str
+    group: str  # patient id for grouped splits
+    prep: Prepared
+    positions: np.ndarray  # (5,) float, index units in prep.volume
+
+    @staticmethod
+    def from_scan(case_id: str, scan: CTScan, levels_z: dict[str, float], cfg: LNetConfig = LNetConfig(),
+                  group: str | None = None) -> "LevelCase":
+        missing = [n for n in LEVELS if levels_z.get(n) is None]
+        if missing:
+            raise ConfigError(f"case {case_id}: levels {missing} have no z; L-Net training needs all five")
+        prep = prepare(scan, cfg)
+        pos = np.array([_z_to_index(prep, float(levels_z[n])) for n in LEVELS])
+        return LevelCase(case_id, group or case_id, prep, pos)
+
+
+def _sample_window(case: LevelCase, cfg: LNetConfig, rng: np.random.Generator,
+                   margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A random window containing the five levels, and their positions in window units (0..1)."""
+    lo, hi = float(case.positions.min()), float(case.positions.max())
+    s_min = int(np.floor(hi)) + margin - cfg.window + 1
+    s_max = int(np.ceil(lo)) - margin
+    if s_max < s_min:  # levels span more than the window: centre it
+        s_min = s_max = int(round((lo + hi) / 2 - cfg.window / 2))
+    start = int(rng.integers(s_min, s_max + 1))
+    x = _window(case.prep.volume, start, cfg.window, _air(cfg))
+    # light augmentation: intensity jitter and small in-plane shifts
+    x = x * rng.uniform(0.95, 1.05) + rng.normal(0, 0.01)
+    sy, sx = rng.integers(-3, 4, 2)
+    x = np.roll(x, (int(sy), int(sx)), axis=(1, 2))
+    y = (case.positions - start) / (cfg.window - 1)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainLog:
+    """Per-step training loss and, at the end, the loss of predicting the training mean (the baseline)."""
+
+    losses: list[float] = field(default_factory=list)
+    mean_predictor_loss: float = float("nan")
+
+
+def train_lnet(cases: Sequence[LevelCase], *, cfg: LNetConfig = LNetConfig(), steps: int = 500,
+               batch_size: int = 4, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
+               device: str = "cpu", model=None, quiet: bool = False, log: TrainLog | None = None):
+    """Train (or continue training) an L-Net on ``cases`` with MSE on window-unit positions.
+
+    Returns the model (in eval mode) and the :class:`TrainLog`.
+    """
+    import torch
+
+    from ..util import progress
+
+    if not cases:
+        raise ConfigError("L-Net training got no cases")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = model if model is not None else build_lnet(cfg)
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    lossf = torch.nn.MSELoss()
+    log = log or TrainLog()
+    targets = []
+    for _ in progress(range(steps), "train L-Net", quiet=quiet):
+        batch = [_sample_window(cases[int(rng.integers(len(cases)))], cfg, rng) for _ in range(batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None].to(device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+        targets.append(y.cpu().numpy())
+        loss = lossf(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        log.losses.append(float(loss.detach()))
+    t = np.concatenate(targets)
+    log.mean_predictor_loss = float(((t - t.mean(0)) ** 2).mean())
+    return model.eval(), log
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+# --------------------------------------------------------------------------------------------
+def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), stride: int = 8,
+                      device: str = "cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding-window median of the level positions (index units of ``prep.volume``) and their spread (IQR)."""
+    import torch
+
+    z = prep.volume.shape[0]
+    if z <= cfg.window:
+        starts = [int(round((z - cfg.window) / 2))]
+    else:
+        starts = list(range(0, z - cfg.window + 1, stride))
+        if starts[-1] != z - cfg.window:
+            starts.append(z - cfg.window)
+    preds = []
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        for b0 in range(0, len(starts), batch_size):
+            ss = starts[b0:b0 + batch_size]
+            x = torch.from_numpy(np.stack([_window(prep.volume, s, cfg.window, _air(cfg)) for s in ss]))[:, None].to(device)
+            out = model(x).cpu().numpy() * (cfg.window - 1)
+            preds.extend(out + np.array(ss)[:, None])
+    preds = np.asarray(preds)  # (n_windows, 5)
+    med = np.empty(len(LEVELS))
+    iqr = np.empty(len(LEVELS))
+    for j in range(len(LEVELS)):
+        p = preds[:, j]
+        # prefer windows in which the level fell inside the window (those were trained for)
+        inside = np.array([(s + 1 <= v <= s + cfg.window - 2) for s, v in zip(starts, p)])
+        use = p[inside] if inside.any() else p
+        med[j] = float(np.median(use))
+        q75, q25 = np.percentile(use, [75, 25])
+        iqr[j] = float(q75 - q25)
+    return med, iqr
+
+
+def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu") -> dict:
+    """Five level positions by L-Net, as world z (mm, LPS) and slice index as read, with a confidence.
+
+    Returns ``{"L1": {"z_mm", "slice_index", "confidence", "note"}, ...}``. A level predicted outside the
+    scan is reported with ``z_mm`` and ``slice_index`` None. Confidence falls with the spread (IQR) of the
+    window predictions: 1 / (1 + IQR_mm / 10).
+    """
+    prep = prepare(scan, cfg)
+    med, iqr = predict_positions(model, prep, cfg, device=device)
+    out = {}
+    for j, name in enumerate(LEVELS):
+        z = _index_to_z(prep, med[j])
+        k = scan.slice_at_z(z)
+        iqr_mm = iqr[j] * cfg.z_mm
+        entry = {"z_mm": float(z) if k is not None else None,
+                 "slice_index": scan.input_slice_index(k) if k is not None else None,
+                 "confidence": float(1.0 / (1.0 + iqr_mm / 10.0)),
+                 "note": f"L-Net sliding-window median; window spread (IQR) {iqr_mm:.1f} mm"}
+        if k is None:
+            entry["note"] = f"L-Net places {name} at z = {z:.1f} mm, outside the scan"
+        out[name] = entry
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# weights on disk
+# --------------------------------------------------------------------------------------------
+def save_lnet(model, cfg: LNetConfig, directory: str | Path, card: dict) -> Path:
+    """Write ``model.safetensors`` and ``card.json`` (config + what it was trained on and measured)."""
+    from safetensors.torch import save_file
+
+    from ..util import atomic_path, write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(directory / "card.json", {"name": "L-Net", "config": asdict(cfg), **card})
+    return directory
+
+
+def load_lnet(directory: str | Path | None = None, device: str = "cpu"):
+    """Load an L-Net and its config from ``directory`` (default: the shipped weights).
+
+    Raises ``ModelError`` when the weights or card are missing or do not fit the network.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory) if directory is not None else DEFAULT_DIR
+    wpath, cpath = directory / "model.safetensors", directory / "card.json"
+    if not wpath.exists() or not cpath.exists():
+        raise ModelError(f"no L-Net weights at {directory} (need model.safetensors and card.json): train one "
+                         "with `sscild train levels --config ...` or pass --weights DIR")
+    card = json.loads(cpath.read_text())
+    c = dict(card.get("config", {}))
+    if "channels" in c:
+        c["channels"] = tuple(c["channels"])
+    cfg = LNetConfig(**c)
+    model = build_lnet(cfg)
+    try:
+        model.load_state_dict(load_file(str(wpath)))
+    except (RuntimeError, KeyError) as err:
+        raise ModelError(f"the L-Net weights at {wpath} do not fit the network in its card: {err}") from None
+    return model.to(device).eval(), cfg, card
+
+
+def evaluate_cases(model, cases: Iterable[LevelCase], cfg: LNetConfig = LNetConfig()) -> dict[str, np.ndarray]:
+    """Predicted and true world z (mm) per level for evaluation cases: {"pred": (n,5), "truth": (n,5)}."""
+    pred, truth = [], []
+    for c in cases:
+        med, _ = predict_positions(model, c.prep, cfg)
+        pred.append([_index_to_z(c.prep, m) for m in med])
+        truth.append([_index_to_z(c.prep, t) for t in c.positions])
+    return {"pred": np.asarray(pred), "truth": np.asarray(truth)}
