@@ -135,3 +135,20 @@ def test_derived_scores_and_threshold_search():
     assert explained_variance([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
     with pytest.raises(ConfigError):
         fit_thresholds(maps[:2])
+
+
+def test_heatmap_files_sit_on_the_slice_in_world_space(tmp_path):
+    import SimpleITK as sitk
+    from sscild.explain import write_heatmap_outputs
+    from sscild.scan import CTScan
+
+    img, lung, region = _slice_with_region()
+    hu = np.repeat(img[None], 5, 0).astype(np.int16)
+    scan = CTScan(hu, spacing=(2.5, 0.8, 0.8), origin=(-40.0, -30.0, -200.0))
+    hm = heatmap(img, lung, _region_scorer(region), patch=16, stride=16, source=_flat_source())
+    files = write_heatmap_outputs({"L3": hm}, scan, {"L3": 3}, tmp_path)
+    back = sitk.ReadImage(str(tmp_path / files["L3"]["GG"]))
+    assert back.GetSize() == (W, H, 1)
+    assert back.GetOrigin()[2] == pytest.approx(scan.z_mm(3))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back)[0], hm.map("GG"))
+    assert (tmp_path / "heatmap_L3_TOT.png").stat().st_size > 1000

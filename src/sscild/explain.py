@@ -390,3 +390,70 @@ def fit_thresholds(maps: Iterable[HeatMap], candidates: Sequence[float] | None =
                 best_t, best_r = float(t), r
         thresholds[p], r2[p] = best_t, float(best_r) if np.isfinite(best_r) else float("nan")
     return ThresholdFit(thresholds, r2, cands)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------
+def slice_geometry_image(scan, k: int, array2d: np.ndarray):
+    """A one-slice SimpleITK image of ``array2d`` placed at slice ``k`` of ``scan`` (world geometry kept)."""
+    img = scan.to_sitk(np.asarray(array2d)[None])
+    img.SetOrigin(tuple(float(v) for v in scan.index_to_world(np.array([k, 0.0, 0.0]))))
+    return img
+
+
+def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *, title: str = "",
+                vmax: float | None = None, spacing_yx: tuple[float, float] = (1.0, 1.0)):
+    """Heat-map overlay: lung window underneath, diverging colours centred on 0, legend in % points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    from .util import atomic_path
+
+    lim = vmax if vmax is not None else max(float(np.abs(dp[lung]).max()) if lung.any() else 0.0, 0.5)
+    fig, ax = plt.subplots(figsize=(5, 5.4), dpi=110)
+    extent = (0, image_hu.shape[1] * spacing_yx[1], image_hu.shape[0] * spacing_yx[0], 0)
+    ax.imshow(image_hu, cmap="gray", vmin=-1350, vmax=150, extent=extent)
+    shown = np.ma.masked_where(~lung | (dp == 0), dp)
+    im = ax.imshow(shown, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), alpha=0.6, extent=extent)
+    ax.contour(lung.astype(float), levels=[0.5], colors="yellow", linewidths=0.6,
+               extent=(0, extent[1], 0, extent[2]), origin="upper")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cb.set_label("score change dP (% points); blue = seen as disease")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_heatmap_outputs(maps: Mapping[str, HeatMap], scan, slice_index: Mapping[str, int], outdir,
+                          ) -> dict[str, dict[str, str]]:
+    """Write per level and pattern ``heatmap_<level>_<pattern>.nii.gz`` (float % points on the slice grid,
+    at its world position) and ``heatmap_<level>_<pattern>.png`` (overlay). ``slice_index`` gives the array
+    slice of each level in ``scan``. Returns the written file names."""
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from .util import atomic_path
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, str]] = {}
+    for name, hm in maps.items():
+        k = int(slice_index[name])
+        written[name] = {}
+        for i, p in enumerate(hm.patterns):
+            stem = f"heatmap_{name}_{p}"
+            with atomic_path(outdir / f"{stem}.nii.gz") as tmp:
+                sitk.WriteImage(slice_geometry_image(scan, k, hm.dp[i].astype(np.float32)), str(tmp))
+            overlay_png(scan.hu[k], hm.dp[i], hm.lung, outdir / f"{stem}.png",
+                        title=f"{name} {p}: S-Net {hm.base_scores[i]:.1f} %, z = {scan.z_mm(k):.1f} mm",
+                        spacing_yx=(scan.spacing[1], scan.spacing[2]))
+            written[name][p] = f"{stem}.nii.gz"
+    return written
