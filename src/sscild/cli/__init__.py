@@ -23,6 +23,7 @@ app.add_typer(evaluate_app, name="evaluate")
 # Each module registers its commands on app / train_app / evaluate_app when imported.
 from . import common  # noqa: E402,F401
 from . import phantom_cmd  # noqa: E402,F401
+from . import batch_cmd  # noqa: E402,F401
 
 
 def main() -> None:

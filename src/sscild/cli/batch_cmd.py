@@ -1,0 +1,38 @@
+"""`sscild batch`: analyse every scan of a manifest on dask, resumably."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import console
+
+
+@app.command("batch")
+def batch(
+    manifest: Path = typer.Argument(..., help="CSV with columns scan_id,path (+ patient_id, scan_date, clinical "
+                                              "columns carried into the cohort table)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: scans/<scan_id>/, status/, cohort.csv, "
+                                                      "cohort.parquet, failures.csv."),
+    workers: int = typer.Option(1, "--workers", help="Local worker processes (one thread each)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, "
+                                                                      "e.g. tcp://HOST:8786."),
+    force: bool = typer.Option(False, "--force", help="Redo scans already done."),
+    heatmaps: bool = typer.Option(False, "--heatmaps", help="Also compute heat maps (slower)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
+                                                                   "shipped weights."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Analyse a cohort: one `sscild analyze` per manifest row; failures are recorded and the rest go on."""
+    from ..cohort import run_batch
+
+    res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet,
+                    options={"heatmaps": heatmaps, "device": device,
+                             "weights": str(weights) if weights else None})
+    console.print(f"{res.n_done} done, {res.n_failed} failed, {res.n_skipped} skipped (already done) of "
+                  f"{res.n_total}; table: {out / 'cohort.csv'}")
+    for r in res.failures.itertuples():
+        console.print(f"  [red]failed[/] {r.scan_id}: {r.reason}")
