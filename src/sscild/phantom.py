@@ -360,9 +360,14 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
         heart = ((X - hx) / rx) ** 2 + ((Y - hy) / ry) ** 2 + ((z - hz) / rz) ** 2 <= 1.0
         sl[heart] = 45.0 if not p["contrast"] else p["blood_hu"] * 0.8
 
-    # stomach gas bubble under the left dome (air that is not lung)
-    bubble_c = np.array([p["x_shift"] + 0.45 * ac, p["y_shift"] - 0.2 * bc, zc + p["dome_l"] - 18])
-    _draw_tubes(grid, [(bubble_c, bubble_c + np.array([0, 0, 4.0]), 14.0, 14.0)], hu, value=-1000.0)
+    # stomach gas bubble under the left dome (air that is not lung), always below the diaphragm: it is kept
+    # >= 6 mm away from the lung
+    bubble_c = np.array([p["x_shift"] + 0.45 * ac, p["y_shift"] - 0.2 * bc, zc + p["dome_l"] - p["recess"] * 0.6 - 14])
+    bubble = np.zeros(grid.shape, bool)
+    _draw_tubes(grid, [(bubble_c, bubble_c + np.array([0, 0, 4.0]), 13.0, 13.0)], hu, mask=bubble)
+    near_lung = ndi.distance_transform_edt(lungs == 0, sampling=(grid.z[1] - grid.z[0], grid.y[1] - grid.y[0],
+                                                                  grid.x[1] - grid.x[0])) < 6.0
+    hu[bubble & ~near_lung] = -1000.0
 
     blood = p["blood_hu"]
     sx, sy = p["x_shift"], p["y_shift"]
