@@ -327,9 +327,9 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
         sl[post_el] = 500.0
         if p["dome_r"] - 40 < zr < p["arch_top"] + 40:
             sl[sternum] = 400.0
-        # thoracic cavity content: mediastinal fat baseline
+        # thoracic cavity content: mediastinal fat (vessels, heart, esophagus are drawn into it)
         cav = ell_cage <= 1.0
-        sl[cav & ~spine & ~canal] = 35.0
+        sl[cav & ~spine & ~canal] = -90.0
         # lungs
         s_ap = 1.0
         top = p["apex"] - 55.0
@@ -404,6 +404,9 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     _draw_tubes(grid, _polyline([pa_bif, V(-0.42 * ac, 0, -16)], 9.5, 7.0), hu, value=blood)
     _draw_tubes(grid, _polyline([pa_bif, V(0.42 * ac, 2, -8)], 9.0, 7.0), hu, value=blood)
 
+    # esophagus: behind the trachea, slightly left, down to the stomach
+    _draw_tubes(grid, _polyline([(sx + 6, sy + y_sp - 26, grid.z[-1] + 5),
+                                 (sx + 10, sy + y_sp - 28, zc + p["dome_l"] - 10)], 7.0), hu, value=40.0)
     # airways: trachea to the carina, main bronchi
     airways = np.zeros(grid.shape, bool)
     walls = np.zeros(grid.shape, bool)

@@ -1,0 +1,295 @@
+"""The five Goh scoring levels from anatomy alone (no model).
+
+Landmarks, each with a confidence and a note saying why when it is low or missing (a landmark outside the scan
+is reported as missing, never invented):
+
+- ``carina`` (L2): where the tracked trachea splits into the two main bronchi and stays split for >= 12 mm
+  (from :func:`sscild.anatomy.segment_lungs`).
+- ``right_dome``: the highest point of the right hemidiaphragm = the highest point of the right lung's lower
+  surface, over the columns where the lung ends on the abdomen (lower half of the lung, median-filtered to
+  ignore spurs). L5 = dome + 10 mm.
+- ``great_vessel_origin`` (L1): the top of the aortic arch, where the branches arise. Above the carina, in the
+  mediastinum, the arch is the one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of
+  the trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
+  branches are small and round. L1 is the top of the highest slice that shows it.
+- ``venous_confluence`` (L3): below the carina, where the pulmonary veins run from both hila into the left
+  atrium: the soft tissue filling the hilar notches of both lungs (a 15 mm closing of each lung's outline, which
+  fills the narrow hilum but not the heart's wide curve), weighted centre of the slices where it is strong on
+  both sides. Without hilar vessels a prior (35 mm below the carina) is used, with low confidence.
+- L4 is halfway between L3 and L5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .anatomy import Lungs
+from .errors import NoLungsError
+from .scan import CTScan
+
+LEVELS = ("L1", "L2", "L3", "L4", "L5")
+LANDMARKS = ("great_vessel_origin", "carina", "venous_confluence", "right_dome")
+
+
+@dataclass(frozen=True)
+class Landmark:
+    """A landmark's world z (mm, LPS), its slice, a confidence (0..1) and a note."""
+
+    z_mm: float | None
+    slice_index: int | None
+    confidence: float
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"z_mm": self.z_mm, "slice_index": self.slice_index, "confidence": round(self.confidence, 3),
+                "note": self.note}
+
+
+@dataclass(frozen=True)
+class GohLevels:
+    """The five Goh levels of one scan: world z (mm, LPS), slice index as read, confidence, note."""
+
+    z_mm: dict[str, float | None]
+    slice_index: dict[str, int | None]
+    confidence: dict[str, float]
+    notes: dict[str, str]
+    landmarks: dict[str, Landmark] = field(default_factory=dict)
+    method: str = "anatomy"
+
+    def array_index(self, scan: CTScan, name: str) -> int | None:
+        """Array slice (z index of ``scan.hu``) of a level, or None."""
+        z = self.z_mm.get(name)
+        return None if z is None else scan.slice_at_z(z)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fixed schema of levels.json."""
+        return {"method": self.method,
+                "levels": [{"name": n, "z_mm": self.z_mm[n], "slice_index": self.slice_index[n],
+                            "confidence": round(float(self.confidence[n]), 3), "note": self.notes[n]}
+                           for n in LEVELS],
+                "landmarks": {k: v.to_dict() for k, v in self.landmarks.items()}}
+
+
+def levels_from_landmarks(scan: CTScan, lm: dict[str, Landmark], method: str = "anatomy") -> GohLevels:
+    """Derive L1..L5 from the four landmarks (L4 halfway L3-L5, L5 = dome + 10 mm)."""
+    def mk(z, conf, note):
+        k = scan.slice_at_z(z) if z is not None else None
+        if z is not None and k is None:
+            return None, None, 0.0, note + " (outside the scan)"
+        return z, (scan.input_slice_index(k) if k is not None else None), conf, note
+
+    g, c, v, d = (lm[n] for n in LANDMARKS)
+    entries = {
+        "L1": mk(g.z_mm, g.confidence, f"great-vessel origin: {g.note}"),
+        "L2": mk(c.z_mm, c.confidence, f"carina: {c.note}"),
+        "L3": mk(v.z_mm, v.confidence, f"venous confluence: {v.note}"),
+    }
+    if d.z_mm is not None:
+        entries["L5"] = mk(d.z_mm + 10.0, d.confidence, f"10 mm above the right dome: {d.note}")
+    else:
+        entries["L5"] = (None, None, 0.0, f"right dome not found: {d.note}")
+    if entries["L3"][0] is not None and entries["L5"][0] is not None:
+        entries["L4"] = mk((entries["L3"][0] + entries["L5"][0]) / 2, min(entries["L3"][2], entries["L5"][2]),
+                           "halfway between L3 and L5")
+    else:
+        entries["L4"] = (None, None, 0.0, "needs both L3 and L5")
+    return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
+                     {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS}, dict(lm), method)
+
+
+# --------------------------------------------------------------------------------------------
+def _carina(scan: CTScan, lungs: Lungs) -> Landmark:
+    if lungs.carina_index is None:
+        why = lungs.notes.get("airways", "the trachea was not seen splitting into two main bronchi")
+        return Landmark(None, None, 0.0, why)
+    z = scan.z_mm(lungs.carina_index)
+    k = scan.slice_at_z(z)
+    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.9,
+                    "first slice where the trachea is split into two bronchi")
+
+
+def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
+    right = lungs.labels == 1
+    zs = np.nonzero(right.any(axis=(1, 2)))[0]
+    if len(zs) == 0:
+        return Landmark(None, None, 0.0, "no right lung")
+    lo, hi = zs.min(), zs.max()
+    has = right.any(axis=0)
+    bottom = np.argmax(right, axis=0).astype(float)   # lowest lung slice of each column
+    bottom[~has] = np.nan
+    # the diaphragm is under the lower half of the lung; higher 'bottoms' are hila or apical curvature
+    cand = has & (bottom <= lo + 0.5 * (hi - lo))
+    if not cand.any():
+        return Landmark(None, None, 0.0, "no lower lung surface found")
+    b = np.where(cand, bottom, lo)
+    b = ndi.median_filter(b, size=5)
+    b[~cand] = -1
+    top = float(b.max())
+    if top <= lo + 0.5 and lungs.cut_off.get("base", False):
+        return Landmark(None, None, 0.0, "the scan ends above the right hemidiaphragm (lung base cut off)")
+    # the dome top lies between this slice and the one below (the lowest lung voxel's lower edge)
+    z = scan.z_mm(top) - 0.5 * abs(scan.spacing[0])
+    k = scan.slice_at_z(z)
+    conf = 0.9 if not lungs.cut_off.get("base", False) else 0.6
+    return Landmark(z, scan.input_slice_index(k) if k is not None else None, conf,
+                    "highest point of the right lung's lower surface")
+
+
+def _trachea_xy(lungs: Lungs, k_from: int, k_to: int) -> tuple[float, float] | None:
+    ks = [k for k in range(max(k_from, 0), min(k_to, lungs.airways.shape[0])) if lungs.airways[k].any()]
+    if not ks:
+        return None
+    yy, xx = np.nonzero(lungs.airways[ks[len(ks) // 2]])
+    return float(yy.mean()), float(xx.mean())
+
+
+def _hull_2d(mask: np.ndarray) -> np.ndarray:
+    from skimage.morphology import convex_hull_image
+
+    return convex_hull_image(mask) if mask.any() else mask
+
+
+def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landmark:
+    if carina.z_mm is None:
+        return Landmark(None, None, 0.0, "needs the carina (trachea) to find the mediastinum")
+    kc = scan.slice_at_z(carina.z_mm)
+    sy, sx = scan.spacing[1], scan.spacing[2]
+    f = max(1, int(round(1.5 / sx)))
+    top_k = scan.shape[0] - 1
+    k_hi = min(top_k, kc + int(np.ceil(90.0 / scan.spacing[0])))
+    tr = _trachea_xy(lungs, kc + 1, k_hi + 1)
+    if tr is None:
+        return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
+    found = None
+    prev_arch = False
+    for k in range(k_hi, kc, -1):
+        lung2d = lungs.labels[k, ::f, ::f] > 0
+        if lung2d.sum() < 20:
+            continue
+        hull = _hull_2d(lung2d)
+        hu = scan.hu[k, ::f, ::f]
+        air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
+        ves = hull & ~lung2d & ~air & (hu > -20) & (hu < 600)
+        ves = ndi.binary_opening(ves, iterations=1)
+        lab, n = ndi.label(ves)
+        ty, tx = tr[0] / f, tr[1] / f
+        is_arch = False
+        for j, sl in enumerate(ndi.find_objects(lab), start=1):
+            comp = lab[sl] == j
+            area = comp.sum() * (sx * f) * (sy * f)
+            if area < 150:
+                continue
+            yy, xx = np.nonzero(comp)
+            yy = (yy + sl[0].start) * (sy * f)
+            xx = (xx + sl[1].start) * (sx * f)
+            tyy, txx = ty * sy * f, tx * sx * f
+            # spine: the big round bone-density blob behind the trachea at the midline
+            if np.median(hu[lab == j]) > 180 and abs(xx.mean() - txx) < 25 and yy.mean() > tyy:
+                continue
+            front = yy.min() < tyy - 12.0
+            back = yy.max() > tyy + 2.0
+            # at the trachea's level the structure lies to its left (larger x in LPS)
+            at_level = np.abs(yy - tyy) < 6.0
+            left_of = at_level.any() and xx[at_level].max() > txx + 5.0
+            if front and back and left_of and (yy.max() - yy.min()) > 30.0:
+                is_arch = True
+                break
+        if is_arch:
+            found = k
+            break
+        prev_arch = is_arch
+    if found is None:
+        kk = scan.slice_at_z(scan.z_mm(top_k))
+        return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
+    if found >= top_k - 1:
+        return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: its top is out of range")
+    z = scan.z_mm(found) + 0.5 * abs(scan.spacing[0])
+    k = scan.slice_at_z(z)
+    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.8,
+                    "top of the aortic arch (highest slice where it runs from in front of the trachea to behind it)")
+
+
+def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landmark) -> Landmark:
+    if carina.z_mm is None:
+        return Landmark(None, None, 0.0, "needs the carina")
+    kc = scan.slice_at_z(carina.z_mm)
+    z_lo = (dome.z_mm + 20.0) if dome.z_mm is not None else carina.z_mm - 90.0
+    k_lo = max(scan.slice_at_z(max(z_lo, scan.z_mm(0))) or 0, 0)
+    k_hi = kc - max(1, int(round(12.0 / scan.spacing[0])))
+    sy, sx = scan.spacing[1], scan.spacing[2]
+    f = max(1, int(round(1.5 / sx)))
+    px = (sx * f) * (sy * f)
+    if k_hi <= k_lo:
+        return _venous_prior(scan, carina, dome, "no search range below the carina")
+    # the pulmonary veins run from both hila into the left atrium: soft tissue filling the hilar notch of each
+    # lung (a closing of the lung outline with ~15 mm, which does not reach round the heart's wide curve)
+    r = max(1, int(round(15.0 / (sx * f))))
+    disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r
+    ks = list(range(k_lo, k_hi + 1))
+    score = []
+    for k in ks:
+        hu = scan.hu[k, ::f, ::f]
+        soft = (hu > -100) & (hu < 600)
+        areas = []
+        for lab in (1, 2):
+            m = lungs.labels[k, ::f, ::f] == lab
+            if m.sum() < 20:
+                areas.append(0.0)
+                continue
+            pad = np.pad(m, r + 1)
+            closed = ndi.binary_closing(pad, structure=disk)[r + 1:-r - 1, r + 1:-r - 1]
+            areas.append(float((closed & ~m & soft).sum() * px))
+        score.append(min(areas))   # both hila
+    s = ndi.uniform_filter1d(np.asarray(score), size=3, mode="nearest")
+    if s.max() <= 50.0:
+        return _venous_prior(scan, carina, dome, "no hilar vessels found below the carina")
+    above = np.nonzero(s >= 0.5 * s.max())[0]
+    i = int(round(float((above * s[above]).sum() / s[above].sum())))
+    k = ks[i]
+    z = scan.z_mm(k)
+    conf = float(np.clip(0.35 + 0.5 * (1.0 - len(above) / len(ks)), 0.3, 0.8))
+    return Landmark(z, scan.input_slice_index(k), conf,
+                    "centre of the hilar vessels of both lungs below the carina (pulmonary veins)")
+
+
+def _venous_prior(scan: CTScan, carina: Landmark, dome: Landmark, why: str) -> Landmark:
+    if carina.z_mm is None:
+        return Landmark(None, None, 0.0, why)
+    z = carina.z_mm - 35.0
+    if dome.z_mm is not None:
+        z = max(z, dome.z_mm + 25.0)
+    k = scan.slice_at_z(z)
+    if k is None:
+        return Landmark(None, None, 0.0, why + "; the prior position lies outside the scan")
+    return Landmark(z, scan.input_slice_index(k), 0.2, why + "; placed 35 mm below the carina (prior)")
+
+
+def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
+    """Place the five Goh levels from anatomy alone.
+
+    Parameters
+    ----------
+    scan : CTScan
+    lungs : Lungs
+        From :func:`sscild.anatomy.segment_lungs`.
+
+    Returns
+    -------
+    GohLevels
+
+    Raises
+    ------
+    NoLungsError
+        When ``lungs`` is empty.
+    """
+    if not lungs.mask.any():
+        raise NoLungsError("no lungs found: the Goh levels are defined on the lungs")
+    carina = _carina(scan, lungs)
+    dome = _right_dome(scan, lungs)
+    gvo = _great_vessel_origin(scan, lungs, carina)
+    ven = _venous_confluence(scan, lungs, carina, dome)
+    lm = {"great_vessel_origin": gvo, "carina": carina, "venous_confluence": ven, "right_dome": dome}
+    return levels_from_landmarks(scan, lm)
