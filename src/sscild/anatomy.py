@@ -204,6 +204,22 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     return airway, carina
 
 
+def _tubular_air(hu: np.ndarray, internal: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """Internal air components that are not lung but reach into the lungs' z range (trachea, bronchi)."""
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    if len(zs) == 0:
+        return np.zeros(hu.shape, bool)
+    rest = internal & ~lung
+    lab, n = cc3d.connected_components(rest, connectivity=6, return_N=True)
+    if n == 0:
+        return rest
+    keep = []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is not None and sl[0].stop - 1 >= zs.max() - 5 and sl[0].stop - sl[0].start >= 5:
+            keep.append(i)   # reaches the top of the lungs and spans several slices: a tube from the neck
+    return np.isin(lab, keep)
+
+
 def _split_left_right(mask: np.ndarray, x_mid: float) -> tuple[np.ndarray, str]:
     """Label 1 right (smaller x), 2 left; separate touching lungs by erosion + watershed."""
     lab, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
@@ -321,7 +337,9 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
         raise NoLungsError(
             f"no lungs found: is this a chest CT? {n_internal * vox_ml:.0f} mL of air below {LUNG_THRESHOLD:.0f} HU "
             "inside the body, none of it lung-like (need at least 100 mL)")
-    airway_lo, carina_lo = _track_airways(lo, lung, sp)
+    # the trachea is searched in all internal air: when its lumen is closed off from the parenchyma it is a
+    # component of its own (pure air), which the lung filter drops like bowel gas
+    airway_lo, carina_lo = _track_airways(lo, lung | _tubular_air(lo, internal, lung), sp)
     # the trachea outside the lungs' component (in the neck) still counts as airway
     lung_wo = lung & ~ndi.binary_dilation(airway_lo, iterations=1)
     lung_wo = _close_envelope(lung_wo, lo, sp) & ~ndi.binary_dilation(airway_lo, iterations=1)

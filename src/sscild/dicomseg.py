@@ -30,6 +30,8 @@ class Segment:
 
 
 _ANATOMY = ("91723000", "Anatomical Structure")
+_TYPE2 = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "PatientName",
+          "PatientID", "PatientBirthDate", "PatientSex")
 _ABNORMAL = ("49755003", "Morphologically Abnormal Structure")
 
 
@@ -60,6 +62,11 @@ def _source_datasets(source_dir: str | os.PathLike, n_slices: int) -> list:
             continue
         groups.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
     fitting = [g for g in groups.values() if len(g) == n_slices]
+    for g in fitting:  # type-2 attributes some exports omit; highdicom copies them (in memory only)
+        for ds in g:
+            for key in _TYPE2:
+                if key not in ds:
+                    setattr(ds, key, "")
     if not fitting:
         raise InputError(f"no CT series of {n_slices} slices in {source_dir}: DICOM-SEG needs the DICOM series "
                          "the masks were computed on")

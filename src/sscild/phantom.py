@@ -611,7 +611,8 @@ def write_dicom_series(scan: CTScan, folder: str | os.PathLike, *, series_descri
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientName, ds.PatientID = patient_name, "PHANTOM"
         ds.PatientBirthDate, ds.PatientSex = "", "O"
-        ds.StudyDate = ds.SeriesDate = "20000101"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.Manufacturer, ds.ManufacturerModelName = "sscild", "phantom"

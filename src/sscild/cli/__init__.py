@@ -24,6 +24,7 @@ app.add_typer(evaluate_app, name="evaluate")
 from . import common  # noqa: E402,F401
 from . import phantom_cmd  # noqa: E402,F401
 from . import batch_cmd  # noqa: E402,F401
+from . import analyze_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,75 @@
+"""`sscild analyze` and `sscild demo`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import console
+
+
+@app.command("analyze")
+def analyze_cmd(
+    input: Path = typer.Option(..., "-i", "--input", help="A DICOM series folder, or a .nii/.nii.gz/.mha/.nrrd "
+                                                          "file."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (learned stages)."),
+    heatmaps: bool = typer.Option(False, "--heatmaps", help="Explain the scores with heat maps (slower)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
+                                                                   "shipped weights."),
+    show_phi: bool = typer.Option(False, "--show-phi", help="Put patient name/id/dates in the report."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Measure one chest CT: lungs, airways, the five Goh levels, density (and scores, lesions when their
+    models are available). Writes NIfTI masks in the input's geometry, JSON files and report.html."""
+    from ..io import load_ct
+    from ..pipeline import analyze, write_outputs
+    from ..util import pick_device
+
+    dev = pick_device(device)
+    scan = load_ct(input)
+    a = analyze(scan, quiet=quiet, device=dev, options={"heatmaps": heatmaps, "weights": weights})
+    write_outputs(a, scan, out, show_phi=show_phi)
+    if not quiet:
+        v = a.volumes_ml
+        console.print(f"lungs {v['total'] / 1000:.2f} L (right {v['right']:.0f} mL, left {v['left']:.0f} mL); "
+                      f"HAA {a.density.regions['whole']['HAA_pct']:.1f} %")
+        if a.levels is not None:
+            console.print("levels (z mm): " + ", ".join(
+                f"{n} {a.levels.z_mm[n]:.1f}" if a.levels.z_mm[n] is not None else f"{n} -" for n in a.levels.z_mm))
+        for w in a.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"written to {out}/ (report.html)")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="Output folder."),
+    seed: int = typer.Option(3, "--seed", help="Phantom seed."),
+    extent: float = typer.Option(25.0, "--extent", help="ILD extent of the phantom (% of lung)."),
+    size: str = typer.Option("medium", "--size", help="Phantom size: small, medium or full."),
+) -> None:
+    """Run the whole pipeline on a synthetic patient with known truth and compare."""
+    from rich.table import Table
+
+    from ..pipeline import run_demo
+
+    s = run_demo(out, seed=seed, extent=extent, size=size)
+    t = Table(title=f"sscild demo: phantom seed {seed}, {'x'.join(map(str, s['shape_zyx'][::-1]))} voxels")
+    t.add_column("measure")
+    t.add_column("sscild", justify="right")
+    t.add_column("truth", justify="right")
+    t.add_row("lung Dice (right / left)", f"{s['right_dice']:.3f} / {s['left_dice']:.3f}", "1 / 1")
+    mv, tv = s["volumes_ml"]["measured"], s["volumes_ml"]["true"]
+    t.add_row("right lung (mL)", f"{mv['right']:.0f}", f"{tv['right']:.0f}")
+    t.add_row("left lung (mL)", f"{mv['left']:.0f}", f"{tv['left']:.0f}")
+    for n, d in s["levels_mm"].items():
+        m = d["measured"]
+        t.add_row(f"{n} z (mm)", "-" if m is None else f"{m:.1f}", f"{d['true']:.1f}")
+    t.add_row("HAA (% of lung) / true ILD extent", f"{s['haa_pct']:.1f}", f"{s['true_extent_pct']['TOT']:.1f}")
+    t.add_row("time read / lungs / levels (s)",
+              f"{s['read_s']:.2f} / {s['timings_s']['lungs']:.2f} / {s['timings_s'].get('levels', 0):.2f}", "")
+    console.print(t)
+    console.print(f"outputs in {out}/ (open report.html)")

@@ -1,0 +1,93 @@
+"""Model-free density metrics of the lungs, established for SSc-ILD.
+
+For each region (``whole``, ``right``, ``left``, ``upper``, ``middle``, ``lower``: zones are thirds of the lung
+height, from the lowest to the highest lung slice) the metrics are computed on the lung voxels:
+
+=================  ==========================================================================================
+key                meaning
+=================  ==========================================================================================
+``volume_ml``      lung volume in mL (all lung voxels)
+``n_voxels``       lung voxels
+``MLA_HU``         mean lung attenuation, of the voxels within -1024..-200 HU (the histogram range)
+``SD_HU``          standard deviation of that histogram
+``skewness``       skewness of that histogram (scipy.stats.skew, biased estimator)
+``kurtosis``       excess kurtosis of that histogram (scipy.stats.kurtosis, Fisher: normal = 0)
+``HAA_pct``        high-attenuation area: % of lung voxels within -600..-250 HU
+``p10_HU`` ...     percentiles 10, 15, 40, 80 of that histogram (HU)
+=================  ==========================================================================================
+
+Keys are stable: other tools read ``density.json`` by them. Values are floats (None when a region is empty).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .anatomy import Lungs
+from .scan import CTScan
+
+HIST_RANGE = (-1024.0, -200.0)
+HAA_RANGE = (-600.0, -250.0)
+PERCENTILES = (10, 15, 40, 80)
+REGIONS = ("whole", "right", "left", "upper", "middle", "lower")
+
+
+@dataclass(frozen=True)
+class DensityMetrics:
+    """Density metrics per region; see the module docstring for the keys."""
+
+    regions: dict[str, dict[str, float | None]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"histogram_range_HU": list(HIST_RANGE), "HAA_range_HU": list(HAA_RANGE), **self.regions}
+
+
+def metrics_of(values: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
+    """Metrics of the HU values of one region's lung voxels.
+
+    Examples
+    --------
+    >>> m = metrics_of(np.array([-900, -800, -500, -300, -100]), 1.0)
+    >>> m["HAA_pct"], m["MLA_HU"]
+    (40.0, -625.0)
+    """
+    v = np.asarray(values, np.float64).ravel()
+    out: dict[str, float | None] = {"volume_ml": float(v.size * voxel_ml), "n_voxels": float(v.size)}
+    h = v[(v >= HIST_RANGE[0]) & (v <= HIST_RANGE[1])]
+    if h.size < 2:
+        out.update({k: None for k in ("MLA_HU", "SD_HU", "skewness", "kurtosis", "HAA_pct")})
+        out.update({f"p{p}_HU": None for p in PERCENTILES})
+        return out
+    out["MLA_HU"] = float(h.mean())
+    out["SD_HU"] = float(h.std(ddof=1))
+    out["skewness"] = float(stats.skew(h))
+    out["kurtosis"] = float(stats.kurtosis(h, fisher=True))
+    out["HAA_pct"] = float(((v >= HAA_RANGE[0]) & (v <= HAA_RANGE[1])).sum() * 100.0 / v.size)
+    for p, q in zip(PERCENTILES, np.percentile(h, PERCENTILES)):
+        out[f"p{p}_HU"] = float(q)
+    return out
+
+
+def density_metrics(scan: CTScan, lungs: Lungs) -> DensityMetrics:
+    """Density metrics of the whole lung, each lung and each zone (thirds of lung height)."""
+    lab = lungs.labels
+    vox = scan.voxel_volume_ml
+    regions: dict[str, dict[str, float | None]] = {}
+    regions["whole"] = metrics_of(scan.hu[lab > 0], vox)
+    regions["right"] = metrics_of(scan.hu[lab == 1], vox)
+    regions["left"] = metrics_of(scan.hu[lab == 2], vox)
+    zs = np.nonzero((lab > 0).any(axis=(1, 2)))[0]
+    if len(zs):
+        lo, hi = zs.min(), zs.max() + 1
+        edges = np.linspace(lo, hi, 4)
+        # z index grows toward the head: the lowest third is "lower"
+        for name, (a, b) in zip(("lower", "middle", "upper"), zip(edges[:-1], edges[1:])):
+            a, b = int(round(a)), int(round(b))
+            regions[name] = metrics_of(scan.hu[a:b][lab[a:b] > 0], vox)
+    else:
+        for name in ("upper", "middle", "lower"):
+            regions[name] = metrics_of(np.array([]), vox)
+    return DensityMetrics({k: regions[k] for k in REGIONS})

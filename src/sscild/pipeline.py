@@ -1,0 +1,284 @@
+"""The analysis of one scan: a plain sequence of stages, their timings, and the files written.
+
+``analyze(scan)`` runs lungs -> levels -> density (-> learned stages when their weights are available) and
+returns an :class:`Analysis`; ``write_outputs`` writes the output folder::
+
+    lungs.nii.gz     1 right, 2 left lung (input geometry)     airways.nii.gz   trachea + main bronchi
+    levels.json      the five Goh levels (fixed schema)        density.json     density metrics
+    analysis.json    everything, with version and timings      levels.png       the five level slices
+    report.html      the report (+ report_*.png)               seg.dcm          DICOM-SEG (DICOM input only)
+
+``analysis.json`` keys: ``software`` {name, version}, ``input`` (non-identifying description), ``geometry``,
+``lungs`` {volumes_ml, notes, cut_off}, ``levels`` (as levels.json), ``density`` (as density.json),
+``scores`` (when S-Net ran), ``lesions`` (when the lesion model ran), ``timings_s``, ``warnings``, ``models``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import __version__
+from .anatomy import Lungs, segment_lungs
+from .density import DensityMetrics, density_metrics
+from .levels import LEVELS, GohLevels, find_levels
+from .scan import CTScan
+from .util import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything measured on one scan (arrays included); ``to_dict()`` is the JSON-serialisable summary."""
+
+    scan_description: dict[str, Any]
+    lungs: Lungs
+    levels: GohLevels | None
+    density: DensityMetrics
+    volumes_ml: dict[str, float]
+    timings_s: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
+    lesions: dict[str, Any] | None = None
+    lesion_labels: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "software": {"name": "sscild", "version": __version__},
+            "input": self.scan_description,
+            "lungs": {"volumes_ml": self.volumes_ml, "notes": self.lungs.notes, "cut_off": self.lungs.cut_off},
+            "levels": self.levels.to_dict() if self.levels is not None else None,
+            "density": self.density.to_dict(),
+            "scores": self.scores,
+            "lesions": self.lesions,
+            **self.extra,
+            "timings_s": self.timings_s,
+            "warnings": self.warnings,
+            "models": self.models,
+        }
+
+
+def describe(scan: CTScan) -> dict[str, Any]:
+    """Non-identifying description of a scan: format, scanner, geometry."""
+    keep = ("format", "modality", "manufacturer", "model", "kernel", "slice_thickness_mm", "kvp",
+            "series_description", "series_note", "n_slices")
+    d = {k: scan.meta[k] for k in keep if k in scan.meta and scan.meta[k] not in ("", None)}
+    lo, hi = scan.extent_mm()
+    d.update({"shape_zyx": list(scan.shape), "spacing_zyx_mm": [round(float(s), 4) for s in scan.spacing],
+              "z_range_mm": [round(lo, 2), round(hi, 2)],
+              "orientation_as_read": scan.input_geometry.orientation if scan.input_geometry else "LPS"})
+    return d
+
+
+def _warnings(lungs: Lungs, levels: GohLevels | None) -> list[str]:
+    w = [v for k, v in lungs.notes.items() if k in ("apex", "base", "airways")]
+    if levels is not None:
+        for n in LEVELS:
+            if levels.z_mm[n] is None:
+                w.append(f"{n} not placed: {levels.notes[n]}")
+            elif levels.confidence[n] < 0.5:
+                w.append(f"{n} has low confidence ({levels.confidence[n]:.2f}): {levels.notes[n]}")
+    return w
+
+
+def analyze(scan: CTScan, *, levels: bool = True, quiet: bool = True, device: str = "cpu",
+            options: Mapping[str, Any] | None = None) -> Analysis:
+    """Run every available stage on one scan.
+
+    Parameters
+    ----------
+    scan : CTScan
+    levels : bool
+        Place the five Goh levels (model-free).
+    quiet : bool
+        No progress output.
+    device : str
+        ``cpu`` or ``cuda`` for the learned stages.
+    options : mapping
+        Stage options (``heatmaps``, ``weights``) for the learned stages.
+
+    Returns
+    -------
+    Analysis
+    """
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lungs = segment_lungs(scan)
+    t["lungs"] = time.perf_counter() - t0
+    g = None
+    if levels:
+        t0 = time.perf_counter()
+        g = find_levels(scan, lungs)
+        t["levels"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dens = density_metrics(scan, lungs)
+    t["density"] = time.perf_counter() - t0
+    vols = {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}
+    t = {k: round(v, 3) for k, v in t.items()}
+    return Analysis(describe(scan), lungs, g, dens, vols, t, _warnings(lungs, g))
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def levels_png(scan: CTScan, lungs: Lungs, levels: GohLevels, path: Path) -> Path:
+    """The five level slices side by side: lung window, lung contours, level name, world z and slice index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 5, figsize=(17, 3.9), dpi=90)
+    sy, sx = scan.spacing[1], scan.spacing[2]
+    ext = (0, scan.shape[2] * sx, scan.shape[1] * sy, 0)
+    for ax, n in zip(axs, LEVELS):
+        k = levels.array_index(scan, n)
+        ax.set_axis_off()
+        if k is None:
+            ax.text(0.5, 0.5, f"{n}: not placed\n{levels.notes[n][:60]}", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes, wrap=True)
+            continue
+        ax.imshow(scan.hu[k], cmap="gray", vmin=-1350, vmax=150, extent=ext)
+        for lab, col in ((1, "#00e5ff"), (2, "#ff4fd8")):
+            m = lungs.labels[k] == lab
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=col, linewidths=0.7, extent=(0, ext[1], 0, ext[2]),
+                           origin="upper")
+        ax.set_title(f"{n}  z = {levels.z_mm[n]:.1f} mm  slice {levels.slice_index[n]}\n"
+                     f"confidence {levels.confidence[n]:.2f}", fontsize=9)
+    fig.suptitle("Goh levels (L1 great-vessel origin, L2 carina, L3 venous confluence, L4 halfway, "
+                 "L5 1 cm above right dome); cyan = right lung, magenta = left", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(analysis: Analysis, scan: CTScan, outdir: str | Path, *, report: bool = True,
+                  dicom_seg: bool | None = None, show_phi: bool = False) -> dict[str, Path]:
+    """Write the output folder of one analysis (see the module docstring)."""
+    from .io import save_like
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    files["lungs"] = save_like(analysis.lungs.labels, scan, out / "lungs.nii.gz")
+    files["airways"] = save_like(analysis.lungs.airways.astype(np.uint8), scan, out / "airways.nii.gz")
+    if analysis.lesion_labels is not None:
+        files["lesions"] = save_like(analysis.lesion_labels, scan, out / "lesions.nii.gz")
+    if analysis.levels is not None:
+        files["levels"] = write_json(out / "levels.json", analysis.levels.to_dict())
+        files["levels_png"] = levels_png(scan, analysis.lungs, analysis.levels, out / "levels.png")
+    files["density"] = write_json(out / "density.json", analysis.density.to_dict())
+    if analysis.scores is not None:
+        files["scores"] = write_json(out / "scores.json", analysis.scores)
+    if analysis.lesions is not None:
+        files["lesions_json"] = write_json(out / "lesions.json", analysis.lesions)
+    files["analysis"] = write_json(out / "analysis.json", analysis.to_dict())
+    is_dicom = scan.meta.get("format") == "dicom" and scan.source and Path(scan.source).is_dir()
+    if (dicom_seg if dicom_seg is not None else is_dicom) and is_dicom:
+        from .dicomseg import lung_segments, write_dicom_seg
+        from .errors import SscildError
+
+        try:
+            files["dicom_seg"] = write_dicom_seg(scan.source, scan, lung_segments(analysis.lungs.labels,
+                                                                                 analysis.lesion_labels),
+                                                 out / "seg.dcm")
+        except (SscildError, ValueError, AttributeError, TypeError) as err:
+            # the NIfTI outputs stand; a viewer export that fails is reported, not fatal
+            analysis.warnings.append(f"DICOM-SEG not written: {type(err).__name__}: {err}")
+    if report:
+        from .report import ReportInput, write_report
+
+        lv = {d["name"]: d for d in analysis.levels.to_dict()["levels"]} if analysis.levels else {}
+        sc = analysis.scores or {}
+        inp = ReportInput(scan, analysis.lungs.labels, lv, density=analysis.density.to_dict(),
+                          volumes_ml=analysis.volumes_ml, scores=sc.get("levels"), goh_extent=sc.get("goh_extent"),
+                          derived_scores=sc.get("derived"), lesion_labels=analysis.lesion_labels,
+                          lesion_summary=analysis.lesions, heatmap_pngs=analysis.extra.get("heatmap_pngs"),
+                          warnings=analysis.warnings, model_cards=analysis.models, timings=analysis.timings_s,
+                          title="sscild report")
+        files["report"] = write_report(inp, out, show_phi=show_phi)
+    return files
+
+
+def cohort_row(analysis: Analysis) -> dict[str, Any]:
+    """One flat row of stable columns for the cohort table."""
+    row: dict[str, Any] = {f"lung_volume_{k}_ml": v for k, v in analysis.volumes_ml.items()}
+    whole = analysis.density.regions["whole"]
+    for k in ("MLA_HU", "SD_HU", "skewness", "kurtosis", "HAA_pct", "p10_HU", "p15_HU"):
+        row[f"density_{k}"] = whole.get(k)
+    if analysis.levels is not None:
+        for n in LEVELS:
+            row[f"{n}_z_mm"] = analysis.levels.z_mm[n]
+            row[f"{n}_confidence"] = analysis.levels.confidence[n]
+    if analysis.scores:
+        for n, s in (analysis.scores.get("levels") or {}).items():
+            for p in ("TOT", "GG", "RET"):
+                row[f"{n}_{p}"] = s.get(p)
+        row["goh_extent"] = analysis.scores.get("goh_extent")
+        row["goh_stage"] = analysis.scores.get("goh_stage")
+    if analysis.lesions and "whole" in analysis.lesions:
+        for k, v in analysis.lesions["whole"].items():
+            if isinstance(v, (int, float)):
+                row[f"lesions_{k}"] = v
+    row["n_warnings"] = len(analysis.warnings)
+    for k, v in analysis.timings_s.items():
+        row[f"time_{k}_s"] = v
+    return row
+
+
+def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Batch worker: read, analyse, write the folder, return the cohort row (errors propagate to the caller)."""
+    from .io import load_ct
+
+    t0 = time.perf_counter()
+    scan = load_ct(path)
+    t_read = time.perf_counter() - t0
+    a = analyze(scan, device=options.get("device", "cpu"), options=options)
+    write_outputs(a, scan, outdir, show_phi=bool(options.get("show_phi", False)))
+    row = cohort_row(a)
+    row["time_read_s"] = round(t_read, 3)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# the demo
+# --------------------------------------------------------------------------------------------
+def run_demo(outdir: str | Path, *, seed: int = 3, extent: float | None = 25.0, size: str = "medium",
+             quiet: bool = True) -> dict[str, Any]:
+    """Make a phantom patient, write it as DICOM, read it back, analyse it, compare with the truth.
+
+    Returns a summary dict (measured vs true) and writes the analysis folder into ``outdir`` (the phantom's
+    files go to ``outdir/phantom``).
+    """
+    from .evaluate import dice
+    from .io import load_ct
+    from .phantom import make_phantom, write_phantom
+
+    out = Path(outdir)
+    ph_scan, truth = make_phantom(seed, size=size, extent=extent)
+    write_phantom(ph_scan, truth, out / "phantom", fmt="dicom")
+    t0 = time.perf_counter()
+    scan = load_ct(out / "phantom" / "dicom")
+    t_read = time.perf_counter() - t0
+    a = analyze(scan, quiet=quiet)
+    write_outputs(a, scan, out)
+    summary: dict[str, Any] = {
+        "seed": seed, "shape_zyx": list(scan.shape), "read_s": round(t_read, 3), "timings_s": a.timings_s,
+        "lung_dice": dice(a.lungs.labels > 0, truth.lungs > 0),
+        "right_dice": dice(a.lungs.labels == 1, truth.lungs == 1),
+        "left_dice": dice(a.lungs.labels == 2, truth.lungs == 2),
+        "volumes_ml": {"measured": a.volumes_ml,
+                       "true": {"right": truth.volumes_ml["right"], "left": truth.volumes_ml["left"]}},
+        "levels_mm": {n: {"measured": a.levels.z_mm[n] if a.levels else None, "true": truth.levels_z[n]}
+                      for n in LEVELS},
+        "haa_pct": a.density.regions["whole"]["HAA_pct"], "true_extent_pct": truth.extent,
+    }
+    write_json(out / "demo_summary.json", summary)
+    return summary
