@@ -411,7 +411,7 @@ def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *,
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
-    from .util import atomic_path
+    from .util import atomic_path, draw_contour
 
     lim = vmax if vmax is not None else max(float(np.abs(dp[lung]).max()) if lung.any() else 0.0, 0.5)
     fig, ax = plt.subplots(figsize=(5, 5.4), dpi=110)
@@ -419,8 +419,7 @@ def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *,
     ax.imshow(image_hu, cmap="gray", vmin=-1350, vmax=150, extent=extent)
     shown = np.ma.masked_where(~lung | (dp == 0), dp)
     im = ax.imshow(shown, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), alpha=0.6, extent=extent)
-    ax.contour(lung.astype(float), levels=[0.5], colors="yellow", linewidths=0.6,
-               extent=(0, extent[1], 0, extent[2]), origin="upper")
+    draw_contour(ax, lung, spacing_yx, colors="yellow", linewidths=0.6)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)

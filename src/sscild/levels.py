@@ -6,8 +6,8 @@ is reported as missing, never invented):
 - ``carina`` (L2): where the tracked trachea splits into the two main bronchi and stays split for >= 12 mm
   (from :func:`sscild.anatomy.segment_lungs`).
 - ``right_dome``: the highest point of the right hemidiaphragm = the highest point of the right lung's lower
-  surface, over the columns where the lung ends on the abdomen (lower half of the lung, median-filtered to
-  ignore spurs). L5 = dome + 10 mm.
+  surface, over the columns where the lung ends on the abdomen (lower half of the lung; not within 30 mm of
+  its medial edge, where it ends on the heart; median-filtered, 98th percentile, to ignore spurs). L5 = dome + 10 mm.
 - ``great_vessel_origin`` (L1): the top of the aortic arch, where the branches arise. Above the carina, in the
   mediastinum, the arch is the one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of
   the trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
@@ -120,14 +120,18 @@ def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     has = right.any(axis=0)
     bottom = np.argmax(right, axis=0).astype(float)   # lowest lung slice of each column
     bottom[~has] = np.nan
-    # the diaphragm is under the lower half of the lung; higher 'bottoms' are hila or apical curvature
-    cand = has & (bottom <= lo + 0.5 * (hi - lo))
+    # the diaphragm is under the lower half of the lung; higher 'bottoms' are hila or apical curvature. The dome
+    # peaks in the mid/lateral hemithorax; medially the lung ends on the heart, which is not diaphragm
+    # per row (y), drop the columns within 30 mm of the lung's medial edge (right lung: medial = larger x)
+    cols = np.arange(has.shape[1])[None, :]
+    x_med = np.where(has.any(axis=1), has.shape[1] - 1 - np.argmax(has[:, ::-1], axis=1), -1)[:, None]
+    lateral = cols <= x_med - 30.0 / scan.spacing[2]
+    cand = has & lateral & (bottom <= lo + 0.5 * (hi - lo))
     if not cand.any():
         return Landmark(None, None, 0.0, "no lower lung surface found")
     b = np.where(cand, bottom, lo)
     b = ndi.median_filter(b, size=5)
-    b[~cand] = -1
-    top = float(b.max())
+    top = float(np.percentile(b[cand], 98))
     if top <= lo + 0.5 and lungs.cut_off.get("base", False):
         return Landmark(None, None, 0.0, "the scan ends above the right hemidiaphragm (lung base cut off)")
     # the dome top lies between this slice and the one below (the lowest lung voxel's lower edge)

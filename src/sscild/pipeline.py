@@ -26,7 +26,7 @@ from .anatomy import Lungs, segment_lungs
 from .density import DensityMetrics, density_metrics
 from .levels import LEVELS, GohLevels, find_levels
 from .scan import CTScan
-from .util import atomic_path, write_json
+from .util import atomic_path, draw_contour, write_json
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,7 @@ def levels_png(scan: CTScan, lungs: Lungs, levels: GohLevels, path: Path) -> Pat
             continue
         ax.imshow(scan.hu[k], cmap="gray", vmin=-1350, vmax=150, extent=ext)
         for lab, col in ((1, "#00e5ff"), (2, "#ff4fd8")):
-            m = lungs.labels[k] == lab
-            if m.any():
-                ax.contour(m, levels=[0.5], colors=col, linewidths=0.7, extent=(0, ext[1], 0, ext[2]),
-                           origin="upper")
+            draw_contour(ax, lungs.labels[k] == lab, (sy, sx), colors=col, linewidths=0.7)
         ax.set_title(f"{n}  z = {levels.z_mm[n]:.1f} mm  slice {levels.slice_index[n]}\n"
                      f"confidence {levels.confidence[n]:.2f}", fontsize=9)
     fig.suptitle("Goh levels (L1 great-vessel origin, L2 carina, L3 venous confluence, L4 halfway, "

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .scan import CTScan
-from .util import atomic_path
+from .util import atomic_path, draw_contour
 
 LEVELS = ("L1", "L2", "L3", "L4", "L5")
 LEVEL_NAMES = {"L1": "origin of the great vessels", "L2": "main carina", "L3": "pulmonary venous confluence",
@@ -100,7 +100,9 @@ def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mappi
     ext = (0, xlen, z_lo, z_hi)
     ax.imshow(cor, cmap="gray", vmin=-1350, vmax=150, origin="lower", extent=ext, aspect="equal")
     if lungs[:, y, :].any():
-        ax.contour(lungs[:, y, :] > 0, levels=[0.5], colors="yellow", linewidths=0.7, origin="lower", extent=ext)
+        xs = (np.arange(scan.shape[2]) + 0.5) * scan.spacing[2]
+        ax.contour(xs, scan.z_positions(), (lungs[:, y, :] > 0).astype(float), levels=[0.5], colors="yellow",
+                   linewidths=0.7)
     for name in LEVELS:
         e = levels.get(name) or {}
         if e.get("z_mm") is None:
@@ -129,9 +131,7 @@ def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
         les = np.ma.masked_where(lesion_labels[k] < 2, lesion_labels[k])
         ax.imshow(les, cmap=ListedColormap(["#ffb000", "#e8000b"]), vmin=2, vmax=3, alpha=0.45, extent=ext,
                   interpolation="nearest")
-    if lungs[k].any():
-        ax.contour(lungs[k] > 0, levels=[0.5], colors="#00e5ff", linewidths=0.7,
-                   extent=(0, ext[1], 0, ext[2]), origin="upper")
+    draw_contour(ax, lungs[k] > 0, (sy, sx), colors="#00e5ff", linewidths=0.7)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

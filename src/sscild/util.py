@@ -90,3 +90,17 @@ def pick_device(device: str = "cpu") -> str:
 
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return device
+
+
+def draw_contour(ax, mask, spacing_yx: tuple[float, float] = (1.0, 1.0), **kwargs) -> None:
+    """Draw the outline of a 2D mask on an axis showing the image with ``extent=(0, W*sx, H*sy, 0)``.
+
+    Pixel centres are passed explicitly, so the outline sits on the image whatever the axis direction.
+    """
+    m = np.asarray(mask, float)
+    if not m.any() or m.all():
+        return
+    sy, sx = spacing_yx
+    ys = (np.arange(m.shape[0]) + 0.5) * sy
+    xs = (np.arange(m.shape[1]) + 0.5) * sx
+    ax.contour(xs, ys, m, levels=[0.5], **kwargs)
