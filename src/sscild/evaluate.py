@@ -76,8 +76,9 @@ def icc(pred: Sequence[float], truth: Sequence[float]) -> ICC:
     df = pd.DataFrame({"target": np.r_[np.arange(n), np.arange(n)], "rater": ["pred"] * n + ["truth"] * n,
                        "score": np.r_[x, y]})
     t = pg.intraclass_corr(df, targets="target", raters="rater", ratings="score").set_index("Type")
-    row = t.loc["ICC2"]
-    lo, hi = row["CI95%"]
+    # pingouin >= 0.7 names it ICC(A,1) (absolute agreement, single rater); older versions ICC2
+    row = t.loc["ICC(A,1)"] if "ICC(A,1)" in t.index else t.loc["ICC2"]
+    lo, hi = row["CI95"] if "CI95" in row.index else row["CI95%"]
     return ICC(float(row["ICC"]), float(lo), float(hi))
 
 

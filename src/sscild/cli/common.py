@@ -6,7 +6,7 @@ from rich.console import Console
 
 from .. import __version__
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,4 @@
+"""`python -m sscild`: the command line."""
+from .cli import main
+
+main()

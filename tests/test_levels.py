@@ -1,0 +1,55 @@
+"""The five Goh levels from anatomy: phantoms with exact truth, cut scans, the real series."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sscild.anatomy import segment_lungs
+from sscild.levels import LEVELS, find_levels
+from sscild.phantom import make_phantom
+
+# tolerances per level on small phantoms (3 mm slices); see bench/RESULTS.md for the held-out statistics
+TOL = {"L1": 6.0, "L2": 6.0, "L3": 25.0, "L4": 13.0, "L5": 3.0}
+
+
+@pytest.mark.parametrize("seed,extent", [(41, 0.0), (42, 40.0)])
+def test_levels_on_phantoms(seed, extent):
+    scan, truth = make_phantom(seed, extent=extent)
+    g = find_levels(scan, segment_lungs(scan))
+    for n in LEVELS:
+        assert g.z_mm[n] is not None, (n, g.notes[n])
+        assert abs(g.z_mm[n] - truth.levels_z[n]) <= TOL[n], (n, g.z_mm[n], truth.levels_z[n])
+        k = scan.slice_at_z(g.z_mm[n])
+        assert g.slice_index[n] == scan.input_slice_index(k)
+    assert g.z_mm["L4"] == pytest.approx((g.z_mm["L3"] + g.z_mm["L5"]) / 2)
+    assert g.z_mm["L5"] == pytest.approx(g.landmarks["right_dome"].z_mm + 10.0)
+    d = g.to_dict()
+    assert [e["name"] for e in d["levels"]] == list(LEVELS)
+    assert set(d["landmarks"]) == {"great_vessel_origin", "carina", "venous_confluence", "right_dome"}
+    assert set(d["levels"][0]) == {"name", "z_mm", "slice_index", "confidence", "note"}
+
+
+def test_missing_landmarks_are_reported_not_invented():
+    scan, truth = make_phantom(43, extent=0, cut="arch")   # the scan starts below the aortic arch
+    g = find_levels(scan, segment_lungs(scan))
+    assert g.z_mm["L1"] is None and g.confidence["L1"] == 0.0 and g.notes["L1"]
+    assert g.z_mm["L2"] is not None
+    scan, truth = make_phantom(43, extent=0, cut="base")   # the scan ends above the right dome
+    g = find_levels(scan, segment_lungs(scan))
+    assert g.z_mm["L5"] is None and "dome" in g.notes["L5"]
+    assert g.z_mm["L4"] is None and "needs both L3 and L5" in g.notes["L4"]
+
+
+@pytest.mark.realdata
+def test_real_series_levels_in_anatomical_order(lung_series_dir):
+    from sscild.io import load_ct
+
+    scan = load_ct(lung_series_dir)
+    g = find_levels(scan, segment_lungs(scan))
+    z = [g.z_mm[n] for n in LEVELS]
+    assert all(v is not None for v in z), g.notes
+    assert z == sorted(z, reverse=True)       # head first: L1 highest
+    assert g.z_mm["L4"] == pytest.approx((g.z_mm["L3"] + g.z_mm["L5"]) / 2)
+    assert g.z_mm["L5"] == pytest.approx(g.landmarks["right_dome"].z_mm + 10.0)
+    # the real dome lies in the lower third of the lungs, the arch above the carina
+    assert g.z_mm["L1"] - g.z_mm["L2"] > 15
