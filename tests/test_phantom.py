@@ -63,7 +63,9 @@ def test_healthy_phantom_and_hu_ranges():
     assert t.volumes_ml["right"] + t.volumes_ml["left"] > 2000
     assert np.all(scan.hu[t.airways] < -500) or np.median(scan.hu[t.airways]) < -800
     body = scan.hu[scan.hu.shape[0] // 2]
-    assert np.median(body[(body > -200) & (body < 200)]) == pytest.approx(45, abs=40)
+    soft = body[(body > -200) & (body < 200)]
+    assert ((soft > 20) & (soft < 75)).mean() > 0.1      # muscle, heart, vessels (~45 HU)
+    assert ((soft > -140) & (soft < -60)).mean() > 0.1   # subcutaneous and mediastinal fat (~-90..-100 HU)
 
 
 def test_cut_scans_drop_the_landmarks_out_of_range():
