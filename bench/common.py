@@ -62,3 +62,18 @@ def write_section(name: str, title: str, command: str, lines: list[str]) -> Path
 
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
+
+
+def full_phantom_dicom(seed: int = 7, extent: float = 20.0) -> Path:
+    """A 512x512x300 phantom written as DICOM under bench/work (made once, then reused; ~80 s)."""
+    d = WORK / f"phantom_512x512x300_seed{seed}_dicom"
+    if not (d / "done").exists():
+        import shutil
+
+        from sscild.phantom import make_phantom, write_dicom_series
+
+        shutil.rmtree(d, ignore_errors=True)
+        scan, _ = make_phantom(seed, size="full", extent=extent, shape=(300, 512, 512))
+        write_dicom_series(scan, d)
+        (d / "done").write_text("ok")
+    return d
