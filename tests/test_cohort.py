@@ -19,7 +19,8 @@ def fake_process(scan_id, path, outdir, options):
         raise NoLungsError("no lungs found: is this a chest CT?")
     if "crash" in path:
         raise ZeroDivisionError("boom")
-    return {"lung_volume_ml": 1000.0 + len(scan_id), "scale": options.get("scale", 1)}
+    return {"lung_volume_ml": 1000.0 + len(scan_id), "lung_volume_total_ml": 4000.0 + 10 * len(path),
+            "scale": options.get("scale", 1)}
 
 
 def _manifest(tmp_path: Path, paths: list[str]) -> Path:
@@ -77,3 +78,17 @@ def test_manifest_errors_name_the_problem(tmp_path):
     rel = tmp_path / "rel.csv"
     rel.write_text("scan_id,path\na,scans/a.nii.gz\n")
     assert read_manifest(rel)["path"][0] == str(tmp_path / "scans" / "a.nii.gz")
+
+
+def test_longitudinal_pages_for_patients_with_several_scans(tmp_path):
+    m = tmp_path / "m.csv"
+    pd.DataFrame({"scan_id": ["a", "b", "c"], "path": ["/x/ok1", "/x/ok2", "/x/ok3"],
+                  "patient_id": ["P-SECRET", "P-SECRET", "Q"],
+                  "scan_date": ["2020-01-01", "2021-01-01", "2020-05-05"]}).to_csv(m, index=False)
+    run_batch(m, tmp_path / "out", workers=1, process=fake_process, quiet=True)
+    pages = sorted((tmp_path / "out" / "patients").glob("*.html"))
+    assert [p.name for p in pages] == ["patient_1.html"]       # Q has a single scan
+    html = pages[0].read_text()
+    assert "P-SECRET" not in html and "2020-01-01" not in html
+    assert "lung_volume_total_ml" in html and "<td>366</td>" in html       # days since the first scan
+    assert (tmp_path / "out" / "patients" / "patient_1_lung_volume_total_ml.png").exists()

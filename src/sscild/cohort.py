@@ -8,6 +8,7 @@ Manifest: a CSV with at least ``scan_id`` and ``path`` (a DICOM folder or an ima
       status/<scan_id>.json      {"scan_id", "status": "done"|"failed", "reason", "seconds", "peak_rss_mb", "row"}
       cohort.csv, cohort.parquet one row per scan (done and failed), stable column names
       failures.csv               the failed scans and why
+      patients/patient_<n>.html  change over time, for patients with several scans (needs patient_id, scan_date)
 
 A rerun skips scans whose status is ``done`` (``force=True`` redoes them); a failed scan never stops the
 others. Work runs on a ``LocalCluster`` (``workers`` processes, one thread each) or on an existing scheduler
@@ -140,6 +141,31 @@ def cohort_table(manifest: pd.DataFrame, outdir: Path) -> pd.DataFrame:
     return df[first + rest]
 
 
+LONGITUDINAL_MEASURES = ("lung_volume_total_ml", "density_HAA_pct", "density_MLA_HU", "density_kurtosis",
+                         "density_skewness", "goh_extent", "lesions_involvement_pct")
+
+
+def _longitudinal_pages(table: pd.DataFrame, out: Path, show_phi: bool = False) -> list[Path]:
+    """For every patient with two or more finished scans, a page with the change of each measurement over time.
+
+    Pages are named ``patients/patient_<n>.html`` (n in order of first appearance) and labelled by that
+    number; the patient id and dates are shown only with ``show_phi``.
+    """
+    from .report import write_longitudinal
+
+    if "patient_id" not in table.columns or "scan_date" not in table.columns:
+        return []
+    done = table[table["status"] == "done"]
+    pages = []
+    for i, (pid, rows) in enumerate(done.groupby("patient_id", sort=False), start=1):
+        if len(rows) < 2:
+            continue
+        label = f"patient {pid}" if show_phi else f"patient {i}"
+        pages.append(write_longitudinal(rows.to_dict("records"), out / "patients" / f"patient_{i}.html",
+                                        measures=LONGITUDINAL_MEASURES, patient_label=label, show_phi=show_phi))
+    return pages
+
+
 def run_batch(manifest: pd.DataFrame | str | os.PathLike, outdir: str | os.PathLike, *, workers: int = 1,
               scheduler: str | None = None, force: bool = False, options: Mapping[str, Any] | None = None,
               process: Process | None = None, quiet: bool = False) -> BatchResult:
@@ -191,6 +217,7 @@ def run_batch(manifest: pd.DataFrame | str | os.PathLike, outdir: str | os.PathL
     fails = table[table["status"] == "failed"][["scan_id", "path", "reason"]]
     with atomic_path(out / "failures.csv") as tmp:
         fails.to_csv(tmp, index=False)
+    _longitudinal_pages(table, out, show_phi=bool((options or {}).get("show_phi", False)))
     n_done = int((table["status"] == "done").sum())
     n_failed = int((table["status"] == "failed").sum())
     return BatchResult(len(df), n_done, n_failed, skipped, table, out)
