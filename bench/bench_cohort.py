@@ -1,0 +1,98 @@
+"""Batch processing on dask: throughput with 1 and 2 workers, resume after a kill, broken rows."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from common import REPO, WORK, write_section
+
+from sscild.cohort import run_batch
+from sscild.phantom import make_phantom
+
+N = 20
+
+
+def make_scans(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(N):
+        f = folder / f"ph{i:02d}.nii.gz"
+        if not f.exists():
+            scan, _ = make_phantom(2000 + i, extent=float(i * 3))
+            sitk.WriteImage(scan.to_sitk(), str(f))
+        rows.append({"scan_id": f"s{i:02d}", "path": str(f), "patient_id": f"p{i // 2:02d}",
+                     "scan_date": f"{2019 + i % 2}-0{1 + i % 9}-15"})
+    return pd.DataFrame(rows)
+
+
+def status_counts(out):
+    st = [json.loads(p.read_text())["status"] for p in (out / "status").glob("*.json")]
+    return st.count("done"), st.count("failed")
+
+
+def main():
+    work = WORK / "cohort"
+    df = make_scans(work / "scans")
+    manifest = work / "manifest.csv"
+    df.to_csv(manifest, index=False)
+    lines = [f"{N} phantoms (128x128, ~110 slices of 3 mm), NIfTI; each scan: read, lungs, levels, density, "
+             "all outputs and report.html. dask LocalCluster, one thread per worker process.", "",
+             "| workers | wall time (s) | scans / min | peak memory per worker (MB, max over scans) |",
+             "|---|---|---|---|"]
+    for workers in (1, 2):
+        out = work / f"out_w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = run_batch(manifest, out, workers=workers, quiet=True)
+        dt = time.perf_counter() - t0
+        peak = pd.read_csv(out / "cohort.csv")["peak_rss_mb"].max()
+        assert res.n_done == N, res.failures
+        lines.append(f"| {workers} | {dt:.1f} | {N / dt * 60:.1f} | {peak:.0f} |")
+
+    # kill the batch halfway, rerun: only the rest is done
+    out = work / "out_kill"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(REPO / ".venv" / "bin" / "sscild"), "batch", str(manifest), "-o", str(out), "--workers", "1",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while status_counts(out)[0] < N // 2 if (out / "status").exists() else True:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    done_before = status_counts(out)[0]
+    res = run_batch(manifest, out, workers=1, quiet=True)
+    lines += ["", f"Killed (SIGKILL to the whole process group) after {done_before} of {N} scans were done; the rerun "
+              f"skipped {res.n_skipped}, processed {N - res.n_skipped} and ended with {res.n_done} done, "
+              f"{res.n_failed} failed."]
+
+    # two broken rows: a missing file and a corrupt one
+    bad = work / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b" + os.urandom(500))
+    df2 = pd.concat([df, pd.DataFrame([{"scan_id": "missing", "path": str(work / "nope.nii.gz")},
+                                       {"scan_id": "corrupt", "path": str(bad)}])], ignore_index=True)
+    m2 = work / "manifest_broken.csv"
+    df2.to_csv(m2, index=False)
+    out = work / "out_broken"
+    shutil.rmtree(out, ignore_errors=True)
+    res = run_batch(m2, out, workers=2, quiet=True)
+    lines += ["", f"Manifest with two broken rows ({len(df2)} rows): {res.n_done} done, {res.n_failed} failed:", ""]
+    for r in res.failures.itertuples():
+        lines.append(f"- `{r.scan_id}`: {r.reason}")
+    pages = sorted((work / "out_w2" / "patients").glob("*.html"))
+    lines += ["", f"Longitudinal pages written: {len(pages)} (patients with two scans each)."]
+    write_section("cohort", "Batch on Dask (issue: reports/cohorts)", "python bench/run_all.py cohort", lines)
+
+
+if __name__ == "__main__":
+    main()
