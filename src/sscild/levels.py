@@ -12,10 +12,12 @@ is reported as missing, never invented):
   mediastinum, the arch is the one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of
   the trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
   branches are small and round. L1 is the top of the highest slice that shows it.
-- ``venous_confluence`` (L3): below the carina, where the pulmonary veins run from both hila into the left
-  atrium: the soft tissue filling the hilar notches of both lungs (a 15 mm closing of each lung's outline, which
-  fills the narrow hilum but not the heart's wide curve), weighted centre of the slices where it is strong on
-  both sides. Without hilar vessels a prior (35 mm below the carina) is used, with low confidence.
+- ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
+  esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
+  structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie
+  farther forward). Below the carina, the
+  middle of the slices within 5 % of the widest. Without it a prior (35 mm below the carina) is used, with low
+  confidence.
 - L4 is halfway between L3 and L5.
 """
 from __future__ import annotations
@@ -216,6 +218,28 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landma
                     "top of the aortic arch (highest slice where it runs from in front of the trachea to behind it)")
 
 
+def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int) -> float | None:
+    """y (mm, array frame) of the front of the vertebral bodies near the midline, median over slices."""
+    sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
+    fronts = []
+    for k in range(max(k_from, 0), min(k_to, scan.shape[0])):
+        bone = scan.hu[k, ::f, ::f] > 200
+        lab, n = ndi.label(bone)
+        best = None
+        for j, sl in enumerate(ndi.find_objects(lab), start=1):
+            comp = lab[sl] == j
+            area = comp.sum() * sx * sy
+            xx = (np.nonzero(comp)[1] + sl[1].start) * sx
+            if area < 300 or abs(xx.mean() - tx) > 25:
+                continue
+            front = sl[0].start * sy
+            if best is None or area > best[0]:
+                best = (area, front)
+        if best is not None:
+            fronts.append(best[1])
+    return float(np.median(fronts)) if fronts else None
+
+
 def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landmark) -> Landmark:
     if carina.z_mm is None:
         return Landmark(None, None, 0.0, "needs the carina")
@@ -225,38 +249,43 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     k_hi = kc - max(1, int(round(12.0 / scan.spacing[0])))
     sy, sx = scan.spacing[1], scan.spacing[2]
     f = max(1, int(round(1.5 / sx)))
-    px = (sx * f) * (sy * f)
-    if k_hi <= k_lo:
+    tr = _trachea_xy(lungs, kc, kc + int(np.ceil(30 / scan.spacing[0])))
+    if tr is None or k_hi <= k_lo:
         return _venous_prior(scan, carina, dome, "no search range below the carina")
-    # the pulmonary veins run from both hila into the left atrium: soft tissue filling the hilar notch of each
-    # lung (a closing of the lung outline with ~15 mm, which does not reach round the heart's wide curve)
-    r = max(1, int(round(15.0 / (sx * f))))
-    disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r
+    ty, tx = tr[0] * sy, tr[1] * sx
+    front = _spine_front(scan, k_lo, k_hi + 1, tx, f)
+    if front is None:
+        return _venous_prior(scan, carina, dome, "the spine was not found behind the mediastinum")
+    # the left atrium is the most posterior chamber, just in front of the esophagus and the descending aorta;
+    # with the pulmonary veins entering it from both hila it is the widest structure of that band
     ks = list(range(k_lo, k_hi + 1))
-    score = []
+    widths = []
     for k in ks:
+        lung2d = lungs.labels[k, ::f, ::f] > 0
+        if lung2d.sum() < 20:
+            widths.append(0.0)
+            continue
         hu = scan.hu[k, ::f, ::f]
-        soft = (hu > -100) & (hu < 600)
-        areas = []
-        for lab in (1, 2):
-            m = lungs.labels[k, ::f, ::f] == lab
-            if m.sum() < 20:
-                areas.append(0.0)
-                continue
-            pad = np.pad(m, r + 1)
-            closed = ndi.binary_closing(pad, structure=disk)[r + 1:-r - 1, r + 1:-r - 1]
-            areas.append(float((closed & ~m & soft).sum() * px))
-        score.append(min(areas))   # both hila
-    s = ndi.uniform_filter1d(np.asarray(score), size=3, mode="nearest")
-    if s.max() <= 50.0:
-        return _venous_prior(scan, carina, dome, "no hilar vessels found below the carina")
-    above = np.nonzero(s >= 0.5 * s.max())[0]
-    i = int(round(float((above * s[above]).sum() / s[above].sum())))
+        yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
+        band = (yy > front - 32.0) & (yy < front - 10.0)
+        soft = _hull_2d(lung2d) & ~lung2d & (hu > -50) & (hu < 600) & band
+        lab, n = ndi.label(soft)
+        best = 0.0
+        for j, sl in enumerate(ndi.find_objects(lab), start=1):
+            xx = (np.nonzero(lab[sl] == j)[1] + sl[1].start) * sx * f
+            if xx.min() < tx - 10 and xx.max() > tx + 10:      # crosses the midline: not the aorta
+                best = max(best, float(xx.max() - xx.min()))
+        widths.append(best)
+    w = ndi.uniform_filter1d(np.asarray(widths), size=3, mode="nearest")
+    if w.max() <= 30.0:
+        return _venous_prior(scan, carina, dome, "no atrial structure found in front of the spine")
+    top = np.nonzero(w >= w.max() - 0.05 * w.max())[0]
+    i = int(round(float(top.mean())))
     k = ks[i]
-    z = scan.z_mm(k)
-    conf = float(np.clip(0.35 + 0.5 * (1.0 - len(above) / len(ks)), 0.3, 0.8))
-    return Landmark(z, scan.input_slice_index(k), conf,
-                    "centre of the hilar vessels of both lungs below the carina (pulmonary veins)")
+    contrast = float(w.max() / (np.median(w) + 1e-6))
+    conf = float(np.clip(0.3 + 0.4 * (contrast - 1.0), 0.3, 0.85))
+    return Landmark(scan.z_mm(k), scan.input_slice_index(k), conf,
+                    "widest structure just in front of the spine below the carina (left atrium with the veins)")
 
 
 def _venous_prior(scan: CTScan, carina: Landmark, dome: Landmark, why: str) -> Landmark:

@@ -289,8 +289,12 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     y_sp = bc - 22                                # vertebral body centre
     y_tr = y_sp - 42                              # trachea
     x_tr = 0.0
-    hx, hy, hz = p["heart_x"], -18.0, zc + p["venous"] - 15.0
+    # the heart's posterior wall lies 3-4 cm in front of the vertebral bodies (esophagus and aorta between);
+    # only the left atrium reaches back to the esophagus
+    spine_front = y_sp - 17.0
     rx, ry, rz = p["heart_rx"], p["heart_ry"], p["heart_rz"]
+    ry = min(ry, (spine_front - 38.0 + bc - 8.0) / 2.0)
+    hx, hy, hz = p["heart_x"], spine_front - 38.0 - ry, zc + p["venous"] - 15.0
 
     hu = np.full(grid.shape, -1000.0, np.float32)
     lungs = np.zeros(grid.shape, np.uint8)
@@ -373,13 +377,17 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     sx, sy = p["x_shift"], p["y_shift"]
     V = lambda x, y, z: (x + sx, y + sy, zc + z)  # noqa: E731  relative -> world
     # left atrium and pulmonary veins
-    la_c = np.array(V(hx - 8, hy + ry * 0.62, p["venous"]))
-    _draw_tubes(grid, [(la_c - [22, 0, 0], la_c + [22, 0, 0], 16.0, 16.0)], hu, value=blood)
+    # the left atrium is the most posterior chamber: behind the ventricles, just in front of the esophagus
+    la_y = spine_front - 35.0
+    la_c = np.array(V(hx - 8, la_y, p["venous"]))
+    hilar = np.zeros(grid.shape, bool)
+    _draw_tubes(grid, [(la_c - [22, 0, 0], la_c + [22, 0, 0], 15.0, 15.0)], hu, value=blood, mask=hilar)
     for side in (-1, 1):
         for dzv in (7.0, -7.0):
             start = la_c + np.array([side * 14, 0, dzv * 0.4])
-            end = np.array(V(side * 0.45 * ac, hy + ry * 0.45, p["venous"] + dzv * 1.6))
-            _draw_tubes(grid, _polyline([tuple(start), tuple(end)], 6.5, 5.0), hu, value=blood)
+            end = np.array(V(side * 0.45 * ac, la_y, p["venous"] + dzv * 1.6))
+            _draw_tubes(grid, _polyline([tuple(start), tuple(end)], 6.5, 5.0), hu, value=blood, mask=hilar)
+    lungs[hilar] = 0      # the atrium and the hilar veins are not lung
     # aorta: ascending, arch, descending
     r_ao = 13.0
     arch_c = p["arch_top"] - r_ao - 14.0          # centre-line height at the arch ends
