@@ -95,14 +95,31 @@ def main():
                   f"{g.z_mm['L5'] - g.landmarks['right_dome'].z_mm:.1f} mm; L4 halfway: "
                   f"{abs(g.z_mm['L4'] - (g.z_mm['L3'] + g.z_mm['L5']) / 2) < 1e-6}",
                   f"- whole-lung HAA {d.regions['whole']['HAA_pct']:.1f} %, MLA {d.regions['whole']['MLA_HU']:.0f} HU", ""]
-    crop = SHARED_DATA / "totalsegmentator-chest-crops" / "aorta" / "ct_cropped.nii.gz"
-    if crop.exists():
-        try:
-            c = load_ct(crop)
-            gc = find_levels(c, segment_lungs(c))
-            lines.append(f"TotalSegmentator aorta crop: L1 = {gc.z_mm['L1']}")
-        except SscildError as err:
-            lines.append(f"TotalSegmentator aorta crop: not measured - {err}")
+    crop_dir = SHARED_DATA / "totalsegmentator-chest-crops" / "aorta"
+    if crop_dir.exists():
+        import SimpleITK as sitk
+        from scipy import ndimage as ndi
+
+        from sscild.levels import find_great_vessel_origin
+
+        c = load_ct(crop_dir / "ct_cropped.nii.gz")
+
+        def mask(name):
+            return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(crop_dir / f"{name}.nii.gz")), "LPS")) > 0
+
+        ao, bt = mask("aorta"), mask("brachiocephalic_trunk")
+        ks = np.nonzero((ndi.binary_dilation(bt, iterations=1) & ao).any(axis=(1, 2)))[0]
+        ref_lo, ref_hi = c.z_mm(ks.min()), c.z_mm(ks.max())
+        top = c.z_mm(np.nonzero(ao.any(axis=(1, 2)))[0].max())
+        lm = find_great_vessel_origin(c)        # the crop has ~60 mL of lung: the lung-free path
+        if lm.z_mm is None:
+            lines.append(f"TotalSegmentator aorta crop: L1 not placed ({lm.note}).")
+        else:
+            err = lm.z_mm - (ref_lo + ref_hi) / 2
+            lines += [f"TotalSegmentator aorta crop (contrast, 1.5 mm, lungs cut off by the crop): reference = where the "
+                      f"brachiocephalic-trunk mask touches the aorta mask, z {ref_lo:.1f}..{ref_hi:.1f} mm (the aorta "
+                      f"mask's top is at {top:.1f} mm). sscild L1 = {lm.z_mm:.1f} mm, {err:+.1f} mm from the reference "
+                      f"middle (acceptance: within 10 mm). Note: {lm.note}."]
     write_section("anatomy", "Lungs, airways, Goh levels, density (issue: anatomy)", "python bench/run_all.py anatomy",
                   lines)
 

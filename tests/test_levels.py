@@ -9,7 +9,7 @@ from sscild.levels import LEVELS, find_levels
 from sscild.phantom import make_phantom
 
 # tolerances per level on small phantoms (3 mm slices); see bench/RESULTS.md for the held-out statistics
-TOL = {"L1": 6.0, "L2": 6.0, "L3": 12.0, "L4": 8.0, "L5": 3.0}
+TOL = {"L1": 12.0, "L2": 7.0, "L3": 12.0, "L4": 8.0, "L5": 3.0}
 
 
 @pytest.mark.parametrize("seed,extent", [(41, 0.0), (42, 40.0)])

@@ -413,3 +413,44 @@ def _refine_box(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.n
         out[m & band & ~(hu < LUNG_THRESHOLD)] = 0
         out[keep & ~airways] = lab
     return out
+
+
+def segment_airways_only(scan: CTScan) -> Lungs:
+    """Trachea (and main bronchi when seen) of a scan without usable lungs, e.g. a mediastinal crop.
+
+    The trachea is the internal air component that spans most slices with a cross-section of 0.6-7 cm^2;
+    ``labels`` holds the remaining internal air (lung fragments) as lung (1 right / 2 left of the trachea).
+    """
+    f = _inplane_factor(scan)
+    lo = _downsample(scan.hu, f)
+    sp = (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)
+    # a crop cuts the lungs at its sides, so 'outside' is judged per slice: air not touching the slice border
+    internal = np.zeros(lo.shape, bool)
+    for k in range(lo.shape[0]):
+        lab2, n2 = ndi.label(lo[k] < AIR_THRESHOLD)
+        if n2:
+            edge = np.unique(np.r_[lab2[0], lab2[-1], lab2[:, 0], lab2[:, -1]])
+            internal[k] = (lab2 > 0) & ~np.isin(lab2, edge)
+    lab, n = cc3d.connected_components(internal, connectivity=6, return_N=True)
+    px = sp[1] * sp[2]
+    best, best_span = None, 0
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        per_slice = comp.sum(axis=(1, 2)) * px
+        span = int((per_slice > 0).sum())
+        if span > best_span and 60 <= np.median(per_slice[per_slice > 0]) <= 700:
+            best, best_span = i, span
+    airway_lo = lab == best if best is not None else np.zeros(lo.shape, bool)
+    rest = internal & ~airway_lo
+    xs = np.nonzero(airway_lo.any(axis=(0, 1)))[0]
+    x_mid = xs.mean() if len(xs) else lo.shape[2] / 2
+    labels_lo = np.zeros(lo.shape, np.uint8)
+    cols = np.arange(lo.shape[2])[None, None, :]
+    labels_lo[rest & (cols < x_mid)] = 1
+    labels_lo[rest & (cols >= x_mid)] = 2
+    labels = _upsample_labels(labels_lo, scan.shape, f)
+    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0
+    notes = {"airways": "trachea found without lungs" if best is not None else "no trachea found"}
+    return Lungs(labels, airways, notes, {"apex": False, "base": False}, None)

@@ -8,10 +8,12 @@ is reported as missing, never invented):
 - ``right_dome``: the highest point of the right hemidiaphragm = the highest point of the right lung's lower
   surface, over the columns where the lung ends on the abdomen (lower half of the lung; not within 30 mm of
   its medial edge, where it ends on the heart; median-filtered, 98th percentile, to ignore spurs). L5 = dome + 10 mm.
-- ``great_vessel_origin`` (L1): the top of the aortic arch, where the branches arise. Above the carina, in the
-  mediastinum, the arch is the one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of
-  the trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
-  branches are small and round. L1 is the top of the highest slice that shows it.
+- ``great_vessel_origin`` (L1): estimated as the top of the aortic arch. Above the carina, in the
+  mediastinum (lung outline, or a box round the trachea when the lungs are cut off), the arch is the one vessel
+  structure (blood, > -20 HU, bone excluded) that runs from in front of the trachea, round its left side, to
+  behind it; the left brachiocephalic vein crosses in front only and the branches are small and round. L1 is the
+  top of the highest slice that shows it. Known limit: the brachiocephalic trunk arises where the arch begins,
+  which in an unfolded aorta lies 2-3 cm below the arch's top (see bench/RESULTS.md).
 - ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
   structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie
@@ -158,29 +160,58 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     return convex_hull_image(mask) if mask.any() else mask
 
 
+def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> np.ndarray:
+    """Vessel-density soft tissue of slice ``k`` in the mediastinum (lung outline, or a box round the trachea)."""
+    sy, sx = scan.spacing[1], scan.spacing[2]
+    lung2d = lungs.labels[k, ::f, ::f] > 0
+    hu = scan.hu[k, ::f, ::f]
+    if lung2d.sum() >= 200:
+        region = _hull_2d(lung2d)
+    else:
+        yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
+        xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
+        region = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
+    air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
+    bone = ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
+    ves = region & ~lung2d & ~air & ~bone & (hu > -20) & (hu < 600)
+    return ndi.binary_opening(ves, iterations=1)
+
+
 def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landmark:
-    if carina.z_mm is None:
-        return Landmark(None, None, 0.0, "needs the carina (trachea) to find the mediastinum")
-    kc = scan.slice_at_z(carina.z_mm)
     sy, sx = scan.spacing[1], scan.spacing[2]
     f = max(1, int(round(1.5 / sx)))
     top_k = scan.shape[0] - 1
-    k_hi = min(top_k, kc + int(np.ceil(90.0 / scan.spacing[0])))
+    if carina.z_mm is not None:
+        kc = scan.slice_at_z(carina.z_mm)
+        k_hi = min(top_k, kc + int(np.ceil(90.0 / scan.spacing[0])))
+    else:   # no carina in view (e.g. a mediastinal crop): search wherever the trachea is seen
+        ks_air = np.nonzero(lungs.airways.any(axis=(1, 2)))[0]
+        if len(ks_air) == 0:
+            return Landmark(None, None, 0.0, "needs the trachea to find the mediastinum")
+        kc, k_hi = int(ks_air.min()) - 1, int(ks_air.max())
     tr = _trachea_xy(lungs, kc + 1, k_hi + 1)
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
-    found = None
-    prev_arch = False
+    top_found = None
     for k in range(k_hi, kc, -1):
         lung2d = lungs.labels[k, ::f, ::f] > 0
-        if lung2d.sum() < 20:
-            continue
-        hull = _hull_2d(lung2d)
         hu = scan.hu[k, ::f, ::f]
+        if lung2d.sum() >= 200:
+            hull = _hull_2d(lung2d)
+        else:   # too little lung for an outline: a box round the trachea (80 mm each side, 90 mm in front)
+            yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
+            xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
+            hull = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
         air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
-        ves = hull & ~lung2d & ~air & (hu > -20) & (hu < 600)
+        # bone: what a cortical ring (> 500 HU) encloses; cancellous bone is as bright as contrast-filled blood
+        bone = ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
+        ves = hull & ~lung2d & ~air & ~bone & (hu > -20) & (hu < 600)
         ves = ndi.binary_opening(ves, iterations=1)
         lab, n = ndi.label(ves)
+        if lung2d.sum() < 200:
+            # box search: muscles run into the box's edges; the arch lies enclosed in mediastinal fat
+            edge = hull & ~ndi.binary_erosion(hull)
+            lab[np.isin(lab, np.unique(lab[edge & (lab > 0)]))] = 0
         ty, tx = tr[0] / f, tr[1] / f
         is_arch = False
         for j, sl in enumerate(ndi.find_objects(lab), start=1):
@@ -204,18 +235,18 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landma
                 is_arch = True
                 break
         if is_arch:
-            found = k
+            if k >= top_k - 1:
+                return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
+                                "great vessels is out of range")
+            top_found = k
             break
-        prev_arch = is_arch
-    if found is None:
-        kk = scan.slice_at_z(scan.z_mm(top_k))
+    if top_found is None:
         return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
-    if found >= top_k - 1:
-        return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: its top is out of range")
-    z = scan.z_mm(found) + 0.5 * abs(scan.spacing[0])
+    z = scan.z_mm(top_found) + 0.5 * abs(scan.spacing[0])
     k = scan.slice_at_z(z)
-    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.8,
-                    "top of the aortic arch (highest slice where it runs from in front of the trachea to behind it)")
+    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.7,
+                    "top of the aortic arch (highest slice where one vessel runs from in front of the trachea round "
+                    "its left side to behind it)")
 
 
 def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int) -> float | None:
@@ -298,6 +329,19 @@ def _venous_prior(scan: CTScan, carina: Landmark, dome: Landmark, why: str) -> L
     if k is None:
         return Landmark(None, None, 0.0, why + "; the prior position lies outside the scan")
     return Landmark(z, scan.input_slice_index(k), 0.2, why + "; placed 35 mm below the carina (prior)")
+
+
+def find_great_vessel_origin(scan: CTScan, lungs: Lungs | None = None) -> Landmark:
+    """The great-vessel origin (top of the aortic arch) alone; works on mediastinal crops without lungs.
+
+    Without ``lungs`` the trachea is taken as the internal air tube that spans most slices (from
+    :func:`sscild.anatomy.segment_airways_only`) and the search region is a box around it.
+    """
+    if lungs is None:
+        from .anatomy import segment_airways_only
+
+        lungs = segment_airways_only(scan)
+    return _great_vessel_origin(scan, lungs, _carina(scan, lungs))
 
 
 def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:

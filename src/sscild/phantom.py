@@ -20,8 +20,8 @@ and sampled on any grid, so "small" test volumes and "full" 512x512 scans share 
   reticulation (fine irregular lines and, at high extent, subpleural honeycomb cysts);
 - a slight blur (scanner point-spread) and Gaussian noise.
 
-Landmark truth (world z, mm): ``great_vessel_origin`` = top wall of the arch where the brachiocephalic trunk
-leaves it; ``carina`` = the tracheal bifurcation; ``venous_confluence`` = the level where the pulmonary veins
+Landmark truth (world z, mm): ``great_vessel_origin`` = where the brachiocephalic trunk's centre line leaves the
+aorta (it arises at the start of the arch, below the arch's apex, as in the TotalSegmentator reference masks); ``carina`` = the tracheal bifurcation; ``venous_confluence`` = the level where the pulmonary veins
 enter the left atrium; ``right_dome`` = the highest point of the right hemidiaphragm. Levels: L1..L3 those
 landmarks, L5 = right dome + 10 mm, L4 halfway between L3 and L5.
 """
@@ -154,7 +154,9 @@ def _draw_params(rng: np.random.Generator) -> dict[str, Any]:
     p["body_a"], p["body_b"] = u(140, 175), u(100, 128)
     p["fat"] = u(8, 22)
     p["apex"] = u(70, 95)                    # lung apex above the carina (relative z, carina = 0)
-    p["arch_top"] = u(24, 38)                # top wall of the arch above the carina
+    p["arch_top"] = u(32, 48)                # outer top of the aortic arch above the carina
+    p["arch_rise"] = u(24, 32)               # rise of the arch's centre line above its two limbs
+    p["bt_origin_t"] = u(0.10, 0.18)         # where along the arch (0..1) the brachiocephalic trunk arises
     p["venous"] = -u(25, 45)                 # venous confluence below the carina
     p["dome_r"] = -u(100, 145)               # right dome
     p["dome_l"] = p["dome_r"] - u(8, 22)     # left dome lower
@@ -246,7 +248,7 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     scan = CTScan(hu, spacing=spacing_zyx, origin=(float(grid.x[0]), float(grid.y[0]), float(grid.z[0])),
                   meta={"modality": "CT", "source": "sscild phantom", "seed": seed}, source=f"phantom:{seed}")
     landmarks = {
-        "great_vessel_origin": zc + p["arch_top"],
+        "great_vessel_origin": p["bt_origin_z"],
         "carina": p["carina_split_z"],
         "venous_confluence": zc + p["venous"],
         "right_dome": zc + p["dome_r"],
@@ -388,24 +390,31 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
             end = np.array(V(side * 0.45 * ac, la_y, p["venous"] + dzv * 1.6))
             _draw_tubes(grid, _polyline([tuple(start), tuple(end)], 6.5, 5.0), hu, value=blood, mask=hilar)
     lungs[hilar] = 0      # the atrium and the hilar veins are not lung
-    # aorta: ascending, arch, descending
+    # aorta: ascending, arch, descending; the branches arise from the arch's upper side, the brachiocephalic
+    # trunk at its start (where the ascending aorta turns), so the arch's apex lies above the branch origins
     r_ao = 13.0
-    arch_c = p["arch_top"] - r_ao - 14.0          # centre-line height at the arch ends
+    rise = p["arch_rise"]
+    arch_c = p["arch_top"] - r_ao - rise             # centre-line height at the arch ends
+
+    def arch_point(tt):
+        return V(-14 + 36 * (1 - np.cos(tt)) / 2, -30 + (y_sp - 20 + 30) * (1 - np.cos(tt)) / 2,
+                 arch_c + rise * np.sin(tt))
+
     asc = [V(-12, -28, p["venous"] - 25), V(-14, -30, arch_c)]
-    n = 9
-    t = np.linspace(0, np.pi, n)
-    arch = [V(-14 + (22 + 14) * (1 - np.cos(tt)) / 2, -30 + (y_sp - 20 + 30) * (1 - np.cos(tt)) / 2,
-              arch_c + 14.0 * np.sin(tt)) for tt in t]
+    arch = [arch_point(tt) for tt in np.linspace(0, np.pi, 13)]
     desc = [V(22, y_sp - 20, arch_c), V(22, y_sp - 18, (grid.z[0] - zc) - 5)]
     aorta_segs = _polyline(asc, r_ao) + _polyline(arch, r_ao) + _polyline(desc, 11.0)
     _draw_tubes(grid, aorta_segs, hu, value=blood)
-    # great vessels from the top of the arch (brachiocephalic trunk leaves at ~30 % along the arch)
     top_z = (grid.z[-1] - zc) + 5
-    i_bc, i_cc, i_sc = 3, 4, 6
-    brach = [arch[i_bc], V(-18, -18, p["arch_top"] + 25), V(-30, -10, top_z)]
-    _draw_tubes(grid, _polyline([tuple(np.asarray(q) + [0, 0, 0]) for q in brach], 7.5, 6.0), hu, value=blood)
-    _draw_tubes(grid, _polyline([arch[i_cc], V(6, -4, p["arch_top"] + 30), V(10, 0, top_z)], 4.5), hu, value=blood)
-    _draw_tubes(grid, _polyline([arch[i_sc], V(22, 6, p["arch_top"] + 25), V(40, 8, top_z)], 5.5), hu, value=blood)
+    t_bc = p["bt_origin_t"] * np.pi
+    brach = [arch_point(t_bc), V(-20, -22, p["arch_top"] + 12), V(-30, -10, top_z)]
+    brach_segs = _polyline(brach, 7.5, 6.0)
+    _draw_tubes(grid, brach_segs, hu, value=blood)
+    _draw_tubes(grid, _polyline([arch_point(0.5 * np.pi), V(6, -4, p["arch_top"] + 25), V(10, 0, top_z)], 4.5),
+                hu, value=blood)
+    _draw_tubes(grid, _polyline([arch_point(0.72 * np.pi), V(22, 6, p["arch_top"] + 20), V(40, 8, top_z)], 5.5),
+                hu, value=blood)
+    p["bt_origin_z"] = _exit_z(brach_segs, aorta_segs)
     # pulmonary trunk and arteries (bifurcation just below the carina)
     pa_bif = V(2, -8, -12)
     _draw_tubes(grid, _polyline([V(12, -45, p["venous"] - 20), pa_bif], 13.0, 12.0), hu, value=blood)
@@ -457,6 +466,24 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     hu += rng.normal(0.0, p["noise_sd"], grid.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return hu, (lungs, airways, lesions)
+
+
+def _exit_z(branch, trunk) -> float:
+    """World z where a branch's centre line leaves the trunk's tube (first point farther than the trunk's radius
+    from every trunk segment): where the branch "leaves" the vessel it arises from."""
+    for p0, p1, _, _ in branch:
+        for t in np.linspace(0.0, 1.0, 400):
+            q = p0 + t * (p1 - p0)
+            inside = False
+            for a, b, ra, rb in trunk:
+                d = b - a
+                s_ = float(np.clip((q - a) @ d / max(float(d @ d), 1e-9), 0.0, 1.0))
+                if np.linalg.norm(q - (a + s_ * d)) <= ra + s_ * (rb - ra):
+                    inside = True
+                    break
+            if not inside:
+                return float(q[2])
+    return float(branch[-1][1][2])
 
 
 def _lumen_split_z(bronchi) -> float:
