@@ -71,3 +71,48 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
     (tmp_path / "a" / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="do not fit"):
         load_lnet(tmp_path / "a")
+
+
+def test_train_from_config_resumes_and_analyze_reports_both_level_sets(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sscild.cli import app
+
+    torch.set_num_threads(1)
+    weights = tmp_path / "weights"
+    cfg_file = tmp_path / "lnet.yaml"
+    cfg_file.write_text(f"""
+out: {weights / 'lnet'}
+description: test
+config: {{in_plane: 16, z_mm: 6.0, window: 32, channels: [4, 8, 8]}}
+phantoms: {{n: 3, seed0: 900}}
+validation: {{phantoms: {{n: 2, seed0: 950}}}}
+train: {{steps: 10, batch_size: 2, checkpoint_every: 5}}
+""")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "levels", "--config", str(cfg_file), "--quiet"])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (weights / "lnet" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [5, 10]
+    card = json.loads((weights / "lnet" / "card.json").read_text())
+    assert card["train_cases"] == 3 and set(card["metrics"]) == set(LEVELS)
+    # resume: more steps continue from the checkpoint, the log goes on
+    cfg_file.write_text(cfg_file.read_text().replace("steps: 10", "steps: 15"))
+    r = runner.invoke(app, ["train", "levels", "--config", str(cfg_file), "--resume", "--quiet"])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (weights / "lnet" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [5, 10, 15]
+
+    from sscild.phantom import make_phantom
+    import SimpleITK as sitk
+    scan, truth = make_phantom(960, extent=10)
+    sitk.WriteImage(scan.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["analyze", "-i", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--lnet", "--weights",
+                            str(weights), "--quiet"])
+    assert r.exit_code == 0, r.output
+    a = json.loads((out / "analysis.json").read_text())
+    assert set(a["levels_lnet"]) == set(LEVELS) and a["levels"]["levels"][0]["name"] == "L1"
+    assert a["models"][0]["name"] == "L-Net" and "levels_lnet" in a["timings_s"]

@@ -10,7 +10,8 @@ returns an :class:`Analysis`; ``write_outputs`` writes the output folder::
 
 ``analysis.json`` keys: ``software`` {name, version}, ``input`` (non-identifying description), ``geometry``,
 ``lungs`` {volumes_ml, notes, cut_off}, ``levels`` (as levels.json), ``density`` (as density.json),
-``scores`` (when S-Net ran), ``lesions`` (when the lesion model ran), ``timings_s``, ``warnings``, ``models``.
+``scores`` (when S-Net ran), ``lesions`` (when the lesion model ran), ``levels_lnet`` (with ``--lnet``: L-Net's
+levels beside the anatomical ones), ``timings_s``, ``warnings``, ``models`` (cards of the models used).
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def analyze(scan: CTScan, *, levels: bool = True, quiet: bool = True, device: st
     device : str
         ``cpu`` or ``cuda`` for the learned stages.
     options : mapping
-        Stage options (``heatmaps``, ``weights``) for the learned stages.
+        Stage options for the learned stages: ``lnet`` (also place the levels with L-Net and report both),
+        ``weights`` (a folder whose ``lnet/`` etc. override the shipped models), ``heatmaps``.
 
     Returns
     -------
@@ -117,9 +119,34 @@ def analyze(scan: CTScan, *, levels: bool = True, quiet: bool = True, device: st
     t0 = time.perf_counter()
     dens = density_metrics(scan, lungs)
     t["density"] = time.perf_counter() - t0
+    extra: dict[str, Any] = {}
+    models: list[dict[str, Any]] = []
+    opts = dict(options or {})
+    if opts.get("lnet"):
+        from .scoring.lnet import predict_levels
+
+        t0 = time.perf_counter()
+        model, cfg, card = _lnet(opts.get("weights"), device)
+        extra["levels_lnet"] = predict_levels(model, scan, cfg, device=device)
+        t["levels_lnet"] = time.perf_counter() - t0
+        models.append({"name": "L-Net", "trained_on": card.get("trained_on"), "metrics": card.get("metrics")})
     vols = {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}
     t = {k: round(v, 3) for k, v in t.items()}
-    return Analysis(describe(scan), lungs, g, dens, vols, t, _warnings(lungs, g))
+    return Analysis(describe(scan), lungs, g, dens, vols, t, _warnings(lungs, g), extra=extra, models=models)
+
+
+_MODELS: dict[tuple, Any] = {}
+
+
+def _lnet(weights: str | Path | None, device: str):
+    """L-Net loaded once per process (batch workers keep it between scans)."""
+    from .scoring.lnet import load_lnet
+
+    d = Path(weights) / "lnet" if weights else None
+    key = ("lnet", str(d), device)
+    if key not in _MODELS:
+        _MODELS[key] = load_lnet(d, device=device)
+    return _MODELS[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +241,8 @@ def cohort_row(analysis: Analysis) -> dict[str, Any]:
         for n in LEVELS:
             row[f"{n}_z_mm"] = analysis.levels.z_mm[n]
             row[f"{n}_confidence"] = analysis.levels.confidence[n]
+    for n, e in (analysis.extra.get("levels_lnet") or {}).items():
+        row[f"{n}_z_mm_lnet"] = e["z_mm"]
     if analysis.scores:
         for n, s in (analysis.scores.get("levels") or {}).items():
             for p in ("TOT", "GG", "RET"):

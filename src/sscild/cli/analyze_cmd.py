@@ -17,6 +17,7 @@ def analyze_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (learned stages)."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Explain the scores with heat maps (slower)."),
+    lnet: bool = typer.Option(False, "--lnet", help="Also place the levels with L-Net and report both."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
     show_phi: bool = typer.Option(False, "--show-phi", help="Put patient name/id/dates in the report."),
@@ -30,7 +31,7 @@ def analyze_cmd(
 
     dev = pick_device(device)
     scan = load_ct(input)
-    a = analyze(scan, quiet=quiet, device=dev, options={"heatmaps": heatmaps, "weights": weights})
+    a = analyze(scan, quiet=quiet, device=dev, options={"heatmaps": heatmaps, "weights": weights, "lnet": lnet})
     write_outputs(a, scan, out, show_phi=show_phi)
     if not quiet:
         v = a.volumes_ml
@@ -39,6 +40,10 @@ def analyze_cmd(
         if a.levels is not None:
             console.print("levels (z mm): " + ", ".join(
                 f"{n} {a.levels.z_mm[n]:.1f}" if a.levels.z_mm[n] is not None else f"{n} -" for n in a.levels.z_mm))
+        if "levels_lnet" in a.extra:
+            ln = a.extra["levels_lnet"]
+            console.print("L-Net levels (z mm): " + ", ".join(
+                f"{n} {ln[n]['z_mm']:.1f}" if ln[n]["z_mm"] is not None else f"{n} -" for n in ln))
         for w in a.warnings:
             console.print(f"[yellow]warning:[/] {w}")
         console.print(f"written to {out}/ (report.html)")

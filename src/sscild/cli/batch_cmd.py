@@ -21,6 +21,7 @@ def batch(
                                                                       "e.g. tcp://HOST:8786."),
     force: bool = typer.Option(False, "--force", help="Redo scans already done."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Also compute heat maps (slower)."),
+    lnet: bool = typer.Option(False, "--lnet", help="Also place the levels with L-Net."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
@@ -30,7 +31,7 @@ def batch(
     from ..cohort import run_batch
 
     res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet,
-                    options={"heatmaps": heatmaps, "device": device,
+                    options={"heatmaps": heatmaps, "device": device, "lnet": lnet,
                              "weights": str(weights) if weights else None})
     console.print(f"{res.n_done} done, {res.n_failed} failed, {res.n_skipped} skipped (already done) of "
                   f"{res.n_total}; table: {out / 'cohort.csv'}")

@@ -1,0 +1,27 @@
+"""`sscild train levels`: train L-Net from a YAML config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import train_app
+from .common import console
+
+
+@train_app.command("levels")
+def train_levels(
+    config: Path = typer.Option(..., "--config", help="YAML config (see configs/lnet_phantoms.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train L-Net (3D regression of the five Goh levels); writes model.safetensors, card.json, metrics.jsonl."""
+    from ..errors import ConfigError
+    from ..scoring.lnet import train_from_config
+    from ..util import pick_device
+
+    if not config.exists():
+        raise ConfigError(f"config {config} does not exist")
+    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet)
+    console.print(f"L-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
