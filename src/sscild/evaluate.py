@@ -214,3 +214,27 @@ def per_level_table(pred: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
             ic = icc(a, b).value if len(sub) >= 3 else float("nan")
             rows.append({"level": lv, "pattern": p, "n": len(sub), "MAE": mu, "MAE_SD": sd, "kappa": k, "ICC": ic})
     return pd.DataFrame(rows)
+
+
+def levels_table(pred, truth) -> pd.DataFrame:
+    """Level position errors per level (L1..L5): n, MAE +- SD (mm), max, ICC(A,1). Inputs: CSV paths or frames
+    with ``scan_id`` and ``L1``..``L5`` (world z, mm)."""
+    def _read(x):
+        df = x if isinstance(x, pd.DataFrame) else pd.read_csv(x, dtype={"scan_id": str})
+        missing = [c for c in ("scan_id", *LEVELS) if c not in df.columns]
+        if missing:
+            raise ConfigError(f"levels table needs scan_id and L1..L5 (world z, mm); missing {missing}")
+        return df
+    m = _read(pred).merge(_read(truth), on="scan_id", suffixes=("_pred", "_true"))
+    if m.empty:
+        raise ConfigError("no scan_id in common between predictions and truth")
+    rows = []
+    for n in LEVELS:
+        sub = m[[f"{n}_pred", f"{n}_true"]].dropna()
+        if sub.empty:
+            continue
+        a, b = sub[f"{n}_pred"], sub[f"{n}_true"]
+        mu, sd = mae(a, b)
+        rows.append({"level": n, "n": len(sub), "MAE_mm": mu, "SD_mm": sd, "max_mm": float((a - b).abs().max()),
+                     "ICC": icc(a, b).value if len(sub) >= 3 else float("nan")})
+    return pd.DataFrame(rows)

@@ -25,3 +25,22 @@ def train_levels(
         raise ConfigError(f"config {config} does not exist")
     out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet)
     console.print(f"L-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+
+
+@train_app.command("scoring")
+def train_scoring(
+    config: Path = typer.Option(..., "--config", help="YAML config (see configs/snet_phantoms.yaml)."),
+    init: Path = typer.Option(None, "--init", help="Start from your own checkpoint (folder or .safetensors)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train S-Net (TOT/GG/RET per level slice); writes model.safetensors, card.json, metrics.jsonl."""
+    from ..errors import ConfigError
+    from ..scoring.snet import train_from_config
+    from ..util import pick_device
+
+    if not config.exists():
+        raise ConfigError(f"config {config} does not exist")
+    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet, init=init)
+    console.print(f"S-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..scan import CTScan
 
 LEVELS = ("L1", "L2", "L3", "L4", "L5")
@@ -284,17 +284,9 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
 # --------------------------------------------------------------------------------------------
 def save_lnet(model, cfg: LNetConfig, directory: str | Path, card: dict) -> Path:
     """Write ``model.safetensors`` and ``card.json`` (config + what it was trained on and measured)."""
-    from safetensors.torch import save_file
+    from .weights import save_weights
 
-    from ..util import atomic_path, write_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    write_json(directory / "card.json", {"name": "L-Net", "config": asdict(cfg), **card})
-    return directory
+    return save_weights(model, directory, {"name": "L-Net", "config": asdict(cfg), **card})
 
 
 def load_lnet(directory: str | Path | None = None, device: str = "cpu"):
@@ -302,23 +294,15 @@ def load_lnet(directory: str | Path | None = None, device: str = "cpu"):
 
     Raises ``ModelError`` when the weights or card are missing or do not fit the network.
     """
-    from safetensors.torch import load_file
+    from .weights import load_into, read_card
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
-    wpath, cpath = directory / "model.safetensors", directory / "card.json"
-    if not wpath.exists() or not cpath.exists():
-        raise ModelError(f"no L-Net weights at {directory} (need model.safetensors and card.json): train one "
-                         "with `sscild train levels --config ...` or pass --weights DIR")
-    card = json.loads(cpath.read_text())
+    card = read_card(directory, "L-Net", "sscild train levels --config ...")
     c = dict(card.get("config", {}))
     if "channels" in c:
         c["channels"] = tuple(c["channels"])
     cfg = LNetConfig(**c)
-    model = build_lnet(cfg)
-    try:
-        model.load_state_dict(load_file(str(wpath)))
-    except (RuntimeError, KeyError) as err:
-        raise ModelError(f"the L-Net weights at {wpath} do not fit the network in its card: {err}") from None
+    model = load_into(build_lnet(cfg), directory, "L-Net")
     return model.to(device).eval(), cfg, card
 
 

@@ -1,0 +1,748 @@
+"""S-Net: a 2D regression network that scores a Goh level slice (TOT, GG, RET in % of lung area).
+
+After Jia et al. (Sci Rep 2024), sized for a CPU:
+
+- **Input.** The level slice cropped to the lungs (square box around the lung mask with a margin) and resampled
+  to ``size`` x ``size`` (default 96; 512 supported). Two channels: HU mapped from ``hu_min..hu_max`` to 0..1
+  (air = 0, so zero padding is air) and the lung mask (the score is a share of the lung area, so the network is
+  told where the lung is).
+- **Backbones** from MONAI: ``resnet18`` (default, ``width`` scales the channels), ``resnet10``, ``densenet121``,
+  ``efficientnet-b0``.
+- **Outputs** three numbers trained with MSE against score / 100; at inference they are clamped to 0..100 and made
+  consistent: ``max(GG, RET) <= TOT <= min(100, GG + RET)``.
+- **Training** Adam (lr 1e-4 .. 1e-3, weight decay 1e-4), augmentation rotation +-30 deg, scale 95-105 %,
+  shift +-10 px at 512 (scaled to ``size``), balanced sampling over 5 % TOT bins (:mod:`.sampling`), synthetic
+  images from :mod:`.synthesis`.
+- **Pretraining** without labels (no ImageNet weights can be downloaded here): :func:`pretrain` fits the same
+  network to density proxies computed from each image itself (share of lung pixels in the ground-glass band and
+  in the dense band, and mean lung HU), which any unlabelled slice provides; ``init`` loads a user's checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, NoLungsError
+from .synthesis import NORMAL, PatternSource, insert_patterns, scores_from_labels
+
+PATTERNS = ("TOT", "GG", "RET")
+LEVELS = ("L1", "L2", "L3", "L4", "L5")
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "models" / "snet"
+BACKBONES = ("resnet18", "resnet10", "densenet121", "efficientnet-b0")
+
+
+@dataclass(frozen=True)
+class SNetConfig:
+    """Network and preprocessing of an S-Net; stored in its card so weights and preprocessing match."""
+
+    backbone: str = "resnet18"
+    size: int = 96
+    width: float = 0.5
+    hu_min: float = -1000.0
+    hu_max: float = 200.0
+    margin: float = 0.06
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Crop:
+    """Square lung box of a slice: rows/cols ``y0:y0+side, x0:x0+side`` (may extend past the image)."""
+
+    y0: int
+    x0: int
+    side: int
+
+
+def lung_crop(lung: np.ndarray, margin: float = 0.06) -> Crop:
+    ys, xs = np.nonzero(lung)
+    if ys.size == 0:
+        raise NoLungsError("the slice has no lung pixels to score; check the lung mask or the level position")
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    side = int(np.ceil(max(h, w) * (1 + 2 * margin))) + 2
+    cy, cx = (ys.max() + ys.min()) / 2, (xs.max() + xs.min()) / 2
+    return Crop(int(round(cy - side / 2)), int(round(cx - side / 2)), side)
+
+
+def _cut(a: np.ndarray, c: Crop, fill: float) -> np.ndarray:
+    out = np.full(a.shape[:-2] + (c.side, c.side), fill, dtype=a.dtype)
+    H, W = a.shape[-2:]
+    ys, xs = max(0, c.y0), max(0, c.x0)
+    ye, xe = min(H, c.y0 + c.side), min(W, c.x0 + c.side)
+    if ye > ys and xe > xs:
+        out[..., ys - c.y0:ye - c.y0, xs - c.x0:xe - c.x0] = a[..., ys:ye, xs:xe]
+    return out
+
+
+def crop_resample(images: np.ndarray, lungs: np.ndarray, size: int, crop: Crop | None = None,
+                  labels: np.ndarray | None = None, margin: float = 0.06):
+    """Crop (N, H, W) slices to one lung box (from ``crop`` or the first mask) and resample to ``size``.
+
+    Returns HU (N, size, size) float32, masks (N, size, size) bool, labels (or None) and the scale factor
+    ``side / size`` (output pixel = factor x input pixel).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    images = np.asarray(images, np.float32)
+    lungs = np.asarray(lungs, bool)
+    crop = crop or lung_crop(lungs.reshape(-1, *lungs.shape[-2:]).any(0), margin)
+    im = torch.from_numpy(_cut(images, crop, -1000.0))[:, None]
+    lm = torch.from_numpy(_cut(lungs.astype(np.float32), crop, 0.0))[:, None]
+    with torch.no_grad():
+        hu = F.interpolate(im, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+        lu = F.interpolate(lm, size=(size, size), mode="nearest")[:, 0] > 0.5
+        lab = None
+        if labels is not None:
+            lt = torch.from_numpy(_cut(np.asarray(labels, np.float32), crop, 0.0))[:, None]
+            lab = F.interpolate(lt, size=(size, size), mode="nearest")[:, 0].numpy().astype(np.uint8)
+    return hu.numpy(), lu.numpy(), lab, crop.side / size
+
+
+def to_input(hu: np.ndarray, lung: np.ndarray, cfg: SNetConfig) -> np.ndarray:
+    """(N, S, S) HU + masks -> (N, 2, S, S) float32 network input (HU 0..1 with air 0, lung mask)."""
+    x0 = (np.clip(hu, cfg.hu_min, cfg.hu_max) - cfg.hu_min) / (cfg.hu_max - cfg.hu_min)
+    return np.stack([x0.astype(np.float32), lung.astype(np.float32)], axis=1)
+
+
+def consistent(scores: np.ndarray) -> np.ndarray:
+    """Clamp (N, 3) TOT, GG, RET to 0..100 and make ``max(GG, RET) <= TOT <= min(100, GG + RET)``.
+
+    >>> consistent(np.array([[5.0, 30.0, 10.0], [90.0, 20.0, 10.0]])).tolist()
+    [[30.0, 30.0, 10.0], [30.0, 20.0, 10.0]]
+    """
+    s = np.clip(np.asarray(scores, np.float64), 0.0, 100.0)
+    gg, ret = s[:, 1], s[:, 2]
+    tot = np.clip(s[:, 0], np.maximum(gg, ret), np.minimum(100.0, gg + ret))
+    return np.stack([tot, gg, ret], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# network
+# --------------------------------------------------------------------------------------------
+def build_snet(cfg: SNetConfig = SNetConfig()):
+    """A MONAI 2D backbone with 2 input channels and 3 outputs."""
+    from monai.networks import nets
+
+    if cfg.backbone in ("resnet18", "resnet10"):
+        layers = [2, 2, 2, 2] if cfg.backbone == "resnet18" else [1, 1, 1, 1]
+        return nets.ResNet("basic", layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=2,
+                           num_classes=3, widen_factor=cfg.width, conv1_t_size=7, conv1_t_stride=2)
+    if cfg.backbone == "densenet121":
+        return nets.DenseNet121(spatial_dims=2, in_channels=2, out_channels=3)
+    if cfg.backbone == "efficientnet-b0":
+        return nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=2,
+                                   num_classes=3)
+    raise ConfigError(f"unknown S-Net backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def _augment(x, rng: np.random.Generator, size: int):
+    """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, 2, S, S)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    ang = np.deg2rad(rng.uniform(-30, 30, n))
+    sc = rng.uniform(0.95, 1.05, n)
+    sh = rng.uniform(-10, 10, (n, 2)) / 512 * 2  # normalised coordinates (-1..1)
+    theta = np.zeros((n, 2, 3), np.float32)
+    theta[:, 0, 0] = np.cos(ang) / sc
+    theta[:, 0, 1] = -np.sin(ang) / sc
+    theta[:, 1, 0] = np.sin(ang) / sc
+    theta[:, 1, 1] = np.cos(ang) / sc
+    theta[:, :, 2] = sh
+    grid = F.affine_grid(torch.from_numpy(theta).to(x.device), list(x.shape), align_corners=False)
+    img = F.grid_sample(x[:, :1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    msk = F.grid_sample(x[:, 1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return torch.cat([img, msk], 1)
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SliceSet:
+    """Prepared slices: ``hu`` (N, S, S) float32 on the S-Net grid, ``lung`` bool, ``labels`` uint8 (0 outside,
+    1 normal, 2 GG, 3 RET; all-normal for healthy backgrounds), ``scores`` (N, 3), ``pixel_mm`` (N,), ``group``
+    (patient / scan id, for grouped splits), ``synthetic`` (N,) bool."""
+
+    hu: np.ndarray
+    lung: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    pixel_mm: np.ndarray
+    group: np.ndarray
+    synthetic: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def subset(self, idx) -> "SliceSet":
+        idx = np.asarray(idx)
+        return SliceSet(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(sets: Sequence["SliceSet"]) -> "SliceSet":
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ConfigError("no slices to train or test on")
+        return SliceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in SliceSet.__dataclass_fields__))
+
+    def save(self, path: str | Path) -> None:
+        from ..util import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **{f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @staticmethod
+    def load(path: str | Path) -> "SliceSet":
+        d = np.load(path, allow_pickle=False)
+        return SliceSet(*(d[f] for f in SliceSet.__dataclass_fields__))
+
+
+def prepare_slices(images: np.ndarray, lungs: np.ndarray, pixel_mm: float, cfg: SNetConfig, *,
+                   labels: np.ndarray | None = None, scores: np.ndarray | None = None, group: str = "",
+                   synthetic: bool = False) -> SliceSet:
+    """Crop and resample each slice to its own lung box; scores default to those of the (resampled) labels."""
+    hus, lus, labs, mms = [], [], [], []
+    for i in range(len(images)):
+        lab_i = None if labels is None else labels[i:i + 1]
+        hu, lu, lab, f = crop_resample(images[i:i + 1], lungs[i:i + 1], cfg.size, labels=lab_i, margin=cfg.margin)
+        lab = np.where(lu, NORMAL, 0).astype(np.uint8) if lab is None else np.where(lu, lab, 0).astype(np.uint8)
+        hus.append(hu[0]); lus.append(lu[0]); labs.append(lab[0]); mms.append(pixel_mm * f)
+    labs_a = np.stack(labs)
+    sc = np.asarray(scores, np.float32) if scores is not None else \
+        np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in labs_a], np.float32)
+    n = len(images)
+    return SliceSet(np.stack(hus).astype(np.float32), np.stack(lus), labs_a, sc, np.asarray(mms, np.float32),
+                    np.array([group] * n), np.full(n, synthetic))
+
+
+def phantom_slices(seeds: Sequence[int], cfg: SNetConfig, *, size: str = "small", neighbours: int = 1,
+                   extent: Callable[[int], float] | None = None, quiet: bool = True) -> SliceSet:
+    """The five level slices of phantoms (and ``neighbours`` slices on each side, each with its own exact score),
+    ILD extent per seed from ``extent(seed)`` (default 0-70 %, every fourth phantom healthy)."""
+    from ..phantom import make_phantom
+    from ..util import progress
+
+    extent = extent or (lambda s: 0.0 if s % 4 == 0 else float((s * 37) % 71))
+    sets = []
+    for s in progress(list(seeds), "phantom slices", quiet=quiet):
+        scan, truth = make_phantom(int(s), size=size, extent=extent(int(s)))
+        ks = set()
+        for z in truth.levels_z.values():
+            k = scan.slice_at_z(z)
+            if k is None:
+                continue
+            ks.update(j for j in range(k - neighbours, k + neighbours + 1) if 0 <= j < scan.shape[0])
+        ks_l = sorted(j for j in ks if truth.lungs[j].any())
+        if not ks_l:
+            continue
+        lab = np.where(truth.lungs[ks_l] > 0, truth.lesions[ks_l], 0)
+        # exact scores at the scan's own resolution
+        sc = np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in lab], np.float32)
+        sets.append(prepare_slices(scan.hu[ks_l], truth.lungs[ks_l] > 0, float(scan.spacing[1]), cfg, labels=lab,
+                                   scores=sc, group=f"phantom{s}"))
+    return SliceSet.concat(sets)
+
+
+def real_background_slices(path: str | Path, cfg: SNetConfig, *, min_lung_fraction: float = 0.08,
+                           step: int = 1) -> SliceSet:
+    """Slices of a real scan taken as healthy lung background (TOT = 0) for synthesis: every ``step``-th slice
+    whose lungs (segmented) cover at least ``min_lung_fraction`` of the slice."""
+    from ..anatomy import segment_lungs
+    from ..io import load_ct
+
+    scan = load_ct(path)
+    lungs = segment_lungs(scan).mask
+    frac = lungs.reshape(lungs.shape[0], -1).mean(1)
+    ks = [k for k in range(0, scan.shape[0], step) if frac[k] >= min_lung_fraction]
+    if not ks:
+        raise NoLungsError(f"{path}: no slice with enough lung to use as background")
+    ss = prepare_slices(scan.hu[ks].astype(np.float32), lungs[ks], float(scan.spacing[1]), cfg,
+                        group=f"real:{Path(path).name}")
+    return ss
+
+
+def synthesize(backgrounds: SliceSet, n: int, rng: np.random.Generator, *, source: PatternSource | None = None,
+               only_healthy: bool = True) -> SliceSet:
+    """``n`` synthetic slices: GG and RET inserted (:func:`.synthesis.insert_patterns`) into randomly drawn
+    healthy backgrounds (TOT = 0), exact scores from the inserted areas."""
+    pool = np.flatnonzero(backgrounds.scores[:, 0] == 0) if only_healthy else np.arange(len(backgrounds))
+    if pool.size == 0:
+        raise ConfigError("no healthy (TOT = 0) background slices to insert patterns into")
+    hus, labs, idx = [], [], rng.choice(pool, size=int(n))
+    for i in idx:
+        r = insert_patterns(backgrounds.hu[i], backgrounds.lung[i], rng, pixel_mm=float(backgrounds.pixel_mm[i]),
+                            source=source)
+        hus.append(r.image)
+        labs.append(r.labels)
+    labs_a = np.stack(labs) if labs else np.zeros((0,) + backgrounds.lung.shape[1:], np.uint8)
+    sc = np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in labs_a], np.float32).reshape(-1, 3)
+    return SliceSet(np.stack(hus).astype(np.float32) if hus else backgrounds.hu[:0], backgrounds.lung[idx], labs_a,
+                    sc, backgrounds.pixel_mm[idx], backgrounds.group[idx], np.ones(len(idx), bool))
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)
+    mean_predictor_loss: float = float("nan")
+    seconds: float = 0.0
+    slices_per_s: float = 0.0
+
+
+def density_proxies(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """Label-free targets for pretraining (N, 3) in %: share of lung pixels in the GG band (-750..-300 HU), in the
+    dense band (-300..+100 HU), and the mean lung HU mapped from -1000..0 to 0..100."""
+    out = np.zeros((len(hu), 3), np.float32)
+    for i in range(len(hu)):
+        v = hu[i][lung[i]]
+        if v.size == 0:
+            continue
+        out[i] = [100 * np.mean((v >= -750) & (v < -300)), 100 * np.mean((v >= -300) & (v <= 100)),
+                  np.clip((v.mean() + 1000) / 10, 0, 100)]
+    return out
+
+
+def train_snet(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 500, batch_size: int = 16,
+               lr: float = 5e-4, weight_decay: float = 1e-4, balanced: bool = True, augment: bool = True,
+               targets: np.ndarray | None = None, seed: int = 0, device: str = "cpu", model=None,
+               quiet: bool = True, log_every: int = 0, log_fn: Callable[[dict], None] | None = None):
+    """Train (or continue training) an S-Net on a prepared :class:`SliceSet`; returns ``(model, TrainLog)``.
+
+    ``targets`` replaces ``data.scores`` (used by :func:`pretrain`).
+    """
+    import torch
+
+    from ..util import progress
+    from .sampling import BalancedSampler
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    y_all = np.asarray(data.scores if targets is None else targets, np.float32)
+    if len(y_all) == 0:
+        raise ConfigError("no training slices")
+    model = model if model is not None else build_snet(cfg)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sampler = BalancedSampler(data.scores[:, 0], balanced=balanced, seed=seed)
+    x_all = torch.from_numpy(to_input(data.hu, data.lung, cfg))
+    y_t = torch.from_numpy(y_all / 100.0)
+    log = TrainLog(mean_predictor_loss=float(((y_all / 100.0 - (y_all / 100.0).mean(0)) ** 2).mean()))
+    t0 = time.perf_counter()
+    for step, idx in enumerate(progress(sampler.batches(batch_size, steps), "train S-Net", total=steps,
+                                        quiet=quiet)):
+        xb = x_all[idx].to(device)
+        if augment:
+            xb = _augment(xb, rng, cfg.size)
+        yb = y_t[idx].to(device)
+        loss = torch.mean((model(xb) - yb) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        log.losses.append(float(loss.item()))
+        if log_fn and log_every and (step + 1) % log_every == 0:
+            log_fn({"step": step + 1, "loss": float(np.mean(log.losses[-log_every:])),
+                    "mean_predictor_loss": log.mean_predictor_loss,
+                    "elapsed_s": round(time.perf_counter() - t0, 1)})
+    log.seconds = time.perf_counter() - t0
+    log.slices_per_s = steps * batch_size / max(log.seconds, 1e-9)
+    model.eval()
+    return model, log
+
+
+def pretrain(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 300, batch_size: int = 16,
+             lr: float = 5e-4, seed: int = 100, device: str = "cpu", quiet: bool = True):
+    """Self-supervised pretraining on density proxies (:func:`density_proxies`); labels are not used."""
+    targets = density_proxies(data.hu, data.lung)
+    return train_snet(data, cfg=cfg, steps=steps, batch_size=batch_size, lr=lr, balanced=False, targets=targets,
+                      seed=seed, device=device, quiet=quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+# --------------------------------------------------------------------------------------------
+def predict_prepared(model, data: SliceSet, cfg: SNetConfig, batch_size: int = 64, device: str = "cpu",
+                     ) -> np.ndarray:
+    """Consistent scores (N, 3) of prepared slices."""
+    import torch
+
+    x = to_input(data.hu, data.lung, cfg)
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(x), batch_size):
+            out.append(model(torch.from_numpy(x[b:b + batch_size]).to(device)).float().cpu().numpy() * 100.0)
+    return consistent(np.concatenate(out) if out else np.zeros((0, 3)))
+
+
+class SNetScorer:
+    """S-Net as a scorer for :mod:`sscild.explain`: ``scorer(images (N,H,W) HU, lungs (N,H,W)) -> (N, 3)``.
+
+    All images of a call that share one lung mask (the occluded copies of a slice) share one crop.
+    """
+
+    def __init__(self, model, cfg: SNetConfig, device: str = "cpu"):
+        self.model, self.cfg, self.device = model, cfg, device
+
+    def __call__(self, images: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+        import torch
+
+        images = np.asarray(images, np.float32)
+        lungs = np.asarray(lungs, bool)
+        same = all(np.array_equal(lungs[0], lungs[i]) for i in range(1, len(lungs))) if len(lungs) else True
+        if same:
+            hu, lu, _, _ = crop_resample(images, lungs, self.cfg.size, margin=self.cfg.margin)
+        else:
+            parts = [crop_resample(images[i:i + 1], lungs[i:i + 1], self.cfg.size, margin=self.cfg.margin)
+                     for i in range(len(images))]
+            hu = np.concatenate([p[0] for p in parts]); lu = np.concatenate([p[1] for p in parts])
+        x = torch.from_numpy(to_input(hu, lu, self.cfg)).to(self.device)
+        with torch.inference_mode():
+            raw = self.model(x).float().cpu().numpy() * 100.0
+        return consistent(raw)
+
+
+def score_levels(model, cfg: SNetConfig, scan, lung_mask: np.ndarray, levels_z: dict[str, float | None],
+                 device: str = "cpu") -> dict[str, Any]:
+    """S-Net scores of the level slices of a scan: per level TOT/GG/RET (%) and the Goh extent (mean TOT over
+    the levels scored, "extensive" when > 20 %)."""
+    scorer = SNetScorer(model, cfg, device)
+    per: dict[str, Any] = {}
+    for name in LEVELS:
+        z = levels_z.get(name)
+        k = scan.slice_at_z(z) if z is not None else None
+        if k is None or not lung_mask[k].any():
+            per[name] = {"TOT": None, "GG": None, "RET": None, "slice": k,
+                         "note": "level not found in the scan" if k is None else "no lung on the level slice"}
+            continue
+        s = scorer(scan.hu[k][None].astype(np.float32), lung_mask[k][None])[0]
+        per[name] = {"TOT": float(s[0]), "GG": float(s[1]), "RET": float(s[2]), "slice": int(k)}
+    tots = [v["TOT"] for v in per.values() if v["TOT"] is not None]
+    ext = float(np.mean(tots)) if tots else None
+    return {"levels": per, "goh_extent": ext, "n_levels_scored": len(tots),
+            "stage": None if ext is None else ("extensive" if ext > 20.0 else "limited")}
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------------
+def save_snet(model, cfg: SNetConfig, directory: str | Path, card: dict) -> Path:
+    from .weights import save_weights
+
+    return save_weights(model, directory, {"name": "S-Net", "config": asdict(cfg), **card})
+
+
+def load_snet(directory: str | Path | None = None, device: str = "cpu"):
+    """Load an S-Net and its config (default: the shipped weights); ``ModelError`` when missing or unfit."""
+    from .weights import load_into, read_card
+
+    directory = Path(directory) if directory is not None else DEFAULT_DIR
+    card = read_card(directory, "S-Net", "sscild train scoring --config ...")
+    cfg = SNetConfig(**card.get("config", {}))
+    model = load_into(build_snet(cfg), directory, "S-Net")
+    return model.to(device).eval(), cfg, card
+
+
+def load_init(model, path: str | Path):
+    """``--init PATH``: start from a user's checkpoint (a folder with model.safetensors, or the file itself);
+    tensors whose shapes do not match (e.g. another head) are skipped and reported."""
+    from safetensors.torch import load_file
+
+    from ..errors import ModelError
+
+    p = Path(path)
+    f = p / "model.safetensors" if p.is_dir() else p
+    if not f.exists():
+        raise ModelError(f"--init {path}: no such checkpoint (a folder with model.safetensors or a .safetensors file)")
+    state = load_file(str(f))
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not keep:
+        raise ModelError(f"--init {path}: none of its tensors fit this network ({len(state)} tensors); is it an "
+                         "S-Net checkpoint of the same backbone?")
+    model.load_state_dict(keep, strict=False)
+    return model, sorted(set(own) - set(keep))
+
+
+def evaluation_table(pred: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:
+    """MAE, SD, weighted kappa (5 % categories) and ICC per pattern."""
+    from ..evaluate import icc, mae, weighted_kappa
+
+    out = {}
+    for j, p in enumerate(PATTERNS):
+        m, sd = mae(pred[:, j], truth[:, j])
+        out[p] = {"MAE": m, "MAE_SD": sd, "kappa": weighted_kappa(pred[:, j], truth[:, j]),
+                  "ICC": icc(pred[:, j], truth[:, j]).value if len(pred) >= 3 else float("nan")}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# datasets from users' CSVs, cross-validation, training from a config (sscild train scoring)
+# --------------------------------------------------------------------------------------------
+def slices_from_csv(path: str | Path, cfg: SNetConfig, neighbours: int = 1, quiet: bool = True) -> SliceSet:
+    """Level slices of scored scans from a CSV, the way such cohorts are kept:
+
+    ``scan_path`` (relative to the CSV's folder or absolute), ``patient_id`` (for grouped splits), ``L1``..``L5``
+    (world z of each level in mm) and ``L1_TOT, L1_GG, L1_RET, ..., L5_RET`` (expert scores in %). Levels with an
+    empty score are skipped. The ``neighbours`` slices on each side become extra samples with the same score, as in
+    Jia et al.
+    """
+    import pandas as pd
+
+    from ..anatomy import segment_lungs
+    from ..io import load_ct
+    from ..util import progress
+
+    path = Path(path)
+    df = pd.read_csv(path)
+    col = "scan_path" if "scan_path" in df.columns else "path"
+    need = [col, *LEVELS, *(f"{n}_{p}" for n in LEVELS for p in PATTERNS)]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {missing}; expected scan_path, patient_id, L1..L5 (world z, "
+                          "mm) and L1_TOT, L1_GG, L1_RET, ..., L5_RET (scores in %)")
+    sets = []
+    for _, r in progress(list(df.iterrows()), "scored scans", quiet=quiet):
+        p = Path(str(r[col]))
+        p = p if p.is_absolute() else path.parent / p
+        scan = load_ct(p)
+        lungs = segment_lungs(scan).mask
+        group = str(r.get("patient_id", p.name))
+        for n in LEVELS:
+            sc = [r[f"{n}_{q}"] for q in PATTERNS]
+            if any(pd.isna(v) for v in sc) or pd.isna(r[n]):
+                continue
+            k = scan.slice_at_z(float(r[n]))
+            if k is None:
+                raise ConfigError(f"{path}: {n} at z = {r[n]} mm lies outside {p}")
+            ks = [j for j in range(k - neighbours, k + neighbours + 1) if 0 <= j < scan.shape[0] and lungs[j].any()]
+            sets.append(prepare_slices(scan.hu[ks].astype(np.float32), lungs[ks], float(scan.spacing[1]), cfg,
+                                       scores=np.tile(np.asarray(sc, np.float32), (len(ks), 1)), group=group))
+    return SliceSet.concat(sets)
+
+
+def _resolve(base: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else (base / q)
+
+
+def load_data_spec(spec: dict, cfg: SNetConfig, base: Path, quiet: bool = True) -> tuple[SliceSet, SliceSet | None]:
+    """Scored slices and healthy backgrounds from a config's data section (phantoms, dataset_csv,
+    real_backgrounds); returns ``(scored, backgrounds)``."""
+    from ..util import progress
+
+    scored, backgrounds = [], []
+    if spec.get("phantoms"):
+        ph = spec["phantoms"]
+        seeds = range(int(ph["seed0"]), int(ph["seed0"]) + int(ph["n"]))
+        scored.append(phantom_slices(seeds, cfg, size=ph.get("size", "small"),
+                                     neighbours=int(ph.get("neighbours", 1)), quiet=quiet))
+    if spec.get("dataset_csv"):
+        scored.append(slices_from_csv(_resolve(base, spec["dataset_csv"]), cfg, quiet=quiet))
+    for rb in progress(spec.get("real_backgrounds", []) or [], "real backgrounds", quiet=quiet):
+        p = _resolve(base, rb["path"])
+        if not p.exists():
+            if rb.get("optional", True):
+                continue
+            raise ConfigError(f"real background scan {p} does not exist")
+        ss = real_background_slices(p, cfg)
+        k = np.arange(len(ss)) / max(1, len(ss))
+        lo, hi = rb.get("keep", [0.0, 1.0])
+        ss = ss.subset(np.flatnonzero((k >= lo) & (k < hi)))
+        backgrounds.append(ss)
+    sc = SliceSet.concat(scored) if scored else None
+    bg = SliceSet.concat(backgrounds) if backgrounds else None
+    if sc is None and bg is None:
+        raise ConfigError("the data section gives no slices: add phantoms {n, seed0}, dataset_csv or "
+                          "real_backgrounds")
+    return sc, bg
+
+
+def pattern_source_from_spec(spec: dict | None, base: Path):
+    """``synthetic.source``: procedural (default), phantom, or real_gg (GG patches from real slices in a folder of
+    DICOM files, e.g. ../shared/data/covid19-ny-sbu-slices, RET procedural)."""
+    from .synthesis import PatchPatterns, ProceduralPatterns, phantom_patterns, real_gg_patterns
+
+    spec = spec or {}
+    kind = spec.get("source", "procedural")
+    if kind == "procedural":
+        return ProceduralPatterns()
+    if kind == "phantom":
+        return phantom_patterns()
+    if kind == "real_gg":
+        folder = _resolve(base, spec["real_gg"])
+        if not folder.exists():     # a fresh clone without ../shared: phantom and procedural textures only
+            import warnings
+
+            warnings.warn(f"{folder} not found: GG textures from phantoms and procedural patterns only")
+            return MixedPatterns([phantom_patterns(), ProceduralPatterns()])
+        slices = real_slices_from_folder(folder)
+        gg = real_gg_patterns(slices)
+        if not gg:
+            raise ConfigError(f"no ground-glass patches found in {folder}")
+        return MixedPatterns([PatchPatterns({"GG": gg, "RET": phantom_patterns().patches["RET"]}),
+                              ProceduralPatterns()])
+    raise ConfigError(f"unknown synthetic.source {kind!r}: procedural, phantom or real_gg")
+
+
+class MixedPatterns:
+    """Pick one of several pattern sources at random for each insertion."""
+
+    def __init__(self, sources: Sequence[PatternSource]):
+        self.sources = list(sources)
+
+    def texture(self, kind, background, pixel_mm, rng):
+        return self.sources[int(rng.integers(len(self.sources)))].texture(kind, background, pixel_mm, rng)
+
+
+def real_slices_from_folder(folder: str | Path) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Single real slices (DICOM files) with their lungs (largest internal air regions), for GG patches.
+    Slices without lung (abdominal) are skipped."""
+    from scipy import ndimage as ndi
+
+    from ..io import load_ct
+
+    out = []
+    for f in sorted(Path(folder).glob("*.dcm")):
+        scan = load_ct(f, allow_single_slice=True)
+        hu = scan.hu[0].astype(np.float32)
+        air = hu < -400
+        lab, n = ndi.label(air)
+        border = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])))
+        sizes = ndi.sum(np.ones_like(hu), lab, index=range(1, n + 1))
+        keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if (i + 1) not in border and sizes[i] > 0.02 * hu.size]
+        lung = np.isin(lab, keep)
+        lung = ndi.binary_closing(lung, iterations=6) & (hu < 200)   # keep GG/consolidation inside the outline
+        if lung.sum() > 0.03 * hu.size:
+            out.append((hu, lung, float(scan.spacing[1])))
+    return out
+
+
+def cross_validate(data: SliceSet, folds: int, *, cfg: SNetConfig, seed: int = 0, quiet: bool = True,
+                   **train_kwargs) -> list[dict[str, Any]]:
+    """k-fold cross-validation grouped by patient (``data.group``); synthetic slices are used for training only
+    and never for the fold's evaluation. Returns one metrics dict per fold."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = data.group
+    n_groups = len(set(groups[~data.synthetic]))
+    if n_groups < folds:
+        raise ConfigError(f"{folds}-fold cross-validation needs at least {folds} patients; the data have {n_groups}")
+    res = []
+    real_idx = np.flatnonzero(~data.synthetic)
+    for f, (tr, te) in enumerate(GroupKFold(folds).split(real_idx, groups=groups[real_idx])):
+        test_groups = set(groups[real_idx[te]])
+        train = np.flatnonzero(~np.isin(groups, list(test_groups)))
+        model, log = train_snet(data.subset(train), cfg=cfg, seed=seed + f, quiet=quiet, **train_kwargs)
+        pred = predict_prepared(model, data.subset(real_idx[te]), cfg)
+        res.append({"fold": f, "n_test": int(len(te)), "test_patients": sorted(test_groups),
+                    **{p: m for p, m in evaluation_table(pred, data.scores[real_idx[te]]).items()}})
+    return res
+
+
+def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
+                      init: str | Path | None = None) -> Path:
+    """Train an S-Net as a YAML config says (see ``configs/snet_phantoms.yaml``); returns the output folder with
+    ``model.safetensors``, ``card.json``, ``metrics.jsonl`` and, when a validation set is given,
+    ``validation.json``. ``resume`` continues from ``out/checkpoint.safetensors``."""
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    from ..util import write_json
+
+    config = Path(config)
+    c = yaml.safe_load(config.read_text()) or {}
+    base = config.parent.parent if config.parent.name == "configs" else config.parent
+    out = _resolve(base, c.get("out", "snet_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = SNetConfig(**c.get("config", {}))
+    tr = {"steps": 1000, "batch_size": 16, "lr": 5e-4, "weight_decay": 1e-4, "balanced": True, "augment": True,
+          "seed": 0, "checkpoint_every": 250, **c.get("train", {})}
+    syn = {"fraction": 0.5, **(c.get("synthetic") or {})}
+    rng = np.random.default_rng(int(tr["seed"]))
+    t0 = time.perf_counter()
+    scored, backgrounds = load_data_spec(c.get("data", {}), cfg, base, quiet=quiet)
+    parts = [s for s in (scored,) if s is not None]
+    n_scored = len(scored) if scored is not None else 0
+    if float(syn["fraction"]) > 0:
+        pool = SliceSet.concat([s for s in (scored, backgrounds) if s is not None])
+        n_syn = int(round(max(n_scored, 1) * float(syn["fraction"]) / max(1e-6, 1 - float(syn["fraction"]))))
+        n_syn = int(syn.get("n", n_syn))
+        parts.append(synthesize(pool, n_syn, rng, source=pattern_source_from_spec(syn, base)))
+    data = SliceSet.concat(parts)
+    model = build_snet(cfg)
+    notes: dict[str, Any] = {}
+    init = init or c.get("init")
+    if init:
+        model, skipped = load_init(model, _resolve(base, str(init)))
+        notes["init"] = {"from": str(init), "skipped_tensors": skipped}
+    pre_steps = int((c.get("pretrain") or {}).get("steps", 0))
+    ck, state_file, log_path = out / "checkpoint.safetensors", out / "checkpoint.json", out / "metrics.jsonl"
+    done = 0
+    if resume and ck.exists():
+        model.load_state_dict(load_file(str(ck)))
+        done = int(json.loads(state_file.read_text())["steps_done"])
+    else:
+        if log_path.exists():
+            log_path.unlink()
+        if pre_steps:
+            model, plog = pretrain(data, cfg=cfg, steps=pre_steps, batch_size=int(tr["batch_size"]),
+                                   lr=float(tr["lr"]), device=device, quiet=quiet)
+            notes["pretrain"] = {"steps": pre_steps, "task": "density proxies (label-free)",
+                                 "final_loss": float(np.mean(plog.losses[-20:]))}
+    step = done
+    speed = []
+    while step < int(tr["steps"]):
+        n = min(int(tr["checkpoint_every"]), int(tr["steps"]) - step)
+        model, log = train_snet(data, cfg=cfg, steps=n, batch_size=int(tr["batch_size"]), lr=float(tr["lr"]),
+                                weight_decay=float(tr["weight_decay"]), balanced=bool(tr["balanced"]),
+                                augment=bool(tr["augment"]), seed=int(tr["seed"]) + step, device=device,
+                                model=model, quiet=quiet)
+        step += n
+        speed.append(log.slices_per_s)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ck))
+        state_file.write_text(json.dumps({"steps_done": step}))
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"step": step, "loss": float(np.mean(log.losses[-50:])),
+                                 "mean_predictor_loss": log.mean_predictor_loss,
+                                 "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+    metrics: dict[str, Any] = {}
+    val_spec = c.get("validation") or {}
+    if val_spec:
+        vs, vbg = load_data_spec(val_spec, cfg, base, quiet=quiet)
+        vparts = [s for s in (vs,) if s is not None]
+        if vbg is not None:
+            vparts.append(synthesize(vbg, int(val_spec.get("synthetic_n", 2 * len(vbg))),
+                                     np.random.default_rng(999), source=pattern_source_from_spec(syn, base)))
+        val = SliceSet.concat(vparts)
+        pred = predict_prepared(model, val, cfg)
+        metrics = evaluation_table(pred, val.scores)
+        write_json(out / "validation.json", {"pred": pred, "truth": val.scores, "group": val.group.tolist(),
+                                             "synthetic": val.synthetic, "metrics": metrics})
+    folds = int((c.get("cv") or {}).get("folds", 0))
+    if folds > 1:
+        cv = cross_validate(data, folds, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
+                            lr=float(tr["lr"]), balanced=bool(tr["balanced"]), augment=bool(tr["augment"]),
+                            device=device)
+        write_json(out / "cv.json", cv)
+        notes["cv_folds"] = folds
+    card = {"trained_on": c.get("description", "see config"), "config_file": config.name,
+            "train_slices": int(len(data)), "synthetic_slices": int(data.synthetic.sum()),
+            "steps": step, "batch_size": int(tr["batch_size"]), "balanced_sampling": bool(tr["balanced"]),
+            "input": f"level slice cropped to the lungs, {cfg.size}x{cfg.size}, HU {cfg.hu_min:.0f}..{cfg.hu_max:.0f}"
+                     " + lung mask", "validation_metrics": metrics,
+            "train_slices_per_s": float(np.mean(speed)) if speed else None,
+            "training_seconds": round(time.perf_counter() - t0, 1), **notes}
+    save_snet(model, cfg, out, card)
+    return out
