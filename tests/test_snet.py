@@ -207,7 +207,7 @@ def test_train_from_config_resume_and_evaluate_cli(tmp_path):
     cfg = {"out": str(tmp_path / "out"), "config": {"backbone": "resnet10", "size": 32, "width": 0.25},
            "data": {"phantoms": {"n": 3, "seed0": 11, "size": "small", "neighbours": 0}},
            "synthetic": {"fraction": 0.5, "source": "procedural"}, "pretrain": {"steps": 5},
-           "train": {"steps": 20, "batch_size": 4, "checkpoint_every": 10},
+           "train": {"steps": 20, "batch_size": 4, "checkpoint_every": 10, "log_every": 10},
            "validation": {"phantoms": {"n": 1, "seed0": 21, "size": "small", "neighbours": 0}}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -56,7 +56,7 @@ class Analysis:
             "density": self.density.to_dict(),
             "scores": self.scores,
             "lesions": self.lesions,
-            **self.extra,
+            **{k: v for k, v in self.extra.items() if not k.startswith("_")},
             "timings_s": self.timings_s,
             "warnings": self.warnings,
             "models": self.models,
@@ -130,23 +130,95 @@ def analyze(scan: CTScan, *, levels: bool = True, quiet: bool = True, device: st
         extra["levels_lnet"] = predict_levels(model, scan, cfg, device=device)
         t["levels_lnet"] = time.perf_counter() - t0
         models.append({"name": "L-Net", "trained_on": card.get("trained_on"), "metrics": card.get("metrics")})
+    scores = None
+    warns = _warnings(lungs, g)
+    if g is not None and opts.get("scores", True):
+        scores = _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet)
+    les_labels, les = None, None
+    if opts.get("lesions", True):
+        les_labels, les = _lesion_stage(scan, lungs, g, opts, device, t, models, warns, quiet)
     vols = {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}
     t = {k: round(v, 3) for k, v in t.items()}
-    return Analysis(describe(scan), lungs, g, dens, vols, t, _warnings(lungs, g), extra=extra, models=models)
+    return Analysis(describe(scan), lungs, g, dens, vols, t, warns, scores=scores, lesions=les,
+                    lesion_labels=les_labels, extra=extra, models=models)
+
+
+def _lesion_stage(scan, lungs, g, opts, device, t, models, warns, quiet):
+    """Lesion U-Net over the whole scan and its summary; skipped with a warning when no weights exist."""
+    from .errors import ModelError
+    from .lesions import segment_lesions, summarise
+
+    t0 = time.perf_counter()
+    try:
+        model, cfg, card = _model("lesions", opts.get("weights"), device)
+    except ModelError as err:
+        warns.append(f"no lesion segmentation: {err}")
+        return None, None
+    lab = segment_lesions(model, cfg, scan, lungs.mask, device=device, quiet=quiet)
+    ks = {n: scan.slice_at_z(z) if z is not None else None for n, z in (g.z_mm.items() if g else [])}
+    summary = summarise(lab, lungs.labels, scan, ks)
+    t["lesions"] = time.perf_counter() - t0
+    models.append({"name": "lesion U-Net", "trained_on": card.get("trained_on"),
+                   "metrics": card.get("validation_dice")})
+    return lab, summary
+
+
+def _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet) -> dict[str, Any] | None:
+    """S-Net scores of the five level slices (and heat maps with ``heatmaps``); skipped with a warning when no
+    S-Net weights are available."""
+    from .errors import ModelError
+    from .scoring.snet import SNetScorer, score_levels
+
+    t0 = time.perf_counter()
+    try:
+        model, cfg, card = _model("snet", opts.get("weights"), device)
+    except ModelError as err:
+        warns.append(f"no scores: {err}")
+        return None
+    scores = score_levels(model, cfg, scan, lungs.mask, g.z_mm, device=device)
+    scores["goh_stage"] = scores.pop("stage")
+    t["scores"] = time.perf_counter() - t0
+    models.append({"name": "S-Net", "trained_on": card.get("trained_on"),
+                   "metrics": card.get("validation_metrics")})
+    if opts.get("heatmaps"):
+        from .explain import heatmaps as _heatmaps
+
+        t0 = time.perf_counter()
+        ks = {n: v["slice"] for n, v in scores["levels"].items() if v.get("TOT") is not None}
+        slices = {n: (scan.hu[k].astype(np.float32), lungs.mask[k]) for n, k in ks.items()}
+        maps = _heatmaps(slices, SNetScorer(model, cfg, device), spacing_mm=float(scan.spacing[1]),
+                         patch_mm=opts.get("patch_mm", 45.0), stride_mm=opts.get("stride_mm", 11.0),
+                         quiet=quiet)
+        thr = card.get("heatmap_thresholds", {"TOT": -2.0, "GG": -2.0, "RET": -2.0})
+        scores["derived"] = {n: m.derived_scores([thr[p] for p in ("TOT", "GG", "RET")]) for n, m in maps.items()}
+        scores["derived_thresholds"] = thr
+        extra["_heatmaps"] = (maps, ks)
+        t["heatmaps"] = time.perf_counter() - t0
+    return scores
 
 
 _MODELS: dict[tuple, Any] = {}
 
 
-def _lnet(weights: str | Path | None, device: str):
-    """L-Net loaded once per process (batch workers keep it between scans)."""
-    from .scoring.lnet import load_lnet
+def _model(name: str, weights: str | Path | None, device: str):
+    """A shipped model (``lnet``, ``snet``, ``lesions``) loaded once per process (batch workers keep it between
+    scans); ``weights`` is a folder whose subfolder ``name`` overrides the shipped weights."""
+    from .scoring import lnet, snet
 
-    d = Path(weights) / "lnet" if weights else None
-    key = ("lnet", str(d), device)
+    loaders = {"lnet": lnet.load_lnet, "snet": snet.load_snet}
+    if name == "lesions":
+        from . import lesions
+
+        loaders["lesions"] = lesions.load_unet
+    d = Path(weights) / name if weights else None
+    key = (name, str(d), device)
     if key not in _MODELS:
-        _MODELS[key] = load_lnet(d, device=device)
+        _MODELS[key] = loaders[name](d, device=device)
     return _MODELS[key]
+
+
+def _lnet(weights: str | Path | None, device: str):
+    return _model("lnet", weights, device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +271,11 @@ def write_outputs(analysis: Analysis, scan: CTScan, outdir: str | Path, *, repor
         files["levels"] = write_json(out / "levels.json", analysis.levels.to_dict())
         files["levels_png"] = levels_png(scan, analysis.lungs, analysis.levels, out / "levels.png")
     files["density"] = write_json(out / "density.json", analysis.density.to_dict())
+    if "_heatmaps" in analysis.extra:
+        from .explain import write_heatmap_outputs
+
+        maps, ks = analysis.extra.pop("_heatmaps")
+        analysis.extra["heatmap_pngs"] = write_heatmap_outputs(maps, scan, ks, out)
     if analysis.scores is not None:
         files["scores"] = write_json(out / "scores.json", analysis.scores)
     if analysis.lesions is not None:
@@ -306,5 +383,17 @@ def run_demo(outdir: str | Path, *, seed: int = 3, extent: float | None = 25.0, 
                       for n in LEVELS},
         "haa_pct": a.density.regions["whole"]["HAA_pct"], "true_extent_pct": truth.extent,
     }
+    if a.scores is not None:
+        lv = a.scores["levels"]
+        true_ext = float(np.mean([truth.level_scores[n]["TOT"] for n in LEVELS]))
+        summary["scores"] = {n: {p: {"measured": lv[n].get(p), "true": truth.level_scores[n][p]}
+                                 for p in ("TOT", "GG", "RET")} for n in LEVELS}
+        summary["goh_extent"] = {"measured": a.scores["goh_extent"], "true": true_ext}
+    if a.lesion_labels is not None:
+        from .lesions import dice_table
+
+        summary["lesions"] = {"dice": dice_table(a.lesion_labels, truth.lesions),
+                              "involvement_pct": {"measured": a.lesions["whole"]["involvement_pct"],
+                                                  "true": truth.extent["TOT"]}}
     write_json(out / "demo_summary.json", summary)
     return summary

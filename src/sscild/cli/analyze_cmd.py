@@ -74,6 +74,17 @@ def demo_cmd(
         m = d["measured"]
         t.add_row(f"{n} z (mm)", "-" if m is None else f"{m:.1f}", f"{d['true']:.1f}")
     t.add_row("HAA (% of lung) / true ILD extent", f"{s['haa_pct']:.1f}", f"{s['true_extent_pct']['TOT']:.1f}")
+    if "scores" in s:
+        for n, d in s["scores"].items():
+            m = "/".join("-" if d[p]["measured"] is None else f"{d[p]['measured']:.0f}" for p in ("TOT", "GG", "RET"))
+            t.add_row(f"{n} TOT/GG/RET (%)", m, "/".join(f"{d[p]['true']:.0f}" for p in ("TOT", "GG", "RET")))
+        g = s["goh_extent"]
+        t.add_row("Goh extent (%)", "-" if g["measured"] is None else f"{g['measured']:.1f}", f"{g['true']:.1f}")
+    if "lesions" in s:
+        d = s["lesions"]["dice"]
+        t.add_row("lesion Dice GG / RET / total", f"{d['GG']:.2f} / {d['RET']:.2f} / {d['lesion']:.2f}", "1 / 1 / 1")
+        inv = s["lesions"]["involvement_pct"]
+        t.add_row("lung involvement (%)", f"{inv['measured']:.1f}", f"{inv['true']:.1f}")
     t.add_row("time read / lungs / levels (s)",
               f"{s['read_s']:.2f} / {s['timings_s']['lungs']:.2f} / {s['timings_s'].get('levels', 0):.2f}", "")
     console.print(t)

@@ -44,3 +44,20 @@ def train_scoring(
         raise ConfigError(f"config {config} does not exist")
     out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet, init=init)
     console.print(f"S-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+
+
+@train_app.command("lesions")
+def train_lesions(
+    config: Path = typer.Option(..., "--config", help="YAML config (see configs/lesions_phantoms.yaml)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train the lesion U-Net (normal / GG / RET); writes model.safetensors, card.json, metrics.jsonl."""
+    from ..errors import ConfigError
+    from ..lesions import train_from_config
+    from ..util import pick_device
+
+    if not config.exists():
+        raise ConfigError(f"config {config} does not exist")
+    out = train_from_config(config, device=pick_device(device), quiet=quiet)
+    console.print(f"lesion U-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")

@@ -317,11 +317,18 @@ def density_proxies(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
 def train_snet(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 500, batch_size: int = 16,
                lr: float = 5e-4, weight_decay: float = 1e-4, balanced: bool = True, augment: bool = True,
                targets: np.ndarray | None = None, seed: int = 0, device: str = "cpu", model=None,
-               quiet: bool = True, log_every: int = 0, log_fn: Callable[[dict], None] | None = None):
+               quiet: bool = True, log_every: int = 0, log_fn: Callable[[dict], None] | None = None,
+               start_step: int = 0, optimizer_state: dict | None = None,
+               on_checkpoint: Callable[[int, Any, Any], None] | None = None, checkpoint_every: int = 0):
     """Train (or continue training) an S-Net on a prepared :class:`SliceSet`; returns ``(model, TrainLog)``.
 
-    ``targets`` replaces ``data.scores`` (used by :func:`pretrain`).
+    The learning rate warms up over 100 steps and then follows a cosine decay to 5 % of ``lr`` at ``steps``.
+    ``targets`` replaces ``data.scores`` (used by :func:`pretrain`). To resume, pass ``start_step``, the model and
+    ``optimizer_state``; ``on_checkpoint(step, model, optimizer)`` is called every ``checkpoint_every`` steps
+    and at the end.
     """
+    import math
+
     import torch
 
     from ..util import progress
@@ -335,13 +342,23 @@ def train_snet(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 5
     model = model if model is not None else build_snet(cfg)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sampler = BalancedSampler(data.scores[:, 0], balanced=balanced, seed=seed)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+
+    def lr_at(k: int) -> float:
+        if k < 100:
+            return lr * (k + 1) / 100
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (k - 100) / max(1, steps - 100)))))
+    sampler = BalancedSampler(data.scores[:, 0], balanced=balanced, seed=seed + start_step)
     x_all = torch.from_numpy(to_input(data.hu, data.lung, cfg))
     y_t = torch.from_numpy(y_all / 100.0)
     log = TrainLog(mean_predictor_loss=float(((y_all / 100.0 - (y_all / 100.0).mean(0)) ** 2).mean()))
     t0 = time.perf_counter()
-    for step, idx in enumerate(progress(sampler.batches(batch_size, steps), "train S-Net", total=steps,
-                                        quiet=quiet)):
+    todo = max(0, steps - start_step)
+    for i, idx in enumerate(progress(sampler.batches(batch_size, todo), "train S-Net", total=todo, quiet=quiet)):
+        step = start_step + i
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
         xb = x_all[idx].to(device)
         if augment:
             xb = _augment(xb, rng, cfg.size)
@@ -353,10 +370,14 @@ def train_snet(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 5
         log.losses.append(float(loss.item()))
         if log_fn and log_every and (step + 1) % log_every == 0:
             log_fn({"step": step + 1, "loss": float(np.mean(log.losses[-log_every:])),
-                    "mean_predictor_loss": log.mean_predictor_loss,
+                    "mean_predictor_loss": log.mean_predictor_loss, "lr": lr_at(step),
                     "elapsed_s": round(time.perf_counter() - t0, 1)})
+        if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            on_checkpoint(step + 1, model, opt)
     log.seconds = time.perf_counter() - t0
-    log.slices_per_s = steps * batch_size / max(log.seconds, 1e-9)
+    log.slices_per_s = todo * batch_size / max(log.seconds, 1e-9)
+    if on_checkpoint:
+        on_checkpoint(steps, model, opt)
     model.eval()
     return model, log
 
@@ -657,7 +678,6 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     ``model.safetensors``, ``card.json``, ``metrics.jsonl`` and, when a validation set is given,
     ``validation.json``. ``resume`` continues from ``out/checkpoint.safetensors``."""
     import yaml
-    from safetensors.torch import load_file, save_file
 
     from ..util import write_json
 
@@ -688,11 +708,14 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
         model, skipped = load_init(model, _resolve(base, str(init)))
         notes["init"] = {"from": str(init), "skipped_tensors": skipped}
     pre_steps = int((c.get("pretrain") or {}).get("steps", 0))
-    ck, state_file, log_path = out / "checkpoint.safetensors", out / "checkpoint.json", out / "metrics.jsonl"
-    done = 0
+    ck, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    done, opt_state = 0, None
     if resume and ck.exists():
-        model.load_state_dict(load_file(str(ck)))
-        done = int(json.loads(state_file.read_text())["steps_done"])
+        import torch
+
+        state = torch.load(ck, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        done, opt_state = int(state["step"]), state["optimizer"]
     else:
         if log_path.exists():
             log_path.unlink()
@@ -701,22 +724,27 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
                                    lr=float(tr["lr"]), device=device, quiet=quiet)
             notes["pretrain"] = {"steps": pre_steps, "task": "density proxies (label-free)",
                                  "final_loss": float(np.mean(plog.losses[-20:]))}
-    step = done
-    speed = []
-    while step < int(tr["steps"]):
-        n = min(int(tr["checkpoint_every"]), int(tr["steps"]) - step)
-        model, log = train_snet(data, cfg=cfg, steps=n, batch_size=int(tr["batch_size"]), lr=float(tr["lr"]),
-                                weight_decay=float(tr["weight_decay"]), balanced=bool(tr["balanced"]),
-                                augment=bool(tr["augment"]), seed=int(tr["seed"]) + step, device=device,
-                                model=model, quiet=quiet)
-        step += n
-        speed.append(log.slices_per_s)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ck))
-        state_file.write_text(json.dumps({"steps_done": step}))
+
+    def checkpoint(step, m, opt):
+        import torch
+
+        from ..util import atomic_path
+
+        with atomic_path(ck) as tmp:
+            torch.save({"model": m.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+
+    def log_line(d):
         with open(log_path, "a") as fh:
-            fh.write(json.dumps({"step": step, "loss": float(np.mean(log.losses[-50:])),
-                                 "mean_predictor_loss": log.mean_predictor_loss,
-                                 "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+            fh.write(json.dumps(d) + "\n")
+
+    model, log = train_snet(data, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
+                            lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]), balanced=bool(tr["balanced"]),
+                            augment=bool(tr["augment"]), seed=int(tr["seed"]), device=device, model=model,
+                            quiet=quiet, log_every=int(tr.get("log_every", 250)), log_fn=log_line,
+                            start_step=done, optimizer_state=opt_state, on_checkpoint=checkpoint,
+                            checkpoint_every=int(tr["checkpoint_every"]))
+    step = max(done, int(tr["steps"]))
+    speed = [log.slices_per_s]
     metrics: dict[str, Any] = {}
     val_spec = c.get("validation") or {}
     if val_spec:
