@@ -456,3 +456,52 @@ def write_heatmap_outputs(maps: Mapping[str, HeatMap], scan, slice_index: Mappin
                         spacing_yx=(scan.spacing[1], scan.spacing[2]))
             written[name][p] = f"{stem}.nii.gz"
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# calibration of an S-Net's thresholds on validation phantoms
+# --------------------------------------------------------------------------------------------
+def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small", patch_mm: float = 45.0,
+                       stride_mm: float = 11.0, extent=None, quiet: bool = True) -> list[tuple[HeatMap, np.ndarray]]:
+    """Heat maps of the five level slices of phantoms (truth lungs), with each slice's true lesion labels."""
+    from .phantom import make_phantom
+    from .scoring.snet import SNetScorer
+    from .util import progress
+
+    extent = extent or (lambda s: float(10 + (s * 23) % 55))
+    scorer = SNetScorer(model, cfg)
+    src = phantom_patch_source()
+    out = []
+    for s in progress(list(seeds), "phantom heat maps", quiet=quiet):
+        scan, truth = make_phantom(int(s), size=size, extent=extent(int(s)))
+        ks = {n: scan.slice_at_z(z) for n, z in truth.levels_z.items()}
+        ks = {n: k for n, k in ks.items() if k is not None and truth.lungs[k].any()}
+        sl = {n: (scan.hu[k].astype(np.float32), truth.lungs[k] > 0) for n, k in ks.items()}
+        maps = heatmaps(sl, scorer, spacing_mm=float(scan.spacing[1]), patch_mm=patch_mm, stride_mm=stride_mm,
+                        source=src, seed=int(s))
+        out += [(maps[n], np.where(truth.lungs[k] > 0, truth.lesions[k], 0)) for n, k in ks.items()]
+    return out
+
+
+def calibrate_thresholds(weights_dir, seeds: Iterable[int] = range(7600, 7615), quiet: bool = True) -> ThresholdFit:
+    """Fit the heat-map thresholds of an S-Net on validation phantoms and store them in its card.json
+    (``heatmap_thresholds``, ``heatmap_r2``), where ``sscild analyze --heatmaps`` reads them."""
+    import json
+    from pathlib import Path
+
+    from .scoring.snet import load_snet
+    from .util import write_json
+
+    model, cfg, card = load_snet(weights_dir)
+    maps = [m for m, _ in phantom_level_maps(model, cfg, seeds, quiet=quiet)]
+    fit = fit_thresholds(maps)
+    d = Path(weights_dir) if weights_dir else Path(__file__).resolve().parent / "models" / "snet"
+    card = json.loads((d / "card.json").read_text())
+    card["heatmap_thresholds"] = fit.thresholds
+    card["heatmap_r2_validation"] = fit.r2
+    card["heatmap_validation"] = f"{len(maps)} level slices of phantoms seeds {min(seeds)}-{max(seeds)}"
+    write_json(d / "card.json", card)
+    from .scoring.weights import write_card_md
+
+    write_card_md(d)
+    return fit

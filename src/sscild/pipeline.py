@@ -198,6 +198,7 @@ def _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet) -
 
 
 _MODELS: dict[tuple, Any] = {}
+DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
 
 def _model(name: str, weights: str | Path | None, device: str):

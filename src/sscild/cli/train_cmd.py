@@ -61,3 +61,15 @@ def train_lesions(
         raise ConfigError(f"config {config} does not exist")
     out = train_from_config(config, device=pick_device(device), quiet=quiet)
     console.print(f"lesion U-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+
+
+@train_app.command("heatmap-thresholds")
+def train_heatmap_thresholds(
+    weights: Path = typer.Option(None, "--weights", help="S-Net folder (default: the shipped S-Net)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Choose the heat-map thresholds (-4..0 % points) of an S-Net on validation phantoms; stored in its card."""
+    from ..explain import calibrate_thresholds
+
+    fit = calibrate_thresholds(weights, quiet=quiet)
+    console.print(f"thresholds {fit.thresholds}; R^2 derived vs S-Net {fit.r2}")

@@ -21,7 +21,38 @@ def save_weights(model, directory: str | Path, card: dict[str, Any]) -> Path:
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     write_json(directory / "card.json", card)
+    write_card_md(directory)
     return directory
+
+
+def write_card_md(directory: str | Path) -> Path:
+    """Render ``card.md`` (the human-readable model card) from ``card.json``."""
+    from ..util import atomic_path
+
+    directory = Path(directory)
+    card = json.loads((directory / "card.json").read_text())
+    lines = [f"# Model card: {card.get('name', directory.name)}", "",
+             "Research software, not a medical device. Trained by the sscild developers on this project's own "
+             "synthetic data (and real scans only as healthy backgrounds); no patient labels were used.", "",
+             "## Trained on", "", str(card.get("trained_on", "not recorded")), ""]
+    keys = [k for k in card if k not in ("name", "trained_on")]
+    lines += ["## Details and measured figures", ""]
+    for k in keys:
+        v = card[k]
+        if isinstance(v, dict):
+            lines.append(f"- **{k}**:")
+            for kk, vv in v.items():
+                lines.append(f"  - {kk}: {json.dumps(vv) if not isinstance(vv, str) else vv}")
+        else:
+            lines.append(f"- **{k}**: {json.dumps(v) if not isinstance(v, str) else v}")
+    lines += ["", "## Limits", "",
+              "Trained on synthetic chest CT (sscild.phantom) and synthetic lesions inserted into healthy slices; "
+              "figures above are measured on held-out synthetic data. Accuracy on real ILD scans is not established: "
+              "validate on your own annotated cohort (`sscild evaluate ...`) before drawing conclusions, and retrain "
+              "with `sscild train ... --config` on your data.", ""]
+    with atomic_path(directory / "card.md") as tmp:
+        Path(tmp).write_text("\n".join(lines))
+    return directory / "card.md"
 
 
 def read_card(directory: str | Path, what: str, train_hint: str) -> dict[str, Any]:
