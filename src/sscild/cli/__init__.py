@@ -27,6 +27,7 @@ from . import batch_cmd  # noqa: E402,F401
 from . import analyze_cmd  # noqa: E402,F401
 from . import train_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
+from . import outcome_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,209 @@
+"""`sscild train outcome` and `sscild evaluate outcome`: mortality at 1, 3 and 5 years from CT."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import evaluate_app, train_app
+from .common import console
+
+
+def _floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--horizons must be numbers separated by commas (years), e.g. 1,3,5; got {text!r}") from None
+
+
+def _print_table(rows: list[str]) -> None:
+    console.print("\n".join(rows), markup=False, highlight=False)
+
+
+@train_app.command("outcome")
+def train_outcome(
+    cohort: Optional[Path] = typer.Option(None, "--cohort", help="Cohort CSV: patient_id, scan_id, path, scan_date, "
+                                                                 "death_date / last_followup_date (+ lungs_path, "
+                                                                 "clinical columns). See sscild.outcome.cohort."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with optional sections: cohort (path), "
+                                                                 "outcome (models, folds, ...), deep (network), "
+                                                                 "clinical (column list)."),
+    out: Path = typer.Option(Path("outcome_out"), "-o", "--out", help="Output folder."),
+    horizons: Optional[str] = typer.Option(None, "--horizons", help="Years, comma separated (default 1,3,5)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Patient-grouped folds (default 5)."),
+    deep: str = typer.Option("none", "--deep", help="Also train a deep model per fold: resnet18, densenet121, swin "
+                                                    "or none (slow on CPU: minutes per fold)."),
+    clinical: Optional[str] = typer.Option(None, "--clinical", help="Clinical/score columns to use, comma "
+                                                                    "separated (default: the known ones present)."),
+    extra_images: bool = typer.Option(False, "--extra-images", help="Radiomics on LoG and wavelet images too."),
+    radiomics_params: Optional[Path] = typer.Option(None, "--radiomics-params", help="PyRadiomics YAML with an "
+                                                    "`sscild: {version: N}` block (default: the shipped "
+                                                    "sscild/data/radiomics_params.yaml)."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", help="Bootstrap resamples of the CIs (default 1000)."),
+    workers: int = typer.Option(1, "--workers", help="Processes for radiomics extraction."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the folds, models and bootstraps."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (deep model)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Cross-validate mortality models per horizon (radiomics + clinical, optional deep model and late fusion);
+    write results.csv, predictions.csv, cindex.csv, ROC/calibration/Kaplan-Meier PNGs and summary.json."""
+    import numpy as np
+    import yaml
+
+    from ..errors import ConfigError
+    from ..outcome.cohort import feature_columns, read_cohort
+    from ..outcome.models import OutcomeConfig, cross_validate_outcome, km_by_goh_stage, plot_calibration, \
+        plot_roc, results_markdown
+    from ..outcome.radiomics import extract_cohort, feature_groups
+    from ..util import pick_device, write_json
+
+    conf: dict = {}
+    if config is not None:
+        if not config.exists():
+            raise ConfigError(f"config {config} does not exist")
+        conf = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(conf, dict):
+            raise ConfigError(f"config {config} must be a YAML mapping with sections cohort, outcome, deep, clinical")
+    cohort_path = cohort or (Path(config.parent / conf["cohort"]) if config is not None and conf.get("cohort") else None)
+    if cohort_path is None:
+        raise ConfigError("give --cohort C.csv (or `cohort:` in the --config YAML)")
+    ocfg = dict(conf.get("outcome") or {})
+    if horizons is not None:
+        ocfg["horizons"] = _floats(horizons)
+    if folds is not None:
+        ocfg["n_splits"] = folds
+    if seed is not None:
+        ocfg["seed"] = seed
+    if n_boot is not None:
+        ocfg["n_boot"] = n_boot
+    if deep != "none":
+        ocfg.setdefault("fusion", ["radiomics/logistic"])
+    cfg = OutcomeConfig.from_dict(ocfg)
+    clin = [c.strip() for c in clinical.split(",") if c.strip()] if clinical else conf.get("clinical")
+
+    df = read_cohort(cohort_path)
+    out.mkdir(parents=True, exist_ok=True)
+    feats, status = extract_cohort(df, out / "cache" / "radiomics", workers=workers, extra_images=extra_images,
+                                   params_path=radiomics_params, quiet=quiet)
+    failed = status[status["status"] != "done"]
+    if len(failed):
+        failed.to_csv(out / "failures.csv", index=False)
+        for r in failed.itertuples():
+            console.print(f"  [red]failed[/] {r.scan_id}: {r.reason}")
+    table = df.merge(feats, left_on="scan_id", right_index=True, how="inner")
+    if table.empty:
+        raise ConfigError("no scan gave features; see failures.csv")
+    groups = feature_groups(feats.columns)
+    sets = {"radiomics": groups["radiomics"] + groups["density"] + groups["lesion"]}
+    cl = feature_columns(table, clin)
+    if cl:
+        sets["clinical"] = cl
+        sets["radiomics+clinical"] = sets["radiomics"] + cl
+
+    deep_probs = None
+    folds_arr = None
+    if deep != "none":
+        from ..outcome.cohort import grouped_folds, label_column, label_horizons
+        from ..outcome.deep import DeepConfig, deep_out_of_fold, prepare_volumes, save_deep, train_deep
+
+        dcfg = DeepConfig.from_dict({**(conf.get("deep") or {}), "arch": deep, "device": pick_device(device),
+                                     "seed": cfg.seed})
+        lab, _ = label_horizons(table, cfg.horizons)
+        strata = lab[label_column(max(cfg.horizons))].fillna(lab["event"]).astype(int)
+        folds_arr = grouped_folds(lab["patient_id"], strata, cfg.n_splits, cfg.seed)
+        vols, vstat = prepare_volumes(table, dcfg, out / "cache" / "volumes", quiet=quiet)
+        Y = lab[[label_column(h) for h in cfg.horizons]].to_numpy(float)
+        oof, _ = deep_out_of_fold(vols, Y, folds_arr, dcfg, quiet=quiet)
+        deep_probs = {f"deep/{deep}": oof}
+        ok = np.isfinite(vols.reshape(len(vols), -1)).all(axis=1)
+        final, hist = train_deep(vols[ok], Y[ok], dcfg, quiet=quiet)
+        save_deep(final, dcfg, out / f"deep_{deep}", cfg.horizons,
+                  {"trained_on": f"{int(ok.sum())} scans of {cohort_path.name}", "final_loss": hist[-1]["loss"]})
+
+    res = cross_validate_outcome(table, sets, cfg, deep=deep_probs, folds=folds_arr, keep=cl)
+    res.table.to_csv(out / "results.csv", index=False)
+    res.predictions.to_csv(out / "predictions.csv", index=False)
+    res.cindex.to_csv(out / "cindex.csv", index=False)
+    res.counts.to_csv(out / "counts.csv", index=False)
+    if "note" in res.table.columns:
+        for r in res.table[res.table["note"].notna()].itertuples():
+            console.print(f"[yellow]{r.horizon_years:g} y[/]: {r.note}")
+    for h in cfg.horizons:
+        p = res.predictions[res.predictions["horizon_years"] == h] if len(res.predictions) else res.predictions
+        if p.empty:
+            continue
+        curves = {m: (g["y"].to_numpy(), g["p"].to_numpy()) for m, g in p.groupby("model", sort=False)}
+        plot_roc(curves, out / f"roc_{h:g}y.png", f"death within {h:g} years")
+        plot_calibration(curves, out / f"calibration_{h:g}y.png", f"death within {h:g} years")
+    km = None
+    ext_col = "goh_extent" if "goh_extent" in table.columns else \
+        ("lesion_extent_pct" if "lesion_extent_pct" in table.columns else None)
+    if ext_col is not None:
+        km = km_by_goh_stage(table, ext_col, out / "km_goh_stage.png", horizons=cfg.horizons)
+    else:
+        console.print("no goh_extent column and no lesion maps: Kaplan-Meier by Goh stage skipped")
+    write_json(out / "summary.json", {"cohort": str(cohort_path), "config": cfg.__dict__,
+                                      "feature_sets": {k: len(v) for k, v in sets.items()},
+                                      "counts": res.counts.to_dict("records"), "cindex": res.cindex.to_dict("records"),
+                                      "failed_scans": int(len(failed)), "kaplan_meier": km})
+    console.print(res.counts.to_string(index=False))
+    _print_table(results_markdown(res.table))
+    console.print(res.cindex.to_string(index=False))
+    console.print(f"written to {out}/ (results.csv, predictions.csv, cindex.csv, PNGs, summary.json)")
+
+
+@evaluate_app.command("outcome")
+def evaluate_outcome(
+    pred: Path = typer.Option(..., "--pred", help="Predictions CSV: long (scan_id, horizon_years, p[, model]) or "
+                                                 "wide (scan_id, p_1y, p_3y, p_5y); e.g. predictions.csv of "
+                                                 "`sscild train outcome`."),
+    cohort: Path = typer.Option(..., "--truth", "--cohort", help="Cohort CSV with the dates (labels and censoring "
+                                                                 "come from it)."),
+    horizons: str = typer.Option("1,3,5", "--horizons", help="Years, comma separated."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Folder for results.csv and ROC PNGs."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the AUC CI."),
+) -> None:
+    """AUC with bootstrap 95 % CI and calibration of mortality predictions, per horizon and model; scans
+    censored before a horizon are left out of it (and counted)."""
+    import numpy as np
+    import pandas as pd
+
+    from ..errors import ConfigError
+    from ..outcome.cohort import prepare_cohort
+    from ..outcome.models import evaluate_predictions, plot_roc, predictions_long, results_markdown
+
+    for p in (pred, cohort):
+        if not p.exists():
+            raise ConfigError(f"{p} does not exist")
+    try:
+        pr = pd.read_csv(pred, dtype={"scan_id": str})
+        co = pd.read_csv(cohort, dtype={"scan_id": str, "patient_id": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ConfigError(f"cannot read the CSVs: {err}") from None
+    hz = _floats(horizons)
+    co = prepare_cohort(co, where=f"cohort {cohort}")
+    res = evaluate_predictions(pr, co, hz, n_boot=n_boot)
+    if "auc" in res.columns:
+        _print_table(results_markdown(res))
+    if "note" in res.columns:
+        for r in res[res["note"].notna()].itertuples():
+            console.print(f"{r.horizon_years:g} y {r.model}: {r.note}")
+    if out is not None:
+        from ..outcome.cohort import label_column, label_horizons
+
+        out.mkdir(parents=True, exist_ok=True)
+        res.to_csv(out / "results.csv", index=False)
+        lab, _ = label_horizons(co, hz)
+        pr = predictions_long(pr)
+        for h in hz:
+            yh = lab.set_index("scan_id")[label_column(h)]
+            sub = pr[np.isclose(pr["horizon_years"].astype(float), h)]
+            curves = {m: (yh.reindex(g["scan_id"]).to_numpy(float), g["p"].to_numpy(float))
+                      for m, g in sub.groupby("model", sort=False)}
+            plot_roc(curves, out / f"roc_{h:g}y.png", f"death within {h:g} years")
+        console.print(f"written to {out}/ (results.csv, roc_*.png)")
