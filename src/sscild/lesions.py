@@ -469,8 +469,13 @@ def train_from_config(config: str | Path, *, device: str = "cpu", quiet: bool = 
             cv.append({"fold": f, "patients": sorted(set(test.group)),
                        **dice_table(predict_prepared(m, test, cfg), test.labels)})
         write_json(out / "cv.json", cv)
+    init = None
+    if c.get("init"):                 # continue from earlier weights (same config), e.g. a second, slower phase
+        from .scoring.weights import load_into
+
+        init = load_into(build_unet(cfg), rel(c["init"]), "lesion U-Net")
     model, log = train_unet(data, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
-                            lr=float(tr["lr"]), seed=int(tr["seed"]), device=device, quiet=quiet)
+                            lr=float(tr["lr"]), seed=int(tr["seed"]), device=device, quiet=quiet, model=init)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.jsonl", "w") as fh:
         for i in range(0, len(log.losses), 50):
@@ -483,6 +488,7 @@ def train_from_config(config: str | Path, *, device: str = "cpu", quiet: bool = 
     card = {"trained_on": c.get("description", "see config"), "config_file": config.name,
             "train_slices": len(data), "steps": int(tr["steps"]), "batch_size": int(tr["batch_size"]),
             "train_slices_per_s": log.slices_per_s, "validation_dice": metrics,
-            "cv": cv or None, "training_seconds": round(time.perf_counter() - t0, 1)}
+            "cv": cv or None, "training_seconds": round(time.perf_counter() - t0, 1),
+            "initialised_from": str(c["init"]) if c.get("init") else None}
     save_unet(model, cfg, out, card)
     return out
