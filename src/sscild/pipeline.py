@@ -354,6 +354,35 @@ def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, An
 # --------------------------------------------------------------------------------------------
 # the demo
 # --------------------------------------------------------------------------------------------
+def lesions_vs_truth_png(scan: CTScan, analysis: Analysis, truth_lesions: np.ndarray, path: Path) -> Path:
+    """The level slices with the U-Net's lesions (top) and the phantom's true lesions (bottom): GG yellow, RET red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    ks = [(n, scan.slice_at_z(analysis.levels.z_mm[n])) for n in LEVELS
+          if analysis.levels is not None and analysis.levels.z_mm[n] is not None]
+    ks = [(n, k) for n, k in ks if k is not None]
+    cmap = ListedColormap(["#f2c500", "#d7191c"])
+    fig, axes = plt.subplots(2, max(1, len(ks)), figsize=(3.2 * max(1, len(ks)), 6.6), squeeze=False)
+    for j, (n, k) in enumerate(ks):
+        for i, (lab, who) in enumerate(((analysis.lesion_labels, "U-Net"), (truth_lesions, "truth"))):
+            ax = axes[i, j]
+            ax.imshow(scan.hu[k], cmap="gray", vmin=-1200, vmax=200)
+            les = np.ma.masked_where(lab[k] < 2, lab[k] - 2)
+            ax.imshow(les, cmap=cmap, vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
+            ax.set_title(f"{n} {who}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle("lesions: ground glass (yellow), reticulation (red)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path
+
+
 def run_demo(outdir: str | Path, *, seed: int = 3, extent: float | None = 25.0, size: str = "medium",
              quiet: bool = True) -> dict[str, Any]:
     """Make a phantom patient, write it as DICOM, read it back, analyse it, compare with the truth.
@@ -393,6 +422,7 @@ def run_demo(outdir: str | Path, *, seed: int = 3, extent: float | None = 25.0, 
     if a.lesion_labels is not None:
         from .lesions import dice_table
 
+        summary["lesions_png"] = str(lesions_vs_truth_png(scan, a, truth.lesions, out / "lesions_vs_truth.png").name)
         summary["lesions"] = {"dice": dice_table(a.lesion_labels, truth.lesions),
                               "involvement_pct": {"measured": a.lesions["whole"]["involvement_pct"],
                                                   "true": truth.extent["TOT"]}}

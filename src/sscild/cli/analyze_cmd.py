@@ -88,4 +88,5 @@ def demo_cmd(
     t.add_row("time read / lungs / levels (s)",
               f"{s['read_s']:.2f} / {s['timings_s']['lungs']:.2f} / {s['timings_s'].get('levels', 0):.2f}", "")
     console.print(t)
-    console.print(f"outputs in {out}/ (open report.html)")
+    extra = f"; lesions against the truth: {s['lesions_png']}" if "lesions_png" in s else ""
+    console.print(f"outputs in {out}/ (open report.html{extra})")
