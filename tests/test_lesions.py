@@ -138,3 +138,24 @@ def test_evaluate_segmentation_and_correlation_cli(tmp_path):
     assert r.exit_code == 0, r.output
     rho = stats.spearmanr([1, 5, 3, 9, 7], [100, 80, 90, 60, 75]).statistic
     assert rho == pytest.approx(-1.0) and "-1" in r.output
+
+
+def test_train_from_config_with_patient_grouped_folds(tmp_path):
+    import json
+
+    import yaml
+
+    from sscild.lesions import train_from_config
+
+    torch.set_num_threads(1)
+    cfg = {"out": str(tmp_path / "out"), "config": {"size": 32, "channels": [8, 16, 32]},
+           "data": {"phantoms": {"n": 4, "seed0": 31, "size": "small", "every": 8}},
+           "synthetic": {"n": 8, "source": "procedural"}, "folds": 2,
+           "train": {"steps": 4, "batch_size": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = train_from_config(tmp_path / "c.yaml", quiet=True)
+    cv = json.loads((out / "cv.json").read_text())
+    assert len(cv) == 2
+    a, b = set(cv[0]["patients"]), set(cv[1]["patients"])
+    assert a and b and not (a & b)              # a patient's slices never sit in two test folds
+    assert (out / "model.safetensors").exists() and (out / "card.md").exists()
