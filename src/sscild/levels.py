@@ -17,8 +17,8 @@ is reported as missing, never invented):
 - ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
   structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie
-  farther forward). Below the carina, the
-  middle of the slices within 5 % of the widest. Without it a prior (35 mm below the carina) is used, with low
+  farther forward; the vertebral bodies are the bone behind the trachea, never the sternum or contrast-filled
+  blood in front of it). Below the carina, the middle of the slices within 5 % of the widest. Without it a prior (35 mm below the carina) is used, with low
   confidence.
 - L4 is halfway between L3 and L5.
 """
@@ -160,26 +160,65 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     return convex_hull_image(mask) if mask.any() else mask
 
 
+def _bone(hu: np.ndarray) -> np.ndarray:
+    """Bone of one slice: what a cortical ring (> 500 HU) encloses, dilated by a pixel (cancellous bone is as bright
+    as contrast-filled blood)."""
+    return ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
+
+
 def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> np.ndarray:
-    """Vessel-density soft tissue of slice ``k`` in the mediastinum (lung outline, or a box round the trachea)."""
+    """Vessel-density soft tissue of slice ``k`` (downsampled by ``f``) in the mediastinum.
+
+    The region is the lungs' convex hull less the lungs, or, where the slice has too little lung for an outline
+    (a mediastinal crop), a box round the trachea (80 mm each side, 90 mm in front, 50 mm behind) whose
+    edge-touching components (muscles) are dropped.
+    """
     sy, sx = scan.spacing[1], scan.spacing[2]
     lung2d = lungs.labels[k, ::f, ::f] > 0
     hu = scan.hu[k, ::f, ::f]
-    if lung2d.sum() >= 200:
-        region = _hull_2d(lung2d)
-    else:
+    air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
+    boxed = lung2d.sum() < 200
+    if boxed:
         yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
         xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
         region = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
-    air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
-    bone = ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
-    ves = region & ~lung2d & ~air & ~bone & (hu > -20) & (hu < 600)
-    return ndi.binary_opening(ves, iterations=1)
+    else:
+        region = _hull_2d(lung2d)
+    ves = ndi.binary_opening(region & ~lung2d & ~air & ~_bone(hu) & (hu > -20) & (hu < 600), iterations=1)
+    if boxed:   # box search: muscles run into the box's edges; the arch lies enclosed in mediastinal fat
+        lab, _ = ndi.label(ves)
+        edge = region & ~ndi.binary_erosion(region)
+        ves &= ~np.isin(lab, np.unique(lab[edge & (lab > 0)]))
+    return ves
+
+
+def _arch_in_slice(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> bool:
+    """Whether slice ``k`` cuts the aortic arch: one vessel structure (>= 150 mm^2) that runs from in front of the
+    trachea, round its left side, to behind it, over more than 30 mm front to back (the left brachiocephalic vein
+    crosses in front only; the branches are small and round; the ascending and descending aorta are two)."""
+    sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
+    hu = scan.hu[k, ::f, ::f]
+    lab, _ = ndi.label(_vessel_mask(scan, lungs, k, f, tr))
+    tyy, txx = tr[0] * scan.spacing[1], tr[1] * scan.spacing[2]
+    for j, sl in enumerate(ndi.find_objects(lab), start=1):
+        comp = lab[sl] == j
+        if comp.sum() * sx * sy < 150:
+            continue
+        yy, xx = np.nonzero(comp)
+        yy = (yy + sl[0].start) * sy
+        xx = (xx + sl[1].start) * sx
+        # spine: the big round bone-density blob behind the trachea at the midline
+        if np.median(hu[lab == j]) > 180 and abs(xx.mean() - txx) < 25 and yy.mean() > tyy:
+            continue
+        at_level = np.abs(yy - tyy) < 6.0      # at the trachea's level the arch lies to its left (larger x)
+        if (yy.min() < tyy - 12.0 and yy.max() > tyy + 2.0 and at_level.any() and xx[at_level].max() > txx + 5.0
+                and (yy.max() - yy.min()) > 30.0):
+            return True
+    return False
 
 
 def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landmark:
-    sy, sx = scan.spacing[1], scan.spacing[2]
-    f = max(1, int(round(1.5 / sx)))
+    f = max(1, int(round(1.5 / scan.spacing[2])))
     top_k = scan.shape[0] - 1
     if carina.z_mm is not None:
         kc = scan.slice_at_z(carina.z_mm)
@@ -192,65 +231,23 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landma
     tr = _trachea_xy(lungs, kc + 1, k_hi + 1)
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
-    top_found = None
-    for k in range(k_hi, kc, -1):
-        lung2d = lungs.labels[k, ::f, ::f] > 0
-        hu = scan.hu[k, ::f, ::f]
-        if lung2d.sum() >= 200:
-            hull = _hull_2d(lung2d)
-        else:   # too little lung for an outline: a box round the trachea (80 mm each side, 90 mm in front)
-            yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
-            xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
-            hull = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
-        air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
-        # bone: what a cortical ring (> 500 HU) encloses; cancellous bone is as bright as contrast-filled blood
-        bone = ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
-        ves = hull & ~lung2d & ~air & ~bone & (hu > -20) & (hu < 600)
-        ves = ndi.binary_opening(ves, iterations=1)
-        lab, n = ndi.label(ves)
-        if lung2d.sum() < 200:
-            # box search: muscles run into the box's edges; the arch lies enclosed in mediastinal fat
-            edge = hull & ~ndi.binary_erosion(hull)
-            lab[np.isin(lab, np.unique(lab[edge & (lab > 0)]))] = 0
-        ty, tx = tr[0] / f, tr[1] / f
-        is_arch = False
-        for j, sl in enumerate(ndi.find_objects(lab), start=1):
-            comp = lab[sl] == j
-            area = comp.sum() * (sx * f) * (sy * f)
-            if area < 150:
-                continue
-            yy, xx = np.nonzero(comp)
-            yy = (yy + sl[0].start) * (sy * f)
-            xx = (xx + sl[1].start) * (sx * f)
-            tyy, txx = ty * sy * f, tx * sx * f
-            # spine: the big round bone-density blob behind the trachea at the midline
-            if np.median(hu[lab == j]) > 180 and abs(xx.mean() - txx) < 25 and yy.mean() > tyy:
-                continue
-            front = yy.min() < tyy - 12.0
-            back = yy.max() > tyy + 2.0
-            # at the trachea's level the structure lies to its left (larger x in LPS)
-            at_level = np.abs(yy - tyy) < 6.0
-            left_of = at_level.any() and xx[at_level].max() > txx + 5.0
-            if front and back and left_of and (yy.max() - yy.min()) > 30.0:
-                is_arch = True
-                break
-        if is_arch:
-            if k >= top_k - 1:
-                return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
-                                "great vessels is out of range")
-            top_found = k
-            break
-    if top_found is None:
+    # from the top down, the first slice that cuts the arch is its apex
+    top = next((k for k in range(k_hi, kc, -1) if _arch_in_slice(scan, lungs, k, f, tr)), None)
+    if top is None:
         return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
-    z = scan.z_mm(top_found) + 0.5 * abs(scan.spacing[0])
+    if top >= top_k - 1:
+        return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
+                        "great vessels is out of range")
+    z = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
     k = scan.slice_at_z(z)
     return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.7,
                     "top of the aortic arch (highest slice where one vessel runs from in front of the trachea round "
                     "its left side to behind it)")
 
 
-def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int) -> float | None:
-    """y (mm, array frame) of the front of the vertebral bodies near the midline, median over slices."""
+def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int, ty: float) -> float | None:
+    """y (mm, array frame) of the front of the vertebral bodies near the midline (``tx``) and behind the trachea
+    (``ty``; in front of it lie the sternum and, with contrast, blood as bright as bone), median over slices."""
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     fronts = []
     for k in range(max(k_from, 0), min(k_to, scan.shape[0])):
@@ -260,8 +257,9 @@ def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int) -> flo
         for j, sl in enumerate(ndi.find_objects(lab), start=1):
             comp = lab[sl] == j
             area = comp.sum() * sx * sy
-            xx = (np.nonzero(comp)[1] + sl[1].start) * sx
-            if area < 300 or abs(xx.mean() - tx) > 25:
+            yx = np.nonzero(comp)
+            xx = (yx[1] + sl[1].start) * sx
+            if area < 300 or abs(xx.mean() - tx) > 25 or (yx[0].mean() + sl[0].start) * sy < ty:
                 continue
             front = sl[0].start * sy
             if best is None or area > best[0]:
@@ -284,7 +282,7 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     if tr is None or k_hi <= k_lo:
         return _venous_prior(scan, carina, dome, "no search range below the carina")
     ty, tx = tr[0] * sy, tr[1] * sx
-    front = _spine_front(scan, k_lo, k_hi + 1, tx, f)
+    front = _spine_front(scan, k_lo, k_hi + 1, tx, f, ty)
     if front is None:
         return _venous_prior(scan, carina, dome, "the spine was not found behind the mediastinum")
     # the left atrium is the most posterior chamber, just in front of the esophagus and the descending aorta;
