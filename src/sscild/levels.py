@@ -8,12 +8,14 @@ is reported as missing, never invented):
 - ``right_dome``: the highest point of the right hemidiaphragm = the highest point of the right lung's lower
   surface, over the columns where the lung ends on the abdomen (lower half of the lung; not within 30 mm of
   its medial edge, where it ends on the heart; median-filtered, 98th percentile, to ignore spurs). L5 = dome + 10 mm.
-- ``great_vessel_origin`` (L1): estimated as the top of the aortic arch. Above the carina, in the
-  mediastinum (lung outline, or a box round the trachea when the lungs are cut off), the arch is the one vessel
-  structure (blood, > -20 HU, bone excluded) that runs from in front of the trachea, round its left side, to
-  behind it; the left brachiocephalic vein crosses in front only and the branches are small and round. L1 is the
-  top of the highest slice that shows it. Known limit: the brachiocephalic trunk arises where the arch begins,
-  which in an unfolded aorta lies 2-3 cm below the arch's top (see bench/RESULTS.md).
+- ``great_vessel_origin`` (L1): where the brachiocephalic trunk arises from the aorta. Above the carina, in the
+  mediastinum (lung outline, or a box round the trachea when the lungs are cut off), the arch's apex is the
+  highest slice with one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of the
+  trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
+  branches are small and round. From just above the apex the trunk (the artery nearest the trachea on its right
+  front) is followed down to where it joins the aorta (:func:`_brachiocephalic_origin`); in an unfolded aorta
+  that is 2-3 cm below the apex. When the trunk cannot be followed, L1 falls back to the apex, with low
+  confidence and a note saying so.
 - ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
   structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie
@@ -160,31 +162,49 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     return convex_hull_image(mask) if mask.any() else mask
 
 
-def _bone(hu: np.ndarray) -> np.ndarray:
+def _bone(hu: np.ndarray, x_mid: float | None = None, px: float = 1.0) -> np.ndarray:
     """Bone of one slice: what a cortical ring (> 500 HU) encloses, dilated by a pixel (cancellous bone is as bright
-    as contrast-filled blood)."""
-    return ndi.binary_dilation(ndi.binary_fill_holes(hu > 500), iterations=1)
+    as contrast-filled blood).
+
+    With ``x_mid`` (the trachea's column; ``px`` the pixel size in mm) rings centred 10-60 mm left of it are not
+    bone: a calcified aortic wall is a ring too, and the aorta runs there, where the mediastinum has no bone (the
+    spine and the sternum sit on the midline; ribs, clavicles and scapulae lie farther out).
+    """
+    filled = ndi.binary_fill_holes(hu > 500)
+    if x_mid is not None:
+        lab, n = ndi.label(filled)
+        if n:
+            cx = np.array([c[1] for c in ndi.center_of_mass(filled, lab, np.arange(1, n + 1))])
+            off = (cx - x_mid) * px
+            filled = np.isin(lab, 1 + np.nonzero(~((off > 10.0) & (off < 60.0)))[0])
+    return ndi.binary_dilation(filled, iterations=1)
 
 
-def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> np.ndarray:
-    """Vessel-density soft tissue of slice ``k`` (downsampled by ``f``) in the mediastinum.
+def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float], hu_range=(-20.0, 600.0),
+                 aorta_rings: bool = False, air_as_lung: bool = False) -> np.ndarray:
+    """Vessel-density soft tissue (``hu_range``) of slice ``k`` (downsampled by ``f``) in the mediastinum.
 
-    The region is the lungs' convex hull less the lungs, or, where the slice has too little lung for an outline
-    (a mediastinal crop), a box round the trachea (80 mm each side, 90 mm in front, 50 mm behind) whose
-    edge-touching components (muscles) are dropped.
+    The region is the lungs' convex hull less the lungs. Where the lung segmentation has too little of the slice
+    (a mediastinal crop, lungs cut off by the field of view) it is a box round the trachea (80 mm each side, 90 mm
+    in front, 50 mm behind) whose edge-touching components (muscles) are dropped, or, with ``air_as_lung``, the
+    hull of the box's air-density pixels (< -400 HU, not airway) less those pixels, when they are 20 cm^2 or
+    more (a structure followed slice by slice may touch others; a whole-slice test needs them apart).
+    ``aorta_rings``: calcified rings left of the trachea are vessel, not bone (see :func:`_bone`).
     """
     sy, sx = scan.spacing[1], scan.spacing[2]
     lung2d = lungs.labels[k, ::f, ::f] > 0
     hu = scan.hu[k, ::f, ::f]
     air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
-    boxed = lung2d.sum() < 200
-    if boxed:
+    boxed = False
+    if lung2d.sum() < 200:
         yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
         xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
-        region = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
-    else:
-        region = _hull_2d(lung2d)
-    ves = ndi.binary_opening(region & ~lung2d & ~air & ~_bone(hu) & (hu > -20) & (hu < 600), iterations=1)
+        box = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
+        lung2d = ndi.binary_opening(box & (hu < -400) & ~air, iterations=2) if air_as_lung else np.zeros_like(box)
+        boxed = lung2d.sum() * (sx * f) * (sy * f) < 2000.0
+    region = box if boxed else _hull_2d(lung2d)
+    bone = _bone(hu, tr[1] / f, sx * f) if aorta_rings else _bone(hu)
+    ves = ndi.binary_opening(region & ~lung2d & ~air & ~bone & (hu > hu_range[0]) & (hu < hu_range[1]), iterations=1)
     if boxed:   # box search: muscles run into the box's edges; the arch lies enclosed in mediastinal fat
         lab, _ = ndi.label(ves)
         edge = region & ~ndi.binary_erosion(region)
@@ -192,10 +212,11 @@ def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, fl
     return ves
 
 
-def _arch_in_slice(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> bool:
-    """Whether slice ``k`` cuts the aortic arch: one vessel structure (>= 150 mm^2) that runs from in front of the
-    trachea, round its left side, to behind it, over more than 30 mm front to back (the left brachiocephalic vein
-    crosses in front only; the branches are small and round; the ascending and descending aorta are two)."""
+def _arch_component(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float]) -> np.ndarray | None:
+    """The aortic arch in slice ``k`` (mask on the grid downsampled by ``f``), or None when the slice does not cut
+    it: one vessel structure (>= 150 mm^2) that runs from in front of the trachea, round its left side, to behind
+    it, over more than 30 mm front to back (the left brachiocephalic vein crosses in front only; the branches are
+    small and round; the ascending and descending aorta are two)."""
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     hu = scan.hu[k, ::f, ::f]
     lab, _ = ndi.label(_vessel_mask(scan, lungs, k, f, tr))
@@ -213,8 +234,101 @@ def _arch_in_slice(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, 
         at_level = np.abs(yy - tyy) < 6.0      # at the trachea's level the arch lies to its left (larger x)
         if (yy.min() < tyy - 12.0 and yy.max() > tyy + 2.0 and at_level.any() and xx[at_level].max() > txx + 5.0
                 and (yy.max() - yy.min()) > 30.0):
-            return True
-    return False
+            return lab == j
+    return None
+
+
+FAT_HU = -100.0
+
+
+def _follow(prev: np.ndarray, lab: np.ndarray, step_px: int) -> np.ndarray:
+    """What of the components of ``lab`` touching ``prev`` lies within ``step_px`` pixels of it: a structure
+    followed from slice to slice, which cannot jump onto a neighbour it touches."""
+    near = ndi.binary_dilation(prev, iterations=max(1, step_px))
+    hit = np.unique(lab[ndi.binary_dilation(prev) & (lab > 0)])
+    return np.isin(lab, hit[hit > 0]) & near
+
+
+def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, float], k_top: int,
+                            k_stop: int) -> float | None:
+    """World z (mm) where the brachiocephalic trunk joins the aorta, or None when it cannot be followed.
+
+    6 mm above the arch apex ``k_top`` the trunk is the artery nearest the trachea (within 60 mm) on its right
+    front: the left common carotid and subclavian arteries lie left of the midline, the veins farther out, and with
+    contrast the veins are far brighter or darker than the arch. It is followed down slice by slice, keeping its
+    calibre (a disc of its radius + 3 mm round its last centre), and the aorta from the apex down, each only to
+    what touches it within 3 mm of where it was, so neither jumps onto a neighbour it touches. The walls first
+    touch between the first slice where the two meet and the one above; the centre line, which is the origin,
+    meets the aorta about one trunk radius lower (the trunk leaves the arch steeply). Vessels are cut half way
+    between fat and the arch's blood (the edge of a blurred vessel), so the threshold suits scans with and
+    without contrast.
+    """
+    sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
+    dz = abs(scan.spacing[0])
+    step = max(1, int(round(3.0 / sx)))
+    arch = _arch_component(scan, lungs, k_top, f, tr)
+    # the arch's blood, 8 mm below the apex (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
+    k_b = max(k_stop + 1, k_top - int(np.ceil(8.0 / dz)))
+    lab_b = ndi.label(_vessel_mask(scan, lungs, k_b, f, tr, (-20.0, 1500.0), aorta_rings=True,
+                                   air_as_lung=True))[0]
+    below = np.isin(lab_b, np.unique(lab_b[ndi.binary_dilation(arch, iterations=step) & (lab_b > 0)])) & (lab_b > 0)
+    blood = float(np.median(scan.hu[k_b, ::f, ::f][below if below.any() else arch]))
+    hu_range = ((FAT_HU + min(blood, 400.0)) / 2, 1500.0)
+
+    def label(k: int):
+        t = _trachea_xy(lungs, k, k + 1) or tr
+        return ndi.label(_vessel_mask(scan, lungs, k, f, t, hu_range, aorta_rings=True, air_as_lung=True))[0], t
+
+    k0 = min(scan.shape[0] - 1, k_top + int(np.ceil(6.0 / dz)))
+    lab, t = label(k0)
+    hu = scan.hu[k0, ::f, ::f]
+    ty, tx = t[0] * scan.spacing[1], t[1] * scan.spacing[2]
+    yy, xx = np.indices(lab.shape)
+
+    def disc(c, r):
+        return ((yy - c[0]) * sy) ** 2 + ((xx - c[1]) * sx) ** 2 <= r * r
+
+    # vessel centres = peaks of the distance to the vessels' edge (touching vessels keep a peak each)
+    edt = ndi.distance_transform_edt(lab > 0, sampling=(sy, sx))
+    best = None
+    for c in np.argwhere((edt == ndi.maximum_filter(edt, size=3)) & (edt >= 2.5) & (edt <= 12.0)):
+        y, x = c[0] * sy, c[1] * sx
+        d = float(np.hypot(y - ty, x - tx))
+        if x > tx + 5.0 or y > ty + 5.0 or d > 60.0:
+            continue
+        med = float(np.median(hu[disc(c, edt[tuple(c)])]))
+        if blood > 150.0 and not 0.6 * blood <= med <= 1.6 * blood:     # contrast: veins differ from arteries
+            continue
+        if best is None or d < best[0]:
+            best = (d, tuple(c))
+    if best is None:
+        return None
+    # follow the trunk's centre line: the thickest point near its last centre, so a neighbour it touches (a vein,
+    # the left common carotid) cannot pull it far
+    centre = best[1]
+    r_mm = float(edt[centre])
+    trunk, aorta = (lab == lab[centre]) & disc(centre, r_mm), None
+    for k in range(k0 - 1, k_stop, -1):
+        lab, t = label(k)
+        if aorta is None and k <= k_top:
+            aorta = np.isin(lab, np.unique(lab[arch & (lab > 0)])) & (lab > 0) & ~trunk
+        elif aorta is not None:
+            aorta = _follow(aorta, lab, step) & ~trunk
+        touching = np.unique(lab[ndi.binary_dilation(trunk) & (lab > 0)])
+        cand = np.isin(lab, touching[touching > 0]) & ~(aorta if aorta is not None else False)
+        edt = ndi.distance_transform_edt(cand, sampling=(sy, sx))
+        moved = np.sqrt(((yy - centre[0]) * sy) ** 2 + ((xx - centre[1]) * sx) ** 2)
+        score = np.where((moved <= 3.0 + 0.5 * r_mm) & (edt >= 0.5 * r_mm), edt - 0.5 * moved, -np.inf)
+        if np.isfinite(score.max()):                       # the thickest point near the last centre
+            centre = np.unravel_index(int(np.argmax(score)), score.shape)
+            trunk = cand & disc(centre, min(float(edt[centre]), 1.5 * r_mm))
+        elif aorta is None or not (ndi.binary_dilation(trunk, iterations=step) & aorta).any():
+            return None                                    # lost, not joined to the aorta
+        if aorta is not None and (ndi.binary_dilation(trunk) & aorta).any():
+            # the walls first touch between this slice and the one above; the centre line meets the aorta about
+            # one trunk radius lower (the trunk leaves the arch steeply)
+            return scan.z_mm(k) + 0.5 * dz - r_mm
+    return None
 
 
 def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landmark:
@@ -232,17 +346,24 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landma
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
     # from the top down, the first slice that cuts the arch is its apex
-    top = next((k for k in range(k_hi, kc, -1) if _arch_in_slice(scan, lungs, k, f, tr)), None)
+    top = next((k for k in range(k_hi, kc, -1) if _arch_component(scan, lungs, k, f, tr) is not None), None)
     if top is None:
         return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
     if top >= top_k - 1:
         return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
                         "great vessels is out of range")
-    z = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
-    k = scan.slice_at_z(z)
-    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.7,
-                    "top of the aortic arch (highest slice where one vessel runs from in front of the trachea round "
-                    "its left side to behind it)")
+    apex = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
+    z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, kc)
+    k_bt = None if z_bt is None else scan.slice_at_z(z_bt)
+    if k_bt is None:
+        k = scan.slice_at_z(apex)
+        return Landmark(apex, scan.input_slice_index(k) if k is not None else None, 0.4,
+                        "top of the aortic arch (highest slice where one vessel runs from in front of the trachea "
+                        "round its left side to behind it); the brachiocephalic trunk could not be followed down to "
+                        "the arch, and in an unfolded aorta it arises 2-3 cm lower")
+    return Landmark(z_bt, scan.input_slice_index(k_bt), 0.75,
+                    f"where the brachiocephalic trunk, followed down from above the aortic arch, joins the aorta "
+                    f"(arch apex at {apex:.1f} mm)")
 
 
 def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int, ty: float) -> float | None:

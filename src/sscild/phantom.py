@@ -486,15 +486,39 @@ def _exit_z(branch, trunk) -> float:
     return float(branch[-1][1][2])
 
 
-def _lumen_split_z(bronchi) -> float:
-    """World z where two bronchial lumens (capsules from one point) stop touching: the carina's ridge."""
+def _in_capsule(pts: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
+    """Which points (N, 3) lie inside the capsule from ``p0`` to ``p1`` with radius tapering ``r0`` -> ``r1``."""
+    d = p1 - p0
+    t = np.clip((pts - p0) @ d / float(d @ d), 0.0, 1.0)
+    return ((pts - p0 - t[:, None] * d) ** 2).sum(axis=1) <= (r0 + (r1 - r0) * t) ** 2
+
+
+def _lumen_split_z(bronchi, step: float = 0.1) -> float:
+    """World z of the carina's ridge: the lowest axial plane in which the two bronchial lumens (capsules from one
+    point) still meet, to ``step`` mm.
+
+    Oblique tubes cut an axial plane in ellipses drawn out toward each other, so the lumens part there lower than
+    where their surfaces at equal distance along the tubes part: the ridge is found on axial planes, as a reader
+    (and a slice-wise detector) sees it. Above the ridge the planes' cross-sections overlap, below they do not,
+    so a bisection over z finds it.
+    """
     (s1, e1, a1, b1), (s2, e2, a2, b2) = bronchi
-    for t in np.linspace(0.0, 1.0, 2001):
-        c1, c2 = s1 + t * (e1 - s1), s2 + t * (e2 - s2)
-        r1, r2 = a1 + t * (b1 - a1), a2 + t * (b2 - a2)
-        if np.linalg.norm(c1 - c2) > r1 + r2:
-            return float((c1[2] + c2[2]) / 2)
-    return float(s1[2])
+    r = max(a1, a2)
+    centre = (s1 + s2) / 2
+    g = np.arange(-2 * r, 2 * r, step)
+    gx, gy = np.meshgrid(g + centre[0], g + centre[1])
+
+    def meet(z: float) -> bool:
+        pts = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)], axis=1)
+        return bool((_in_capsule(pts, s1, e1, a1, b1) & _in_capsule(pts, s2, e2, a2, b2)).any())
+
+    hi, lo = float(centre[2]), float(min(e1[2], e2[2]))    # they meet at the common start, not at the ends
+    if not meet(hi):
+        return hi
+    while hi - lo > step:
+        mid = (hi + lo) / 2
+        hi, lo = (mid, lo) if meet(mid) else (hi, mid)
+    return (hi + lo) / 2
 
 
 def _tree(rng, root, side, ac, bc, p, zc, sx, sy, depth=6):
