@@ -257,9 +257,9 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     front: the left common carotid and subclavian arteries lie left of the midline, the veins farther out, and with
     contrast the veins are far brighter or darker than the arch. It is followed down slice by slice, keeping its
     calibre (a disc of its radius + 3 mm round its last centre), and the aorta from the apex down, each only to
-    what touches it within 3 mm of where it was, so neither jumps onto a neighbour it touches. The walls first
-    touch between the first slice where the two meet and the one above; the centre line, which is the origin,
-    meets the aorta about one trunk radius lower (the trunk leaves the arch steeply). Vessels are cut half way
+    what touches it within 3 mm of where it was, so neither jumps onto a neighbour it touches. The origin is the
+    highest axial plane where the two meet (as a reader sees the trunk leave the arch, and as the TotalSegmentator
+    reference masks define it), between the first slice where they touch and the one above. Vessels are cut half way
     between fat and the arch's blood (the edge of a blurred vessel), so the threshold suits scans with and
     without contrast.
     """
@@ -325,9 +325,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
         elif aorta is None or not (ndi.binary_dilation(trunk, iterations=step) & aorta).any():
             return None                                    # lost, not joined to the aorta
         if aorta is not None and (ndi.binary_dilation(trunk) & aorta).any():
-            # the walls first touch between this slice and the one above; the centre line meets the aorta about
-            # one trunk radius lower (the trunk leaves the arch steeply)
-            return scan.z_mm(k) + 0.5 * dz - r_mm
+            return scan.z_mm(k) + 0.5 * dz           # they first meet between this slice and the one above
     return None
 
 

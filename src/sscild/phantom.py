@@ -20,9 +20,11 @@ and sampled on any grid, so "small" test volumes and "full" 512x512 scans share 
   reticulation (fine irregular lines and, at high extent, subpleural honeycomb cysts);
 - a slight blur (scanner point-spread) and Gaussian noise.
 
-Landmark truth (world z, mm): ``great_vessel_origin`` = where the brachiocephalic trunk's centre line leaves the
-aorta (it arises at the start of the arch, below the arch's apex, as in the TotalSegmentator reference masks); ``carina`` = the tracheal bifurcation; ``venous_confluence`` = the level where the pulmonary veins
-enter the left atrium; ``right_dome`` = the highest point of the right hemidiaphragm. Levels: L1..L3 those
+Landmark truth (world z, mm), each on axial planes as a reader sees it: ``great_vessel_origin`` = the highest plane
+where the brachiocephalic trunk's lumen still meets the aorta's (it arises at the start of the arch, below the arch's
+apex; the TotalSegmentator reference masks define it the same way, where the two masks touch); ``carina`` = the
+tracheal bifurcation (the lowest plane where the two main bronchi's lumens still meet); ``venous_confluence`` = the
+level where the pulmonary veins enter the left atrium; ``right_dome`` = the highest point of the right hemidiaphragm. Levels: L1..L3 those
 landmarks, L5 = right dome + 10 mm, L4 halfway between L3 and L5.
 """
 from __future__ import annotations
@@ -414,7 +416,9 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
                 hu, value=blood)
     _draw_tubes(grid, _polyline([arch_point(0.72 * np.pi), V(22, 6, p["arch_top"] + 20), V(40, 8, top_z)], 5.5),
                 hu, value=blood)
-    p["bt_origin_z"] = _exit_z(brach_segs, aorta_segs)
+    # the trunk's origin: the highest axial plane where its lumen still meets the aorta's (where a reader sees it
+    # leave the arch, and how the TotalSegmentator reference masks define it: where the two masks touch)
+    p["bt_origin_z"] = _meeting_plane(brach_segs, aorta_segs, float(brach[0][2]), float(p["arch_top"] + 12))
     # pulmonary trunk and arteries (bifurcation just below the carina)
     pa_bif = V(2, -8, -12)
     _draw_tubes(grid, _polyline([V(12, -45, p["venous"] - 20), pa_bif], 13.0, 12.0), hu, value=blood)
@@ -468,24 +472,6 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     return hu, (lungs, airways, lesions)
 
 
-def _exit_z(branch, trunk) -> float:
-    """World z where a branch's centre line leaves the trunk's tube (first point farther than the trunk's radius
-    from every trunk segment): where the branch "leaves" the vessel it arises from."""
-    for p0, p1, _, _ in branch:
-        for t in np.linspace(0.0, 1.0, 400):
-            q = p0 + t * (p1 - p0)
-            inside = False
-            for a, b, ra, rb in trunk:
-                d = b - a
-                s_ = float(np.clip((q - a) @ d / max(float(d @ d), 1e-9), 0.0, 1.0))
-                if np.linalg.norm(q - (a + s_ * d)) <= ra + s_ * (rb - ra):
-                    inside = True
-                    break
-            if not inside:
-                return float(q[2])
-    return float(branch[-1][1][2])
-
-
 def _in_capsule(pts: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
     """Which points (N, 3) lie inside the capsule from ``p0`` to ``p1`` with radius tapering ``r0`` -> ``r1``."""
     d = p1 - p0
@@ -493,32 +479,45 @@ def _in_capsule(pts: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: 
     return ((pts - p0 - t[:, None] * d) ** 2).sum(axis=1) <= (r0 + (r1 - r0) * t) ** 2
 
 
-def _lumen_split_z(bronchi, step: float = 0.1) -> float:
-    """World z of the carina's ridge: the lowest axial plane in which the two bronchial lumens (capsules from one
-    point) still meet, to ``step`` mm.
+def _meeting_plane(a, b, z_meet: float, z_apart: float, step: float = 0.1) -> float:
+    """World z of the last axial plane, going from ``z_meet`` (where the lumens of the tube sets ``a`` and ``b``
+    meet) toward ``z_apart`` (where they do not), in which they still meet; bisection, to ``step`` mm.
 
-    Oblique tubes cut an axial plane in ellipses drawn out toward each other, so the lumens part there lower than
-    where their surfaces at equal distance along the tubes part: the ridge is found on axial planes, as a reader
-    (and a slice-wise detector) sees it. Above the ridge the planes' cross-sections overlap, below they do not,
-    so a bisection over z finds it.
+    Landmarks between vessels or airways are defined on axial planes, as a reader (and a slice-wise detector) sees
+    them: oblique tubes cut a plane in ellipses drawn out along their tilt, so they part there later than their
+    centre lines or their surfaces at equal distance along the tubes do.
     """
-    (s1, e1, a1, b1), (s2, e2, a2, b2) = bronchi
-    r = max(a1, a2)
-    centre = (s1 + s2) / 2
-    g = np.arange(-2 * r, 2 * r, step)
-    gx, gy = np.meshgrid(g + centre[0], g + centre[1])
+    segs = list(a)
+    r = max(max(r0, r1) for _, _, r0, r1 in segs)
+    lo = np.min([np.minimum(p0, p1) for p0, p1, _, _ in segs], axis=0) - r
+    hi = np.max([np.maximum(p0, p1) for p0, p1, _, _ in segs], axis=0) + r
+    gx, gy = np.meshgrid(np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step))
+
+    def inside(pts, tubes, z):
+        hit = np.zeros(len(pts), bool)
+        for p0, p1, r0, r1 in tubes:     # only the tubes that reach this plane
+            if min(p0[2], p1[2]) - max(r0, r1) <= z <= max(p0[2], p1[2]) + max(r0, r1):
+                hit |= _in_capsule(pts, p0, p1, r0, r1)
+        return hit
 
     def meet(z: float) -> bool:
         pts = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)], axis=1)
-        return bool((_in_capsule(pts, s1, e1, a1, b1) & _in_capsule(pts, s2, e2, a2, b2)).any())
+        pts = pts[inside(pts, a, z)]
+        return bool(len(pts)) and bool(inside(pts, b, z).any())
 
-    hi, lo = float(centre[2]), float(min(e1[2], e2[2]))    # they meet at the common start, not at the ends
-    if not meet(hi):
-        return hi
-    while hi - lo > step:
-        mid = (hi + lo) / 2
-        hi, lo = (mid, lo) if meet(mid) else (hi, mid)
-    return (hi + lo) / 2
+    if not meet(z_meet):
+        return float(z_meet)
+    while abs(z_apart - z_meet) > step:
+        mid = (z_meet + z_apart) / 2
+        z_meet, z_apart = (mid, z_apart) if meet(mid) else (z_meet, mid)
+    return float((z_meet + z_apart) / 2)
+
+
+def _lumen_split_z(bronchi) -> float:
+    """World z of the carina's ridge: the lowest axial plane in which the two bronchial lumens (capsules from one
+    point) still meet."""
+    (s1, e1, _, _), (s2, e2, _, _) = bronchi
+    return _meeting_plane([bronchi[0]], [bronchi[1]], float((s1[2] + s2[2]) / 2), float(min(e1[2], e2[2])))
 
 
 def _tree(rng, root, side, ac, bc, p, zc, sx, sy, depth=6):

@@ -249,7 +249,7 @@ def levels_png(scan: CTScan, lungs: Lungs, levels: GohLevels, path: Path) -> Pat
                      f"confidence {levels.confidence[n]:.2f}", fontsize=9)
     fig.suptitle("Goh levels (L1 great-vessel origin, L2 carina, L3 venous confluence, L4 halfway, "
                  "L5 1 cm above right dome); cyan = right lung, magenta = left", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))      # leave the top for the suptitle (tight_layout ignores it)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -376,7 +376,7 @@ def lesions_vs_truth_png(scan: CTScan, analysis: Analysis, truth_lesions: np.nda
             ax.set_title(f"{n} {who}", fontsize=9)
             ax.axis("off")
     fig.suptitle("lesions: ground glass (yellow), reticulation (red)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
