@@ -56,3 +56,27 @@ def test_real_series_levels_in_anatomical_order(lung_series_dir):
     assert g.z_mm["L5"] == pytest.approx(g.landmarks["right_dome"].z_mm + 10.0)
     # the real dome lies in the lower third of the lungs, the arch above the carina
     assert g.z_mm["L1"] - g.z_mm["L2"] > 15
+
+
+@pytest.mark.realdata
+def test_great_vessel_origin_on_the_totalsegmentator_aorta_crop(aorta_crop_dir):
+    """Real contrast CT with reference masks: L1 lies within 10 mm of where the brachiocephalic-trunk mask touches
+    the aorta mask (the crop has too little lung for a lung outline: the lung-free path)."""
+    import SimpleITK as sitk
+    from scipy import ndimage as ndi
+
+    from sscild.io import load_ct
+    from sscild.levels import find_great_vessel_origin
+
+    scan = load_ct(aorta_crop_dir / "ct_cropped.nii.gz")
+
+    def mask(name):
+        img = sitk.DICOMOrient(sitk.ReadImage(str(aorta_crop_dir / f"{name}.nii.gz")), "LPS")
+        return sitk.GetArrayFromImage(img) > 0
+
+    touch = np.nonzero((ndi.binary_dilation(mask("brachiocephalic_trunk")) & mask("aorta")).any(axis=(1, 2)))[0]
+    reference = (scan.z_mm(touch.min()) + scan.z_mm(touch.max())) / 2
+    lm = find_great_vessel_origin(scan)
+    assert lm.z_mm is not None, lm.note
+    assert abs(lm.z_mm - reference) <= 10.0, (lm.z_mm, reference, lm.note)
+    assert "brachiocephalic trunk" in lm.note

@@ -319,6 +319,13 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
         edt = ndi.distance_transform_edt(cand, sampling=(sy, sx))
         moved = np.sqrt(((yy - centre[0]) * sy) ** 2 + ((xx - centre[1]) * sx) ** 2)
         score = np.where((moved <= 3.0 + 0.5 * r_mm) & (edt >= 0.5 * r_mm), edt - 0.5 * moved, -np.inf)
+        if not np.isfinite(score.max()):
+            # its own cross-section ended: a branch entering its parent (above the apex the trunk may already have
+            # divided, and an oblique junction need not touch in the slice) continues in the nearby vessel, not the
+            # aorta, at least as thick as itself
+            edt = ndi.distance_transform_edt((lab > 0) & ~(aorta if aorta is not None else False), sampling=(sy, sx))
+            cand = lab > 0
+            score = np.where((moved <= 3.0 + r_mm + 12.0) & (edt >= r_mm), edt, -np.inf)
         if np.isfinite(score.max()):                       # the thickest point near the last centre
             centre = np.unravel_index(int(np.argmax(score)), score.shape)
             trunk = cand & disc(centre, min(float(edt[centre]), 1.5 * r_mm))
