@@ -255,9 +255,12 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
 
     6 mm above the arch apex ``k_top`` the trunk is the artery nearest the trachea (within 60 mm) on its right
     front: the left common carotid and subclavian arteries lie left of the midline, the veins farther out, and with
-    contrast the veins are far brighter or darker than the arch. It is followed down slice by slice, keeping its
-    calibre (a disc of its radius + 3 mm round its last centre), and the aorta from the apex down, each only to
-    what touches it within 3 mm of where it was, so neither jumps onto a neighbour it touches. The origin is the
+    contrast the veins are far brighter or darker than the arch. It is followed down its centre line: in each
+    slice, the thickest point (distance to the vessels' edge) within 3 mm + half its radius of its last centre,
+    so a vein or branch it touches cannot pull it away; where its own cross-section ends (a branch entering its
+    parent: above an unfolded arch's apex the trunk may already have divided) it continues in the nearest vessel
+    at least as thick within 15 mm + its radius. The aorta is followed from the apex down, only to what touches
+    it within 3 mm of where it was. The origin is the
     highest axial plane where the two meet (as a reader sees the trunk leave the arch, and as the TotalSegmentator
     reference masks define it), between the first slice where they touch and the one above. Vessels are cut half way
     between fat and the arch's blood (the edge of a blurred vessel), so the threshold suits scans with and
@@ -309,7 +312,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     r_mm = float(edt[centre])
     trunk, aorta = (lab == lab[centre]) & disc(centre, r_mm), None
     for k in range(k0 - 1, k_stop, -1):
-        lab, t = label(k)
+        lab, _ = label(k)
         if aorta is None and k <= k_top:
             aorta = np.isin(lab, np.unique(lab[arch & (lab > 0)])) & (lab > 0) & ~trunk
         elif aorta is not None:
