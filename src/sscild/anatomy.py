@@ -80,24 +80,44 @@ def _downsample(hu: np.ndarray, f: int) -> np.ndarray:
     return v.mean(axis=(2, 4))
 
 
+def _select(lab: np.ndarray, n: int, keep) -> np.ndarray:
+    """Mask of the voxels whose label (of ``n``) is in ``keep``, by a lookup table (one pass, unlike np.isin)."""
+    lut = np.zeros(n + 1, bool)
+    lut[np.asarray(keep, np.intp)] = True
+    lut[0] = False
+    return lut[lab]
+
+
+def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``ndi.binary_dilation(mask, iterations=iterations)`` computed on the mask's bounding box only."""
+    out = np.zeros(mask.shape, bool)
+    if mask.any():
+        box = _bbox(mask, margin=iterations)
+        out[box] = ndi.binary_dilation(mask[box], iterations=iterations)
+    return out
+
+
 def _internal_air(hu: np.ndarray) -> np.ndarray:
     """Air (< LUNG_THRESHOLD) not connected to the in-plane border of the image, per connected component in 3D."""
     air = hu < LUNG_THRESHOLD
-    lab = cc3d.connected_components(air, connectivity=6)
+    lab, n = cc3d.connected_components(air, connectivity=6, return_N=True)
     border = np.unique(np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(),
                                        lab[:, :, -1].ravel()]))
-    inside = air.copy()
-    inside[np.isin(lab, border[border > 0])] = False
-    return inside
+    # a lookup table by label is one gather per voxel (np.isin sorts and searches)
+    inside = np.ones(n + 1, bool)
+    inside[0] = False
+    inside[border] = False
+    return inside[lab]
 
 
 def _lung_components(hu: np.ndarray, internal: np.ndarray, vox_ml: float) -> np.ndarray:
     lab, n = cc3d.connected_components(internal, connectivity=6, return_N=True)
     if n == 0:
         return np.zeros(hu.shape, bool)
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    means = ndi.mean(hu, lab, index=np.arange(n + 1))
+    # sizes and HU sums over the labelled voxels only (in array order, so the sums are those of ndi.mean)
+    ids = lab[internal]
+    counts = np.bincount(ids, minlength=n + 1)
+    sums = np.bincount(ids, weights=hu[internal], minlength=n + 1)
     order = np.argsort(counts)[::-1]
     big = counts[order[0]]
     keep = []
@@ -106,10 +126,10 @@ def _lung_components(hu: np.ndarray, internal: np.ndarray, vox_ml: float) -> np.
         if i == 0 or vol < 30 or counts[i] < 0.02 * big:
             continue
         # gas in the bowel or stomach is nearly pure air; lung carries parenchyma (~-850 HU)
-        if means[i] < -975 and vol < 1500:
+        if sums[i] / np.float64(counts[i]) < -975 and vol < 1500:
             continue
         keep.append(i)
-    return np.isin(lab, keep)
+    return _select(lab, n, keep)
 
 
 def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
@@ -155,9 +175,9 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     # go up while the trachea continues (so the mask covers the whole visible trachea)
     prev = seed
     for k in range(k0, nz):
-        lab, n = ndi.label(dark[k])
-        hit = np.unique(lab[ndi.binary_dilation(prev, iterations=2) & (lab > 0)])
-        cur = np.isin(lab, hit[hit > 0]) if len(hit) else np.zeros_like(prev)
+        lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
+        hit = np.unique(lab[_dilate(prev, iterations=2)])
+        cur = _select(lab, n, hit[hit > 0])
         if not cur.any() or cur.sum() * px > 900:
             break
         airway[k] = cur
@@ -171,23 +191,15 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     branch_area = seed.sum() * px
     persist = int(np.ceil(12.0 / spacing[0]))
     for k in range(k0 - 1, -1, -1):
-        lab, n = ndi.label(dark[k])
-        grown = ndi.binary_dilation(prev, iterations=2)
-        hit = np.unique(lab[grown & (lab > 0)])
+        lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
+        hit = np.unique(lab[_dilate(prev, iterations=2)])
         hit = hit[hit > 0]
-        comps = []
-        for h in hit:
-            c = lab == h
-            a = c.sum() * px
-            if a > max(3.0 * branch_area, 900):   # leak into the lung
-                continue
-            comps.append(c)
-        if not comps:
+        area = np.bincount(lab.ravel(), minlength=n + 1)[hit] * px
+        hit = hit[~(area > max(3.0 * branch_area, 900))]   # a bigger one is a leak into the lung
+        if not len(hit):
             break
-        cur = np.zeros_like(prev)
-        for c in comps:
-            cur |= c
-        _, n_branches = ndi.label(cur)
+        cur = _select(lab, n, hit)
+        n_branches = cc3d.connected_components(cur, connectivity=4, return_N=True)[1]
         if carina is None:
             if n_branches >= 2:
                 if candidate is None:
@@ -213,20 +225,45 @@ def _tubular_air(hu: np.ndarray, internal: np.ndarray, lung: np.ndarray) -> np.n
     lab, n = cc3d.connected_components(rest, connectivity=6, return_N=True)
     if n == 0:
         return rest
-    keep = []
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is not None and sl[0].stop - 1 >= zs.max() - 5 and sl[0].stop - sl[0].start >= 5:
-            keep.append(i)   # reaches the top of the lungs and spans several slices: a tube from the neck
-    return np.isin(lab, keep)
+    # z range of every component: the labelled voxels in array order, with their slice index
+    ids = lab[rest]
+    z = np.repeat(np.arange(rest.shape[0]), np.count_nonzero(rest, axis=(1, 2)))
+    z_lo = np.full(n + 1, rest.shape[0])
+    z_hi = np.full(n + 1, -1)
+    np.minimum.at(z_lo, ids, z)
+    np.maximum.at(z_hi, ids, z)
+    # reaches the top of the lungs and spans several slices: a tube from the neck
+    keep = np.nonzero((z_hi >= zs.max() - 5) & (z_hi - z_lo + 1 >= 5))[0]
+    return _select(lab, n, keep)
 
 
-def _split_left_right(mask: np.ndarray, x_mid: float) -> tuple[np.ndarray, str]:
-    """Label 1 right (smaller x), 2 left; separate touching lungs by erosion + watershed."""
+def _right_left(lung: np.ndarray) -> tuple[np.ndarray, str]:
+    """Small detached bits dropped, then labels 1 right, 2 left (see ``_split_left_right``) and the split note."""
+    # the work is done on the lungs' bounding box (a C-ordered copy, so that components are numbered in the same
+    # order as in the whole array)
+    box = _bbox(lung, margin=0)
+    x_mid = (box[2].start + box[2].stop - 1) / 2 if lung.any() else lung.shape[2] / 2
+    sub = np.ascontiguousarray(lung[box])
+    # drop small detached bits (< 1 % of the lung)
+    lab, n = cc3d.connected_components(sub, connectivity=6, return_N=True)
+    if n > 1:
+        c = np.bincount(lab[sub], minlength=n + 1)
+        sub = _select(lab, n, np.nonzero(c >= 0.01 * c.max())[0])
+    labels = np.zeros(lung.shape, np.uint8)
+    labels[box], note = _split_left_right(sub, x_mid, x0=box[2].start)
+    return labels, note
+
+
+def _split_left_right(mask: np.ndarray, x_mid: float, x0: int = 0) -> tuple[np.ndarray, str]:
+    """Label 1 right (smaller x), 2 left; separate touching lungs by erosion + watershed.
+
+    ``mask`` may be a box of the scan whose first column is column ``x0`` (``x_mid`` is in scan columns).
+    """
     lab, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
+    counts = np.bincount(lab[mask], minlength=n + 1)
     note = ""
     big = [i for i in np.argsort(counts)[::-1] if i > 0 and counts[i] > 0.15 * counts.max()][:2]
+    cols = np.arange(x0, x0 + mask.shape[2])
     if len(big) < 2:
         markers = None
         # erosion by ``it`` steps of the 6-neighbour cross keeps the voxels farther than ``it`` steps (city-block)
@@ -235,58 +272,79 @@ def _split_left_right(mask: np.ndarray, x_mid: float) -> tuple[np.ndarray, str]:
         for it in range(1, 12):
             er = depth > it
             l2, n2 = cc3d.connected_components(er, connectivity=6, return_N=True)
-            c2 = np.bincount(l2.ravel())
-            c2[0] = 0
+            c2 = np.bincount(l2[er], minlength=n2 + 1)
             top2 = [i for i in np.argsort(c2)[::-1] if i > 0 and c2[i] > 0.15 * c2.max()][:2]
             if len(top2) == 2:
-                markers = np.zeros(mask.shape, np.int32)
-                for m, i in enumerate(top2, start=1):
-                    markers[l2 == i] = m
+                lut = np.zeros(n2 + 1, np.uint8)
+                lut[top2[0]], lut[top2[1]] = 1, 2
+                markers = lut[l2]
                 note = f"the lungs touch; separated after {it} erosion step(s)"
                 break
         if markers is None:
             # fall back to the midline
             out = np.zeros(mask.shape, np.uint8)
-            xs = np.arange(mask.shape[2])[None, None, :]
-            out[mask & (xs < x_mid)] = 1
-            out[mask & (xs >= x_mid)] = 2
+            out[mask & (cols < x_mid)] = 1
+            out[mask & (cols >= x_mid)] = 2
             return out, "the lungs could not be separated by shape; split at the body midline"
-        # grow both markers back inside the mask, one step each in turn (a flat watershed)
-        lab = markers
-        todo = mask & (lab == 0)
-        box = _bbox(todo, margin=it + 3)
-        sub, msub = lab[box], mask[box]            # views: growth happens only near unassigned voxels
-        for _ in range(it + 2):
-            for m in (1, 2):
-                grow = ndi.binary_dilation(sub == m) & msub & (sub == 0)
-                sub[grow] = m
+        lab = _grow_markers(markers, mask, it + 2)
+        n = 2
         big = [1, 2]
-    out = np.zeros(mask.shape, np.uint8)
-    xs = np.arange(mask.shape[2])
-    cx = [float((np.bincount(np.nonzero(lab == i)[2], minlength=mask.shape[2]) * xs).sum() / max((lab == i).sum(), 1))
-          for i in big]
-    right, left = (big[0], big[1]) if cx[0] < cx[1] else (big[1], big[0])
-    out[lab == right] = 1
-    out[lab == left] = 2
+    # which of the two is right: the mean column of each (exact integer sums, as np.mean of the columns)
+    sel = np.zeros(n + 1, np.uint8)
+    sel[big[0]], sel[big[1]] = 1, 2
+    two = sel[lab]
+    cx = []
+    for m in (1, 2):
+        per_col = np.count_nonzero(two == m, axis=(0, 1))
+        cx.append(float(int((per_col * cols).sum()) / max(int(per_col.sum()), 1)))
+    out = two if cx[0] < cx[1] else np.array([0, 2, 1], np.uint8)[two]
     # small pieces (e.g. split by a fissure-like gap) go to the side of their centroid
     rest = mask & (out == 0)
     if rest.any():
-        out[rest & (np.arange(mask.shape[2])[None, None, :] < x_mid)] = 1
-        out[rest & (np.arange(mask.shape[2])[None, None, :] >= x_mid)] = 2
+        out[rest & (cols < x_mid)] = 1
+        out[rest & (cols >= x_mid)] = 2
     return out, note
+
+
+def _grow_markers(markers: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
+    """Grow markers 1 and 2 back inside ``mask``, one 6-neighbour step each in turn, ``steps`` times (a flat
+    watershed: the same as dilating each marker in turn into the unassigned mask voxels).
+
+    Only unassigned voxels can change, so each step looks at their neighbours (a thin shell) instead of dilating
+    whole arrays.
+    """
+    lab = np.pad(markers, 1)          # a zero rim: neighbour offsets never wrap around
+    flat = lab.ravel()
+    todo = np.flatnonzero(np.pad(mask & (markers == 0), 1))
+    sz, sy = lab.shape[1] * lab.shape[2], lab.shape[2]
+    for _ in range(steps):
+        for m in (1, 2):
+            hit = np.zeros(todo.size, bool)
+            for o in (-sz, sz, -sy, sy, -1, 1):
+                hit |= flat[todo + o] == m
+            flat[todo[hit]] = m
+            todo = todo[~hit]
+    return lab[1:-1, 1:-1, 1:-1]
 
 
 def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Fill holes per slice and close the outline in 3D at ~4 mm resolution (radius ~10 mm), never into bone
     (> 300 HU) or outside the body."""
     out = lung.copy()
+    if not lung.any():
+        return out
     # a hole in an axial slice may be the top of a diaphragm dome (liver/spleen ringed by lung): only regions
-    # with lung below them in their column are filled; a dome has abdomen below it
-    lung_below = np.zeros(lung.shape, bool)
-    lung_below[1:] = np.logical_or.accumulate(lung, axis=0)[:-1]
-    for k in range(out.shape[0]):
-        if out[k].any():
-            out[k] |= ndi.binary_fill_holes(out[k]) & lung_below[k]
+    # with lung below them in their column are filled; a dome has abdomen below it.
+    # Holes lie inside the lung's in-plane box; with one voxel of margin, the box's rim is background connected
+    # to the image border, so holes in the box are those of the whole slice.
+    box = _bbox(lung, margin=1)
+    ys, xs = box[1], box[2]
+    below = np.zeros(lung.shape[1:], bool)[ys, xs]      # lung in the slices below, per column of the box
+    for k in range(box[0].start, box[0].stop):
+        sl = lung[k, ys, xs]
+        if sl.any():
+            out[k, ys, xs] |= _holes(sl) & below
+        below |= sl
     # coarse 3D closing (dilation then erosion) with a ball of ~10 mm
     f = [max(1, int(round(4.0 / s))) for s in spacing]
     coarse = out[:: f[0], :: f[1], :: f[2]]
@@ -297,9 +355,35 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     added_c = closed & ~coarse
     if added_c.any():
         idx = [np.minimum(np.arange(n) // ff, c - 1) for n, ff, c in zip(out.shape, f, coarse.shape)]
-        added = added_c[np.ix_(idx[0], idx[1], idx[2])] & (hu < 300) & lung_below
-        out |= added
+        # only the full-resolution box of the added coarse voxels, within the lung's columns (elsewhere no lung is
+        # below) and above its lowest slice
+        cbox = _bbox(added_c, margin=0)
+        lim = [(box[0].start + 1, out.shape[0]), (ys.start, ys.stop), (xs.start, xs.stop)]
+        sel = []
+        for ax in range(3):
+            r = np.nonzero((idx[ax] >= cbox[ax].start) & (idx[ax] < cbox[ax].stop))[0]
+            sel.append(slice(max(r[0], lim[ax][0]), min(r[-1] + 1, lim[ax][1])))
+        if all(s_.stop > s_.start for s_ in sel):
+            fb = tuple(sel)
+            z0 = fb[0].start
+            lung_below = np.empty(out[fb].shape, bool)
+            run = lung[:z0, fb[1], fb[2]].any(axis=0)
+            for j in range(lung_below.shape[0]):
+                lung_below[j] = run
+                run = run | lung[z0 + j, fb[1], fb[2]]
+            added = added_c[np.ix_(idx[0][fb[0]], idx[1][fb[1]], idx[2][fb[2]])] & (hu[fb] < 300) & lung_below
+            out[fb] |= added
     return out
+
+
+def _holes(sl: np.ndarray) -> np.ndarray:
+    """Holes of a 2D mask: background not 4-connected to the border (what ``ndi.binary_fill_holes`` adds)."""
+    lab, n = cc3d.connected_components(~sl, connectivity=4, return_N=True)
+    rim = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    hole[rim] = False
+    return hole[lab]
 
 
 def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
@@ -343,17 +427,10 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     # component of its own (pure air), which the lung filter drops like bowel gas
     airway_lo, carina_lo = _track_airways(lo, lung | _tubular_air(lo, internal, lung), sp)
     # the trachea outside the lungs' component (in the neck) still counts as airway
-    lung_wo = lung & ~ndi.binary_dilation(airway_lo, iterations=1)
-    lung_wo = _close_envelope(lung_wo, lo, sp) & ~ndi.binary_dilation(airway_lo, iterations=1)
-    xs = np.nonzero(lung_wo.any(axis=(0, 1)))[0]
-    x_mid = (xs.min() + xs.max()) / 2 if len(xs) else lung_wo.shape[2] / 2
-    # drop small detached bits (< 1 % of the lung)
-    lab, n = cc3d.connected_components(lung_wo, connectivity=6, return_N=True)
-    if n > 1:
-        c = np.bincount(lab.ravel())
-        c[0] = 0
-        lung_wo = np.isin(lab, np.nonzero(c >= 0.01 * c.max())[0])
-    labels_lo, split_note = _split_left_right(lung_wo, x_mid)
+    near_airway = _dilate(airway_lo, iterations=1)
+    lung_wo = lung & ~near_airway
+    lung_wo = _close_envelope(lung_wo, lo, sp) & ~near_airway
+    labels_lo, split_note = _right_left(lung_wo)
 
     # back to full resolution, refined with the full-resolution threshold at the border
     labels = _upsample_labels(labels_lo, scan.shape, f)
