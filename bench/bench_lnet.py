@@ -35,7 +35,9 @@ def main():
         anat.append([np.nan if g.z_mm[n] is None else g.z_mm[n] for n in LEVELS])
     truth, lnet, anat = (np.array(a, float) for a in (truth, lnet, anat))
     lines += [f"Shipped weights `src/sscild/models/lnet` ({card.get('train_cases')} training phantoms, "
-              f"{card.get('steps')} steps of batch 4, {card.get('training_seconds')} s on this CPU). Held-out phantoms: "
+              f"{card.get('steps')} steps of batch {card.get('batch_size', 4)}, {cfg.head} head, {cfg.z_mm:g} mm slices, "
+              f"windows of {cfg.window} slices, {card.get('loss', 'mse')} loss; {card.get('training_seconds')} s on this "
+              f"CPU). Held-out phantoms: "
               f"{len(SEEDS)} seeds ({SEEDS.start}-{SEEDS.stop - 1}), 128x128 px, 3 mm slices, ILD extent 0-70 %.", "",
               "| level | L-Net MAE (mm) | L-Net max (mm) | L-Net ICC(2,1) | anatomy MAE (mm) | anatomy max (mm) | "
               "anatomy ICC(2,1) | acceptance (L-Net) |", "|---|---|---|---|---|---|---|---|"]

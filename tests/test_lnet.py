@@ -116,3 +116,32 @@ train: {{steps: 10, batch_size: 2, checkpoint_every: 5}}
     a = json.loads((out / "analysis.json").read_text())
     assert set(a["levels_lnet"]) == set(LEVELS) and a["levels"]["levels"][0]["name"] == "L1"
     assert a["models"][0]["name"] == "L-Net" and "levels_lnet" in a["timings_s"]
+
+
+def test_cards_without_a_head_load_as_the_dense_head(tmp_path):
+    """Weights trained before the zmap head existed have no ``head`` in their card: they are the dense head."""
+    import json
+    from dataclasses import replace
+
+    dense = replace(CFG, head="dense")
+    model = build_lnet(dense)
+    save_lnet(model, dense, tmp_path / "old", {})
+    card = json.loads((tmp_path / "old" / "card.json").read_text())
+    for k in ("head", "z_pools"):
+        card["config"].pop(k)
+    (tmp_path / "old" / "card.json").write_text(json.dumps(card))
+    model2, cfg2, _ = load_lnet(tmp_path / "old")
+    assert cfg2.head == "dense"
+    scan, _ = _toy_case(5)
+    prep = prepare(scan, dense)
+    np.testing.assert_allclose(predict_positions(model.eval(), prep, dense)[0], predict_positions(model2, prep, cfg2)[0],
+                               atol=1e-4)
+
+
+def test_zmap_head_output_stays_inside_the_window():
+    """Soft-argmax positions are a weighted mean of bin centres: always between the first and last slice."""
+    model = build_lnet(CFG).eval()
+    with torch.no_grad():
+        y = model(torch.randn(3, 1, CFG.window, CFG.in_plane, CFG.in_plane) * 5)
+    assert y.shape == (3, len(LEVELS))
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0

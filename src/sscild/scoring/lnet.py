@@ -12,6 +12,12 @@ scaled to [-1, 1], as in the paper.
 The network's input is one window ``(1, window, in_plane, in_plane)``; its output is five numbers, the level
 positions in window units (0 = first slice of the window, 1 = last). :func:`predict_levels` turns them into
 world z (mm, LPS) like the anatomical method.
+
+Two heads (``LNetConfig.head``): ``"zmap"`` (default) keeps a coarse z axis through the encoder (only the first
+``z_pools`` blocks pool along z), scores every z bin for every level with a small 1D convolution and returns the
+soft-argmax (expected position) of each level's map (integral regression, Sun et al. ECCV 2018). The answer then
+moves with the anatomy inside the window instead of having to be read from a global feature vector. ``"dense"``
+is the original global-pooling regressor, kept so that older weights still load.
 """
 from __future__ import annotations
 
@@ -39,6 +45,14 @@ class LNetConfig:
     channels: tuple[int, ...] = (16, 32, 64, 96, 128)
     hu_min: float = -1500.0
     hu_max: float = 1500.0
+    head: str = "zmap"   # "zmap": per-z-bin level maps + soft-argmax; "dense": global pooling + linear (legacy)
+    z_pools: int = 2     # zmap head: how many encoder blocks also halve z (bins of 2**z_pools slices)
+
+    def __post_init__(self):
+        if self.head not in ("zmap", "dense"):
+            raise ConfigError(f"L-Net head must be 'zmap' or 'dense', got {self.head!r}")
+        if self.head == "zmap" and not 0 <= self.z_pools <= len(self.channels):
+            raise ConfigError(f"L-Net z_pools must be 0..{len(self.channels)} (one per block), got {self.z_pools}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +118,7 @@ def _window(volume: np.ndarray, start: int, length: int, pad: float) -> np.ndarr
 # network
 # --------------------------------------------------------------------------------------------
 def build_lnet(cfg: LNetConfig = LNetConfig()):
-    """A VGG-style 3D regressor of MONAI convolution blocks: (conv-BN-ReLU, max-pool) x n, then a small head."""
+    """A VGG-style 3D network of MONAI convolution blocks, (conv-BN-ReLU, max-pool) x n, then the head of ``cfg.head``."""
     import torch.nn as nn
     from monai.networks.blocks import Convolution
 
@@ -114,9 +128,14 @@ def build_lnet(cfg: LNetConfig = LNetConfig()):
         layers.append(Convolution(3, cin, c, kernel_size=3, act="RELU", norm="BATCH"))
         if i >= 2:
             layers.append(Convolution(3, c, c, kernel_size=3, act="RELU", norm="BATCH"))
-        layers.append(nn.MaxPool3d(2))
+        if cfg.head == "dense":
+            layers.append(nn.MaxPool3d(2))
+        else:  # keep a coarse z axis: only the first z_pools blocks halve z, all halve the plane
+            layers.append(nn.MaxPool3d((2 if i < cfg.z_pools else 1, 2, 2)))
         cin = c
-    # keep the z axis (positions live there), pool the plane
+    if cfg.head == "zmap":
+        return nn.Sequential(*layers, _ZMapHead(cin, len(LEVELS), cfg.window))
+    # meant to keep two z bins; after five 2x pools a 48-slice window has z = 1 here and the two bins are copies
     head = nn.Sequential(
         nn.AdaptiveAvgPool3d((2, 1, 1)),
         nn.Flatten(),
@@ -126,6 +145,40 @@ def build_lnet(cfg: LNetConfig = LNetConfig()):
         nn.Linear(128, len(LEVELS)),
     )
     return nn.Sequential(*layers, head)
+
+
+def _zmap_head_class():
+    import torch
+    import torch.nn as nn
+
+    class ZMapHead(nn.Module):
+        """Features (B, C, Zb, Y, X) -> per-bin logits (B, 5, Zb) -> soft-argmax positions in window units (B, 5)."""
+
+        def __init__(self, cin: int, n_levels: int, window: int, hidden: int = 64):
+            super().__init__()
+            self.window = window
+            self.score = nn.Sequential(nn.Conv1d(cin, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                                       nn.Conv1d(hidden, n_levels, 1))
+
+        def forward(self, f):
+            logits = self.score(f.mean(dim=(3, 4)))          # (B, L, Zb)
+            zb = logits.shape[-1]
+            # bin b covers slices b*W/Zb .. (b+1)*W/Zb; its centre in window units (0 = first slice, 1 = last)
+            centres = ((torch.arange(zb, device=f.device, dtype=f.dtype) + 0.5) * self.window / zb - 0.5)
+            centres = centres / (self.window - 1)
+            return (logits.softmax(-1) * centres).sum(-1)
+
+    return ZMapHead
+
+
+def _ZMapHead(cin: int, n_levels: int, window: int):
+    global _ZMAP_CLASS
+    if _ZMAP_CLASS is None:  # defined on first use: this module does not import torch at import time
+        _ZMAP_CLASS = _zmap_head_class()
+    return _ZMAP_CLASS(cin, n_levels, window)
+
+
+_ZMAP_CLASS = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +227,7 @@ def _sample_window(case: LevelCase, cfg: LNetConfig, rng: np.random.Generator,
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TrainLog:
-    """Per-step training loss and, at the end, the loss of predicting the training mean (the baseline)."""
+    """Per-step training loss and, at the end, the loss of predicting the training mean (median for L1): the baseline."""
 
     losses: list[float] = field(default_factory=list)
     mean_predictor_loss: float = float("nan")
@@ -182,50 +235,84 @@ class TrainLog:
 
 def train_lnet(cases: Sequence[LevelCase], *, cfg: LNetConfig = LNetConfig(), steps: int = 500,
                batch_size: int = 4, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
-               device: str = "cpu", model=None, quiet: bool = False, log: TrainLog | None = None):
-    """Train (or continue training) an L-Net on ``cases`` with MSE on window-unit positions.
+               device: str = "cpu", model=None, quiet: bool = False, log: TrainLog | None = None,
+               loss: str = "mse", start_step: int = 0, optimizer_state: dict | None = None,
+               checkpoint_every: int = 0, on_checkpoint=None):
+    """Train (or continue training) an L-Net on ``cases``, loss ``"mse"`` or ``"l1"`` on window-unit positions.
+
+    Adam with one cosine learning-rate decay (``lr`` to ``lr / 20``) over ``steps``. To resume, give the model,
+    ``start_step`` (steps already done) and the saved ``optimizer_state``: the schedule goes on where it stopped.
+    ``on_checkpoint(model, optimizer, step, log)`` is called every ``checkpoint_every`` steps and at the end.
 
     Returns the model (in eval mode) and the :class:`TrainLog`.
     """
+    import math
+
     import torch
 
     from ..util import progress
 
     if not cases:
         raise ConfigError("L-Net training got no cases")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    if loss not in ("mse", "l1"):
+        raise ConfigError(f"L-Net loss must be 'mse' or 'l1', got {loss!r}")
+    rng = np.random.default_rng(seed + start_step)
+    torch.manual_seed(seed + start_step)
     model = model if model is not None else build_lnet(cfg)
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
-    lossf = torch.nn.MSELoss()
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+
+    def lr_at(step: int) -> float:
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1))))
+
+    lossf = torch.nn.MSELoss() if loss == "mse" else torch.nn.L1Loss()
     log = log or TrainLog()
     targets = []
-    for _ in progress(range(steps), "train L-Net", quiet=quiet):
+
+    def baseline() -> float:
+        t = np.concatenate(targets)
+        return (float(((t - t.mean(0)) ** 2).mean()) if loss == "mse"
+                else float(np.abs(t - np.median(t, 0)).mean()))
+
+    for step in progress(range(start_step, steps), "train L-Net", quiet=quiet):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
         batch = [_sample_window(cases[int(rng.integers(len(cases)))], cfg, rng) for _ in range(batch_size)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None].to(device)
         y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
         targets.append(y.cpu().numpy())
-        loss = lossf(model(x), y)
+        value = lossf(model(x), y)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-        sched.step()
-        log.losses.append(float(loss.detach()))
-    t = np.concatenate(targets)
-    log.mean_predictor_loss = float(((t - t.mean(0)) ** 2).mean())
+        log.losses.append(float(value.detach()))
+        done = step + 1
+        if on_checkpoint is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+            log.mean_predictor_loss = baseline()
+            on_checkpoint(model, opt, done, log)
+            model.train()
+    if targets:
+        log.mean_predictor_loss = baseline()
     return model.eval(), log
 
 
 # --------------------------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------------------------
-def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), stride: int = 8,
-                      device: str = "cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Sliding-window median of the level positions (index units of ``prep.volume``) and their spread (IQR)."""
+def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), stride: int | None = None,
+                      device: str = "cpu", batch_size: int = 8, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding-window median of the level positions (index units of ``prep.volume``) and their spread (IQR).
+
+    Windows start every ``stride`` slices (default ``window // 12``). Training windows always hold all five
+    levels at least ``margin`` slices from their ends, so the median is taken over the windows whose five
+    predictions all lie there; when no window qualifies, over the windows in which that level fell inside
+    the window; failing that, over all windows.
+    """
     import torch
 
+    stride = stride or max(1, cfg.window // 12)
     z = prep.volume.shape[0]
     if z <= cfg.window:
         starts = [int(round((z - cfg.window) / 2))]
@@ -242,13 +329,14 @@ def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), str
             out = model(x).cpu().numpy() * (cfg.window - 1)
             preds.extend(out + np.array(ss)[:, None])
     preds = np.asarray(preds)  # (n_windows, 5)
+    st = np.asarray(starts)[:, None]
+    complete = ((preds >= st + margin) & (preds <= st + cfg.window - 1 - margin)).all(axis=1)
     med = np.empty(len(LEVELS))
     iqr = np.empty(len(LEVELS))
     for j in range(len(LEVELS)):
         p = preds[:, j]
-        # prefer windows in which the level fell inside the window (those were trained for)
-        inside = np.array([(s + 1 <= v <= s + cfg.window - 2) for s, v in zip(starts, p)])
-        use = p[inside] if inside.any() else p
+        inside = (p >= st[:, 0] + 1) & (p <= st[:, 0] + cfg.window - 2)
+        use = p[complete] if complete.any() else p[inside] if inside.any() else p
         med[j] = float(np.median(use))
         q75, q25 = np.percentile(use, [75, 25])
         iqr[j] = float(q75 - q25)
@@ -301,6 +389,7 @@ def load_lnet(directory: str | Path | None = None, device: str = "cpu"):
     c = dict(card.get("config", {}))
     if "channels" in c:
         c["channels"] = tuple(c["channels"])
+    c.setdefault("head", "dense")  # cards written before the zmap head existed describe the dense head
     cfg = LNetConfig(**c)
     model = load_into(build_lnet(cfg), directory, "L-Net")
     return model.to(device).eval(), cfg, card
@@ -361,7 +450,7 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     """Train an L-Net as a YAML config says, write weights, card and a metrics log; returns the output folder.
 
     Config keys: ``out`` (folder), ``config`` (LNetConfig fields), ``train`` {steps, batch_size, lr, seed,
-    checkpoint_every}, and data: ``dataset_csv`` (see :func:`cases_from_csv`) and/or ``phantoms`` {n, seed0,
+    checkpoint_every, loss}, and data: ``dataset_csv`` (see :func:`cases_from_csv`) and/or ``phantoms`` {n, seed0,
     size}; ``validation`` likewise (phantoms with other seeds, or a CSV). With ``resume`` training continues
     from ``out/checkpoint.safetensors``.
     """
@@ -379,7 +468,8 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     if "channels" in cc:
         cc["channels"] = tuple(cc["channels"])
     cfg = LNetConfig(**cc)
-    tr = {"steps": 1000, "batch_size": 4, "lr": 1e-3, "seed": 0, "checkpoint_every": 200, **c.get("train", {})}
+    tr = {"steps": 1000, "batch_size": 4, "lr": 1e-3, "seed": 0, "checkpoint_every": 200, "loss": "mse",
+          **c.get("train", {})}
 
     def load_cases(spec):
         cases = []
@@ -395,40 +485,56 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
         raise ConfigError(f"{config}: no training data: give dataset_csv and/or phantoms {{n, seed0}}")
     val_cases = load_cases(c.get("validation", {}))
     model = build_lnet(cfg)
-    done = 0
+    done, opt_state = 0, None
     ck = out / "checkpoint.safetensors"
+    ck_opt = out / "checkpoint.optimizer.pt"  # matches .gitignore checkpoint.*
     state_file = out / "checkpoint.json"
     if resume and ck.exists():
+        import torch
+
         model.load_state_dict(load_file(str(ck)))
         done = int(json.loads(state_file.read_text())["steps_done"])
+        if ck_opt.exists():
+            opt_state = torch.load(ck_opt, weights_only=True)
     t0 = time.perf_counter()
     log_path = out / "metrics.jsonl"
     if not resume and log_path.exists():
         log_path.unlink()          # a fresh run starts a fresh log
-    step = done
-    while step < tr["steps"]:
-        n = min(int(tr["checkpoint_every"]), tr["steps"] - step)
-        model, log = train_lnet(train_cases, cfg=cfg, steps=n, batch_size=int(tr["batch_size"]),
-                                lr=float(tr["lr"]), seed=int(tr["seed"]) + step, device=device, model=model,
-                                quiet=quiet)
-        step += n
+    every = int(tr["checkpoint_every"])
+
+    def checkpoint(model, opt, step, log):
+        import torch
+
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ck))
+        torch.save(opt.state_dict(), ck_opt)
         state_file.write_text(json.dumps({"steps_done": step}))
         with open(log_path, "a") as f:
             f.write(json.dumps({"step": step, "loss": float(np.mean(log.losses[-20:])),
                                 "mean_predictor_loss": log.mean_predictor_loss,
                                 "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+
+    step = done
+    if step < tr["steps"]:
+        model, _ = train_lnet(train_cases, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
+                              lr=float(tr["lr"]), seed=int(tr["seed"]), device=device, model=model, quiet=quiet,
+                              loss=str(tr["loss"]), start_step=step, optimizer_state=opt_state,
+                              checkpoint_every=every, on_checkpoint=checkpoint)
+        step = int(tr["steps"])
     metrics = {}
     if val_cases:
         ev = evaluate_cases(model, val_cases, cfg)
         err = ev["pred"] - ev["truth"]
-        metrics = {n: {"MAE_mm": float(np.abs(err[:, j]).mean()), "max_mm": float(np.abs(err[:, j]).max())}
+        from ..evaluate import icc
+
+        metrics = {n: {"MAE_mm": float(np.abs(err[:, j]).mean()), "max_mm": float(np.abs(err[:, j]).max()),
+                       "ICC": float(icc(ev["pred"][:, j], ev["truth"][:, j]).value) if len(err) >= 3 else None}
                    for j, n in enumerate(LEVELS)}
         write_json(out / "validation.json", {"pred": ev["pred"], "truth": ev["truth"], "metrics": metrics})
     card = {"trained_on": c.get("description", "see config"), "config_file": Path(config).name,
             "train_cases": len(train_cases), "validation_cases": len(val_cases), "steps": step,
             "input": f"whole field of view area-averaged to {cfg.in_plane}x{cfg.in_plane}, {cfg.z_mm} mm slices, "
                      f"windows of {cfg.window} slices, HU clipped {cfg.hu_min:.0f}..{cfg.hu_max:.0f}",
+            "head": cfg.head, "loss": str(tr["loss"]), "batch_size": int(tr["batch_size"]),
             "metrics": metrics, "training_seconds": round(time.perf_counter() - t0, 1)}
     save_lnet(model, cfg, out, card)
     return out
