@@ -194,12 +194,15 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
         hit = np.unique(lab[_dilate(prev, iterations=2)])
         hit = hit[hit > 0]
-        area = np.bincount(lab.ravel(), minlength=n + 1)[hit] * px
-        hit = hit[~(area > max(3.0 * branch_area, 900))]   # a bigger one is a leak into the lung
-        if not len(hit):
-            break
         cur = _select(lab, n, hit)
-        n_branches = cc3d.connected_components(cur, connectivity=4, return_N=True)[1]
+        area = np.bincount(lab[cur], minlength=n + 1)[hit] * px     # counted on the touched components only
+        leak = area > max(3.0 * branch_area, 900)                  # a bigger one is a leak into the lung
+        if leak.all():
+            break
+        if leak.any():
+            cur = _select(lab, n, hit[~leak])
+        box = _bbox(cur, margin=0)
+        n_branches = cc3d.connected_components(np.ascontiguousarray(cur[box]), connectivity=4, return_N=True)[1]
         if carina is None:
             if n_branches >= 2:
                 if candidate is None:
@@ -434,7 +437,7 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
 
     # back to full resolution, refined with the full-resolution threshold at the border
     labels = _upsample_labels(labels_lo, scan.shape, f)
-    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0
+    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0 if f > 1 else airway_lo
     if f > 1:
         labels = _refine(labels, scan.hu, airways)
     labels[airways] = 0
