@@ -76,6 +76,14 @@ def _downsample(hu: np.ndarray, f: int) -> np.ndarray:
         return hu.astype(np.float32)
     nz, ny, nx = hu.shape
     ny2, nx2 = ny // f * f, nx // f * f
+    if hu.dtype.kind in "iu" and hu.dtype.itemsize <= 2 and f * f * 65536 <= 2 ** 24:
+        # block sums of 16-bit integers are exact in int32 and in float32 (in any order), so one division gives
+        # the float32 block mean below, without its 5-D reduction
+        acc = np.zeros((nz, ny2 // f, nx2 // f), np.int32)
+        for i in range(f):
+            for j in range(f):
+                acc += hu[:, i:ny2:f, j:nx2:f]
+        return acc.astype(np.float32) / np.float32(f * f)
     v = hu[:, :ny2, :nx2].astype(np.float32).reshape(nz, ny2 // f, f, nx2 // f, f)
     return v.mean(axis=(2, 4))
 
@@ -468,9 +476,13 @@ def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """Bounding box of ``mask`` grown by ``margin`` voxels, as slices (the whole array when empty)."""
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
+    # the first axis from the per-slice test, the others from the projection along it (two passes, not one per axis)
+    proj = mask.any(axis=0)
+    flags = [mask.reshape(mask.shape[0], -1).any(axis=1)]
+    flags += [proj.any(axis=tuple(a for a in range(proj.ndim) if a != ax)) for ax in range(proj.ndim)]
     out = []
-    for ax in range(mask.ndim):
-        idx = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))[0]
+    for ax, fl in enumerate(flags):
+        idx = np.nonzero(fl)[0]
         out.append(slice(max(idx[0] - margin, 0), min(idx[-1] + margin + 1, mask.shape[ax])))
     return tuple(out)
 
@@ -485,11 +497,22 @@ def _refine(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.ndarr
 
 def _refine_box(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.ndarray:
     out = labels.copy()
-    st = ndi.generate_binary_structure(2, 1)[None]
     for lab in (1, 2):
         m = labels == lab
-        inner = ndi.binary_erosion(m, structure=st, iterations=1)
-        outer = ndi.binary_dilation(m, structure=st, iterations=1)
+        # in-plane 4-neighbour erosion and dilation, outside the box counting as background (as
+        # ndi.binary_erosion/dilation with the 2D cross), by shifted copies
+        inner = m.copy()
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        inner[:, :, 1:] &= m[:, :, :-1]
+        inner[:, :, :-1] &= m[:, :, 1:]
+        inner[:, [0, -1]] = False
+        inner[:, :, [0, -1]] = False
+        outer = m.copy()
+        outer[:, 1:] |= m[:, :-1]
+        outer[:, :-1] |= m[:, 1:]
+        outer[:, :, 1:] |= m[:, :, :-1]
+        outer[:, :, :-1] |= m[:, :, 1:]
         band = outer & ~inner
         keep = band & (hu < LUNG_THRESHOLD) & (out == 0) | (band & m & (hu < LUNG_THRESHOLD))
         out[m & band & ~(hu < LUNG_THRESHOLD)] = 0
