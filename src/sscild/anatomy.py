@@ -366,14 +366,14 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     added_c = closed & ~coarse
     if added_c.any():
         idx = [np.minimum(np.arange(n) // ff, c - 1) for n, ff, c in zip(out.shape, f, coarse.shape)]
-        # only the full-resolution box of the added coarse voxels, within the lung's columns (elsewhere no lung is
-        # below) and above its lowest slice
+        # only the full-resolution box of the added coarse voxels, within the lung's columns and from its lowest
+        # slice up (elsewhere no lung is below); there 'lung below' is built slice by slice
         cbox = _bbox(added_c, margin=0)
         lim = [(box[0].start + 1, out.shape[0]), (ys.start, ys.stop), (xs.start, xs.stop)]
         sel = []
         for ax in range(3):
-            r = np.nonzero((idx[ax] >= cbox[ax].start) & (idx[ax] < cbox[ax].stop))[0]
-            sel.append(slice(max(r[0], lim[ax][0]), min(r[-1] + 1, lim[ax][1])))
+            pos = np.nonzero((idx[ax] >= cbox[ax].start) & (idx[ax] < cbox[ax].stop))[0]
+            sel.append(slice(max(pos[0], lim[ax][0]), min(pos[-1] + 1, lim[ax][1])))
         if all(s_.stop > s_.start for s_ in sel):
             fb = tuple(sel)
             z0 = fb[0].start
