@@ -48,7 +48,7 @@ def main():
     except ModelError as err:
         write_section("snet", "S-Net (issue: learned scoring)", "python bench/run_all.py snet", [f"Not measured: {err}"])
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))   # OMP_NUM_THREADS=1 leaves a core free
     spec = {"source": "real_gg", "real_gg": str(COVID)}
     source = pattern_source_from_spec(spec, REPO)
     # ---------------- held-out test set (new seeds; real backgrounds held out from training)

@@ -143,7 +143,14 @@ def build_snet(cfg: SNetConfig = SNetConfig()):
 
 
 def _augment(x, rng: np.random.Generator, size: int):
-    """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, 2, S, S)."""
+    """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, 2, S, S).
+
+    The image is resampled bicubically (then clamped to 0..1), the mask by nearest neighbour. Bilinear resampling
+    at a random sub-pixel offset low-passes the image (it took about a quarter of the fine-texture energy of
+    reticulation on 96 px phantom slices, bicubic about 7 %), so a network trained on bilinearly augmented images
+    sees sharper texture at inference than in training and reads it as more reticulation: weights trained with
+    bilinear augmentation over-called RET and under-called GG by about 4 points on held-out phantoms, a bias that
+    vanished when the test images were passed through the same bilinear augmentation."""
     import torch
     import torch.nn.functional as F
 
@@ -158,7 +165,7 @@ def _augment(x, rng: np.random.Generator, size: int):
     theta[:, 1, 1] = np.cos(ang) / sc
     theta[:, :, 2] = sh
     grid = F.affine_grid(torch.from_numpy(theta).to(x.device), list(x.shape), align_corners=False)
-    img = F.grid_sample(x[:, :1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    img = F.grid_sample(x[:, :1], grid, mode="bicubic", padding_mode="zeros", align_corners=False).clamp(0.0, 1.0)
     msk = F.grid_sample(x[:, 1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return torch.cat([img, msk], 1)
 
