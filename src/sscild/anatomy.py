@@ -1,6 +1,6 @@
 """Lungs and airways without a model.
 
-``segment_lungs`` works on any chest CT, in a few seconds on a CPU:
+``segment_lungs`` works on any chest CT, in about a second on a 2-core CPU for a 512x512x64 series (bench/RESULTS.md):
 
 1. Air (< -300 HU, so that ground glass stays lung) that is connected to the in-plane border of the image is
    outside the body (this also takes the padding outside the field of view and the air around the table and
@@ -404,7 +404,7 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     ----------
     scan : CTScan
     quiet : bool
-        Unused (kept for a uniform stage signature); the stage takes seconds.
+        Unused (kept for a uniform stage signature); the stage takes about a second.
 
     Returns
     -------
