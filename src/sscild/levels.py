@@ -117,6 +117,18 @@ def _carina(scan: CTScan, lungs: Lungs) -> Landmark:
                     "first slice where the trachea is split into two bronchi")
 
 
+def _first_along_z(mask: np.ndarray) -> np.ndarray:
+    """Index of the first True along axis 0 of a 3D mask (0 where none), as ``np.argmax(mask, axis=0)`` but slice by
+    slice (argmax across slices strides through memory)."""
+    first = np.zeros(mask.shape[1:], np.int64)
+    seen = np.zeros(mask.shape[1:], bool)
+    for k in range(mask.shape[0]):
+        new = mask[k] & ~seen
+        first[new] = k
+        seen |= mask[k]
+    return first
+
+
 def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     right = lungs.labels == 1
     zs = np.nonzero(right.any(axis=(1, 2)))[0]
@@ -124,7 +136,7 @@ def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
         return Landmark(None, None, 0.0, "no right lung")
     lo, hi = zs.min(), zs.max()
     has = right.any(axis=0)
-    bottom = np.argmax(right, axis=0).astype(float)   # lowest lung slice of each column
+    bottom = _first_along_z(right).astype(float)      # lowest lung slice of each column
     bottom[~has] = np.nan
     # the diaphragm is under the lower half of the lung; higher 'bottoms' are hila or apical curvature. The dome
     # peaks in the mid/lateral hemithorax; medially the lung ends on the heart, which is not diaphragm
@@ -157,9 +169,33 @@ def _trachea_xy(lungs: Lungs, k_from: int, k_to: int) -> tuple[float, float] | N
 
 
 def _hull_2d(mask: np.ndarray) -> np.ndarray:
-    from skimage.morphology import convex_hull_image
+    """Convex hull of a 2D mask: pixels whose centres lie in the hull of the mask's pixel corners, filled row by row
+    (``skimage.morphology.convex_hull_image`` tests every pixel against the polygon, which was most of this
+    stage's time; the two can differ only in pixels on the hull's edge)."""
+    from scipy.spatial import ConvexHull, QhullError
 
-    return convex_hull_image(mask) if mask.any() else mask
+    if not mask.any():
+        return mask
+    yy, xx = np.nonzero(mask & ~ndi.binary_erosion(mask))      # the boundary pixels carry the hull
+    pts = np.concatenate([np.stack([yy + dy, xx + dx], axis=1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
+    try:
+        v = pts[ConvexHull(pts).vertices]
+    except QhullError:          # all in one line: the mask is its own hull
+        return mask.copy()
+    # a convex polygon covers one run of pixels per row: from the leftmost to the rightmost edge crossing
+    y0, x0 = v[:, 0], v[:, 1]
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    rows = np.arange(max(0, int(np.ceil(y0.min()))), min(mask.shape[0] - 1, int(np.floor(y0.max()))) + 1)
+    r = rows[:, None].astype(float)
+    spans = (np.minimum(y0, y1) <= r) & (r <= np.maximum(y0, y1)) & (y0 != y1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(spans, x0 + (r - y0) * (x1 - x0) / (y1 - y0), np.nan)
+    lo = np.ceil(np.nanmin(np.where(spans, x, np.inf), axis=1))
+    hi = np.floor(np.nanmax(np.where(spans, x, -np.inf), axis=1))
+    cols = np.arange(mask.shape[1])[None, :]
+    out = mask.copy()
+    out[rows] |= (cols >= lo[:, None]) & (cols <= hi[:, None])
+    return out
 
 
 def _bone(hu: np.ndarray, x_mid: float | None = None, px: float = 1.0) -> np.ndarray:
@@ -382,8 +418,11 @@ def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int, ty: fl
     for k in range(max(k_from, 0), min(k_to, scan.shape[0])):
         bone = scan.hu[k, ::f, ::f] > 200
         lab, n = ndi.label(bone)
+        big = np.bincount(lab.ravel(), minlength=n + 1) * sx * sy >= 300     # the specks are most components
         best = None
         for j, sl in enumerate(ndi.find_objects(lab), start=1):
+            if not big[j]:
+                continue
             comp = lab[sl] == j
             area = comp.sum() * sx * sy
             yx = np.nonzero(comp)
