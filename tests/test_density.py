@@ -37,3 +37,13 @@ def test_zones_and_lungs():
     assert d["right"]["volume_ml"] == pytest.approx(30 * 8 * 4 * 2 / 1000)
     empty = density_metrics(scan, Lungs(np.zeros_like(lab), np.zeros(hu.shape, bool))).to_dict()
     assert empty["whole"]["MLA_HU"] is None
+
+
+def test_integer_percentiles_match_numpy_to_the_bit():
+    from sscild.density import integer_percentiles
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        v = rng.integers(-1024, -199, int(rng.integers(2, 3000))).astype(np.float64)
+        p = [10, 15, 40, 80, float(rng.uniform(0, 100))]
+        assert np.array_equal(integer_percentiles(v, p), np.percentile(v, p))

@@ -66,9 +66,38 @@ def metrics_of(values: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
     out["skewness"] = float(stats.skew(h))
     out["kurtosis"] = float(stats.kurtosis(h, fisher=True))
     out["HAA_pct"] = float(((v >= HAA_RANGE[0]) & (v <= HAA_RANGE[1])).sum() * 100.0 / v.size)
-    for p, q in zip(PERCENTILES, np.percentile(h, PERCENTILES)):
+    for p, q in zip(PERCENTILES, integer_percentiles(h, PERCENTILES)):
         out[f"p{p}_HU"] = float(q)
     return out
+
+
+def integer_percentiles(values: np.ndarray, percentiles) -> np.ndarray:
+    """``np.percentile(values, percentiles)`` (linear method, to the bit) for integer-valued data, from counts.
+
+    HU values are integers, so the order statistics follow from a histogram without sorting millions of voxels.
+
+    Examples
+    --------
+    >>> v = np.array([-900.0, -800.0, -500.0, -300.0, -100.0])
+    >>> integer_percentiles(v, [10, 50]).tolist() == np.percentile(v, [10, 50]).tolist()
+    True
+    """
+    v = np.asarray(values)
+    lo = int(v.min())
+    cum = np.cumsum(np.bincount((v - lo).astype(np.int64)))
+    n = int(cum[-1])
+
+    def order_stat(i: np.ndarray) -> np.ndarray:     # the i-th smallest value (0-based)
+        return (np.searchsorted(cum, i, side="right") + lo).astype(np.float64)
+
+    # numpy's linear method: virtual index q * (n - 1), then a lerp that is exact at both ends
+    virtual = (np.asarray(percentiles, np.float64) / 100) * (n - 1)
+    prev = np.floor(virtual)
+    gamma = virtual - prev
+    a = order_stat(prev.astype(np.int64))
+    b = order_stat(np.minimum(prev.astype(np.int64) + 1, n - 1))
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
 def density_metrics(scan: CTScan, lungs: Lungs) -> DensityMetrics:
