@@ -1,7 +1,7 @@
 """S-Net: the shipped weights on a held-out test set, the ablation (baseline, + synthesis, + balanced sampling,
 + pretraining, all), training throughput, inference time, and the full analysis with scores on the real series.
 
-Data are built once and cached in bench/work/snet_*.npz (delete them to rebuild).
+Data are built once and cached as snet_*.npz in the bench work folder (common.WORK) (delete them to rebuild).
 """
 from __future__ import annotations
 
