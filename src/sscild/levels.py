@@ -286,7 +286,7 @@ def _follow(prev: np.ndarray, lab: np.ndarray, step_px: int) -> np.ndarray:
 
 
 def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, float], k_top: int,
-                            k_stop: int) -> float | None:
+                            arch: np.ndarray, k_stop: int) -> float | None:
     """World z (mm) where the brachiocephalic trunk joins the aorta, or None when it cannot be followed.
 
     6 mm above the arch apex ``k_top`` the trunk is the artery nearest the trachea (within 60 mm) on its right
@@ -305,8 +305,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     dz = abs(scan.spacing[0])
     step = max(1, int(round(3.0 / sx)))
-    arch = _arch_component(scan, lungs, k_top, f, tr)
-    # the arch's blood, 8 mm below the apex (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
+    # ``arch``: the arch in the apex slice, as the apex search found it. The arch's blood, 8 mm below the apex (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
     k_b = max(k_stop + 1, k_top - int(np.ceil(8.0 / dz)))
     lab_b = ndi.label(_vessel_mask(scan, lungs, k_b, f, tr, (-20.0, 1500.0), aorta_rings=True,
                                    air_as_lung=True))[0]
@@ -390,14 +389,15 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landma
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
     # from the top down, the first slice that cuts the arch is its apex
-    top = next((k for k in range(k_hi, kc, -1) if _arch_component(scan, lungs, k, f, tr) is not None), None)
+    top, arch = next(((k, a) for k in range(k_hi, kc, -1)
+                      if (a := _arch_component(scan, lungs, k, f, tr)) is not None), (None, None))
     if top is None:
         return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
     if top >= top_k - 1:
         return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
                         "great vessels is out of range")
     apex = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
-    z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, kc)
+    z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, arch, kc)
     k_bt = None if z_bt is None else scan.slice_at_z(z_bt)
     if k_bt is None:
         k = scan.slice_at_z(apex)
