@@ -20,7 +20,8 @@ from sscild.scoring.snet import SNetScorer, load_snet
 PATCH_MM, STRIDE_MM = 45.0, 11.0     # 64 px and 16 px at 0.7 mm, as in the paper
 
 
-def timing(name, scan, scorer, src, naive_levels):
+def timing(name, scan, model, cfg, src, naive_levels):
+    scorer = SNetScorer(model, cfg, pixel_mm=float(scan.spacing[1]))
     lungs = segment_lungs(scan)
     g = find_levels(scan, lungs)
     ks = {n: scan.slice_at_z(z) for n, z in g.z_mm.items() if z is not None}
@@ -52,7 +53,6 @@ def main():
                       [f"Not measured: {err}"])
         return
     torch.set_num_threads(2)
-    scorer = SNetScorer(model, cfg)
     src = phantom_patch_source()
     lines = [f"Shipped S-Net ({cfg.backbone}, {cfg.size} px input); patch {PATCH_MM} mm, stride {STRIDE_MM} mm "
              "(64 / 16 px at 0.7 mm as in Jia et al.); healthy patches from a healthy phantom. Fast path: only "
@@ -62,8 +62,8 @@ def main():
              "peak RSS | goal < 60 s |", "|---|---|---|---|---|---|---|---|---|"]
     real = SHARED_DATA / "chest-ct-lung-pet-ct-dx-a0001"
     if real.exists():
-        lines.append(timing("real series A0001, 512x512x64", load_ct(real), scorer, src, naive_levels=5))
-    lines.append(timing("phantom 512x512x300", load_ct(full_phantom_dicom()), scorer, src, naive_levels=1))
+        lines.append(timing("real series A0001, 512x512x64", load_ct(real), model, cfg, src, naive_levels=5))
+    lines.append(timing("phantom 512x512x300", load_ct(full_phantom_dicom()), model, cfg, src, naive_levels=1))
 
     # agreement with true lesions on held-out phantoms: thresholds fit on 10 validation phantoms, tested on 20
     val = phantom_level_maps(model, cfg, range(9300, 9310))

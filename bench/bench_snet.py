@@ -5,6 +5,7 @@ Data are built once and cached as snet_*.npz in the bench work folder (common.WO
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -15,31 +16,70 @@ from common import REPO, SHARED_DATA, WORK, measure, write_section
 import torch
 
 from sscild.errors import ModelError
-from sscild.scoring.snet import (PATTERNS, SliceSet, evaluation_table, load_snet, pattern_source_from_spec,
-                                 phantom_slices, predict_prepared, pretrain, real_background_slices, synthesize,
-                                 train_snet)
+from sscild.scoring.snet import (PATTERNS, Backgrounds, SliceSet, evaluation_table, load_snet,
+                                 pattern_source_from_spec, phantom_slices, predict_prepared, pretrain,
+                                 real_backgrounds, synthesize, train_snet)
 
 REAL = SHARED_DATA / "chest-ct-lung-pet-ct-dx-a0001"
 COVID = SHARED_DATA / "covid19-ny-sbu-slices"
 ABLATION_STEPS = int(os.environ.get("SSCILD_BENCH_SNET_STEPS", 1500))
 
 
-def cached(name: str, build) -> SliceSet:
-    p = WORK / f"snet_{name}.npz"
-    if p.exists():
-        return SliceSet.load(p)
+def cached(names: list[str], build) -> list[SliceSet]:
+    """Slice sets built together by ``build()`` (they share background slices), cached as snet_NAME.npz."""
+    paths = [WORK / f"snet_{n}.npz" for n in names]
+    if all(p.exists() for p in paths):
+        try:
+            return [SliceSet.load(p) for p in paths]
+        except Exception as err:        # made by an older sscild (e.g. without the texture channel): rebuild
+            print(f"rebuilding {names}: {err}", flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    s = build()
-    s.save(p)
-    return s
+    sets = build()
+    for s, p in zip(sets, paths):
+        s.save(p)
+    return sets
 
 
-def real_part(keep, cfg):
-    if not REAL.exists():
-        return None
-    s = real_background_slices(REAL, cfg)
-    k = np.arange(len(s)) / len(s)
-    return s.subset(np.flatnonzero((k >= keep[0]) & (k < keep[1])))
+def real_part(keep, weight: float = 1.0) -> Backgrounds:
+    return real_backgrounds(REAL, keep=keep, weight=weight) if REAL.exists() else Backgrounds()
+
+
+def test_sets(cfg, source):
+    """Held-out test set: new phantom seeds (small and medium) and patterns inserted into held-out healthy slices
+    (the last 30 % of the real series' lung slices, and healthy slices of the test phantoms)."""
+    def build():
+        bg = Backgrounds()
+        ph = phantom_slices(range(9000, 9050), cfg, neighbours=0, extent=lambda s: float((s * 29) % 71),
+                            backgrounds=bg)
+        med = phantom_slices(range(9100, 9110), cfg, size="medium", neighbours=0,
+                             extent=lambda s: float((s * 29) % 71))
+        parts = []
+        rb = real_part((0.7, 1.0))
+        if len(rb):
+            parts.append(synthesize(rb, 60, np.random.default_rng(4242), cfg, source=source))
+        parts.append(synthesize(bg, 40, np.random.default_rng(4243), cfg, source=source))
+        return [ph, med, SliceSet.concat(parts)]
+    return cached(["test_phantoms", "test_medium", "test_synthetic"], build)
+
+
+NOISE_HU = (0.0, 60.0)        # training augmentation, as in configs/snet_phantoms.yaml
+REAL_WEIGHT = 12.0            # ditto: its 23 real slices drawn ~30 % of the time (634 phantom slices)
+
+
+def train_sets(cfg, source):
+    """Training data of the ablation, as configs/snet_phantoms.yaml makes them: level slices (+-1) of phantoms
+    7000-7119 (128 px) and 7200-7229 (256 px) with scanner-like noise added, and as many synthetic slices made from their healthy slices and the
+    first 60 % of the real series' lung slices (drawn with weight 12 each)."""
+    def build():
+        bg = Backgrounds()
+        ph = SliceSet.concat([
+            phantom_slices(range(7000, 7120), cfg, neighbours=1, backgrounds=bg, noise_hu=NOISE_HU),
+            phantom_slices(range(7200, 7230), cfg, size="medium", neighbours=1, backgrounds=bg, noise_hu=NOISE_HU)])
+        n_ph = len(bg)
+        bg.extend(real_part((0.0, 0.6), REAL_WEIGHT))
+        print(f"backgrounds: {n_ph} phantom, {len(bg) - n_ph} real slices", flush=True)
+        return [ph, synthesize(bg, len(ph), np.random.default_rng(0), cfg, source=source, noise_hu=NOISE_HU)]
+    return cached(["train_phantoms", "train_synthetic"], build)
 
 
 def main():
@@ -52,20 +92,9 @@ def main():
     spec = {"source": "real_gg", "real_gg": str(COVID)}
     source = pattern_source_from_spec(spec, REPO)
     # ---------------- held-out test set (new seeds; real backgrounds held out from training)
-    test_ph = cached("test_phantoms", lambda: phantom_slices(range(9000, 9050), cfg, neighbours=0,
-                                                              extent=lambda s: float((s * 29) % 71)))
-    test_med = cached("test_medium", lambda: phantom_slices(range(9100, 9110), cfg, size="medium", neighbours=0,
-                                                             extent=lambda s: float((s * 29) % 71)))
-
-    def _test_syn():
-        parts = []
-        rb = real_part((0.7, 1.0), cfg)
-        if rb is not None:
-            parts.append(synthesize(rb, 60, np.random.default_rng(4242), source=source))
-        healthy = test_ph.subset(np.flatnonzero(test_ph.scores[:, 0] == 0))
-        parts.append(synthesize(healthy, 40, np.random.default_rng(4243), source=source))
-        return SliceSet.concat(parts)
-    test_syn = cached("test_synthetic", _test_syn)
+    # data carry the texture channel whether or not this model uses it (weights from before it ignore it)
+    data_cfg = dataclasses.replace(cfg, texture=True)
+    test_ph, test_med, test_syn = test_sets(data_cfg, source)
     subsets = {"phantom level slices, 128 px (50 new seeds)": test_ph,
                "phantom level slices, 256 px (10 new seeds)": test_med,
                "inserted patterns on held-out real and phantom healthy slices": test_syn}
@@ -96,13 +125,7 @@ def main():
               f"Inference on the prepared test set: {dt / len(test) * 1000:.1f} ms per slice.", ""]
 
     # ---------------- ablation
-    train_ph = cached("train_phantoms", lambda: phantom_slices(range(7000, 7120), cfg, neighbours=1))
-    bgs = [train_ph]
-    rb = real_part((0.0, 0.6), cfg)
-    if rb is not None:
-        bgs.append(rb)
-    pool = SliceSet.concat(bgs)
-    syn = cached("train_synthetic", lambda: synthesize(pool, len(train_ph), np.random.default_rng(0), source=source))
+    train_ph, syn = train_sets(data_cfg, source)
     with_syn = SliceSet.concat([train_ph, syn])
     runs = [("baseline (phantom level slices only, uniform sampling)", train_ph, False, False),
             ("+ synthesis", with_syn, False, False),

@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 
 from sscild.errors import ConfigError, ModelError, NoLungsError
 from sscild.scoring.sampling import BalancedSampler, balanced_weights, tot_bins
-from sscild.scoring.snet import (SNetConfig, SNetScorer, SliceSet, build_snet, consistent, crop_resample, load_init,
-                                 load_snet, predict_prepared, prepare_slices, save_snet, synthesize, train_snet)
+from sscild.scoring.snet import (Backgrounds, SNetConfig, SNetScorer, SliceSet, build_snet, consistent, crop_resample,
+                                 load_init, load_snet, local_std, predict_prepared, prepare_slices, save_snet,
+                                 synthesize, train_snet)
 from sscild.scoring.synthesis import (GG, NORMAL, RET, PatchPatterns, ProceduralPatterns, insert_patterns,
                                       real_gg_patterns, scores_from_labels)
 
@@ -63,6 +64,32 @@ def test_ret_wins_where_patterns_overlap():
     big = (200.0, 200.0)                                    # each ellipse covers all the lung
     r = insert_patterns(img, lung, np.random.default_rng(0), pixel_mm=1.0, n_gg=1, n_ret=1, axis_mm=big)
     assert r.scores["RET"] == pytest.approx(100.0) and r.scores["GG"] == 0.0 and r.scores["TOT"] == 100.0
+
+
+def test_pixel_noise_is_the_noise_not_the_vessels():
+    from sscild.scoring.synthesis import pixel_noise
+
+    img, lung = _lung_slice(128)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    for k in range(12):                              # vessels: bright discs 1-3 px across
+        cy, cx = rng.uniform(30, 98, 2)
+        img[(np.hypot(yy - cy, xx - cx) < rng.uniform(0.7, 1.6)) & lung] = -50.0
+    clean = np.where(lung, img, 40.0).astype(np.float32)
+    for sd in (15.0, 40.0, 80.0):
+        noisy = clean + sd * rng.standard_normal(clean.shape).astype(np.float32)
+        assert pixel_noise(noisy, lung) == pytest.approx(np.hypot(sd, 15.0), rel=0.2)   # the slice's own 15 HU
+
+
+def test_inserted_texture_gets_the_background_noise():
+    img, lung = _lung_slice(128)
+    img = img + np.where(lung, 60.0 * np.random.default_rng(1).standard_normal(img.shape), 0).astype(np.float32)
+    flat = ProceduralPatterns(gg_hu=(-600.0, -600.0))
+    kw = dict(pixel_mm=1.0, n_gg=1, n_ret=0, axis_mm=(200.0, 200.0), source=flat)
+    a = insert_patterns(img, lung, np.random.default_rng(0), **kw)
+    b = insert_patterns(img, lung, np.random.default_rng(0), match_noise=False, **kw)
+    inner = ndi.binary_erosion(lung, iterations=4)
+    assert np.std(b.image[inner]) < 40 and 45 < np.std(a.image[inner]) < 80
 
 
 def test_patch_patterns_and_bad_kind():
@@ -124,11 +151,46 @@ def test_crop_resample_centres_the_lungs():
         crop_resample(pad_img[None], np.zeros_like(pad_lung)[None], 48)
 
 
+def test_local_std_keeps_fine_texture_that_resampling_averages_away():
+    from sscild.scoring.snet import lung_crop
+
+    n = 256
+    lung = np.zeros((n, n), bool)
+    lung[16:240, 16:240] = True
+    yy, xx = np.mgrid[:n, :n]
+    img = np.full((n, n), 40.0, np.float32)                  # soft tissue around the lung
+    img[lung] = np.where((yy + xx) % 2 == 0, -850.0, -250.0)[lung]   # 1-px checkerboard: SD 300 HU
+    crop = lung_crop(lung, 0.06)
+    hu, lu, _, _ = crop_resample(img[None], lung[None], 32, crop=crop)
+    inner = ndi.binary_erosion(lu[0], iterations=3)
+    assert hu[0][inner].std() < 20                          # the resampled image has lost the texture ...
+    sd = local_std(img[None], lung[None], 32, crop)[0]
+    assert abs(np.median(sd[inner]) - 300.0) < 15          # ... the SD channel keeps it
+    # uniform lung next to soft tissue: the lung edge is not texture (moments are taken inside the lung only)
+    flat = np.where(lung, -850.0, 40.0).astype(np.float32)
+    sd0 = local_std(flat[None], lung[None], 32, crop)[0]
+    assert sd0.max() < 1.0
+    # the same pattern at a quarter of the resolution (4-px squares) gives the same SD
+    coarse = np.where(lung, np.where(((yy // 4) + (xx // 4)) % 2 == 0, -850.0, -250.0), 40.0).astype(np.float32)
+    sdc = local_std(coarse[None], lung[None], 32, crop)[0]
+    assert abs(np.median(sdc[inner]) - 300.0) < 30
+    # pixel noise (80 HU at 0.7 mm) is mostly taken out by the 0.7 mm smoothing; 2-px lines (1.4 mm) keep more
+    # than half of their SD (600 HU contrast, a quarter of the pixels: 260 HU unsmoothed)
+    noisy = flat + np.where(lung, 80.0 * np.random.default_rng(0).standard_normal((n, n)), 0).astype(np.float32)
+    assert np.median(local_std(noisy[None], lung[None], 32, crop)[0][inner]) > 70
+    assert np.median(local_std(noisy[None], lung[None], 32, crop, pixel_mm=0.7)[0][inner]) < 30
+    lines = np.where(lung, np.where((xx // 2) % 4 == 0, -250.0, -850.0), 40.0).astype(np.float32)
+    assert np.median(local_std(lines[None], lung[None], 32, crop)[0][inner]) == pytest.approx(260, abs=10)
+    assert np.median(local_std(lines[None], lung[None], 32, crop, pixel_mm=0.7)[0][inner]) > 130
+    with pytest.raises(ConfigError, match="pixel"):
+        SNetScorer(None, SNetConfig())
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "densenet121", "efficientnet-b0"])
 def test_backbones_give_three_outputs(backbone):
     m = build_snet(SNetConfig(backbone=backbone, size=32)).eval()
     with torch.inference_mode():
-        assert tuple(m(torch.zeros(2, 2, 32, 32)).shape) == (2, 3)
+        assert tuple(m(torch.zeros(2, 3, 32, 32)).shape) == (2, 3)
 
 
 def test_unknown_backbone():
@@ -138,8 +200,10 @@ def test_unknown_backbone():
 
 def _tiny_set(n_bg=6, n_syn=160, seed=0):
     img, lung = _lung_slice(64)
-    bg = prepare_slices(np.stack([img] * n_bg), np.stack([lung] * n_bg), 4.0, TINY, group="toy")
-    return synthesize(bg, n_syn, np.random.default_rng(seed))
+    bg = Backgrounds()
+    for _ in range(n_bg):
+        bg.add(img, lung, 4.0, "toy")
+    return synthesize(bg, n_syn, np.random.default_rng(seed), TINY)
 
 
 def test_snet_learns_on_tiny_inputs_and_round_trips(tmp_path):
@@ -184,7 +248,7 @@ def test_scorer_for_heatmaps_marks_the_lesion():
             gg = ((hu01 > (300 / 1200)) & (m > 0.5)).float().sum((1, 2)) / m.sum((1, 2)).clamp(min=1)
             return torch.stack([gg, gg, torch.zeros_like(gg)], 1)
 
-    scorer = SNetScorer(GGShare(), SNetConfig(size=64, margin=0.0))
+    scorer = SNetScorer(GGShare(), SNetConfig(size=64, margin=0.0), pixel_mm=1.0)
     base = scorer(sick[None], lung[None])[0]
     assert base[1] == pytest.approx(100 * les.sum() / lung.sum(), abs=3)
     src = SlicePatchSource([(img, lung, 1.0)])

@@ -469,7 +469,6 @@ def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small",
     from .util import progress
 
     extent = extent or (lambda s: float(10 + (s * 23) % 55))
-    scorer = SNetScorer(model, cfg)
     src = phantom_patch_source()
     out = []
     for s in progress(list(seeds), "phantom heat maps", quiet=quiet):
@@ -477,6 +476,7 @@ def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small",
         ks = {n: scan.slice_at_z(z) for n, z in truth.levels_z.items()}
         ks = {n: k for n, k in ks.items() if k is not None and truth.lungs[k].any()}
         sl = {n: (scan.hu[k].astype(np.float32), truth.lungs[k] > 0) for n, k in ks.items()}
+        scorer = SNetScorer(model, cfg, pixel_mm=float(scan.spacing[1]))
         maps = heatmaps(sl, scorer, spacing_mm=float(scan.spacing[1]), patch_mm=patch_mm, stride_mm=stride_mm,
                         source=src, seed=int(s))
         out += [(maps[n], np.where(truth.lungs[k] > 0, truth.lesions[k], 0)) for n, k in ks.items()]

@@ -186,7 +186,8 @@ def _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet) -
         t0 = time.perf_counter()
         ks = {n: v["slice"] for n, v in scores["levels"].items() if v.get("TOT") is not None}
         slices = {n: (scan.hu[k].astype(np.float32), lungs.mask[k]) for n, k in ks.items()}
-        maps = _heatmaps(slices, SNetScorer(model, cfg, device), spacing_mm=float(scan.spacing[1]),
+        scorer = SNetScorer(model, cfg, device, pixel_mm=float(scan.spacing[1]))
+        maps = _heatmaps(slices, scorer, spacing_mm=float(scan.spacing[1]),
                          patch_mm=opts.get("patch_mm", 45.0), stride_mm=opts.get("stride_mm", 11.0),
                          quiet=quiet)
         thr = card.get("heatmap_thresholds", {"TOT": -2.0, "GG": -2.0, "RET": -2.0})

@@ -4,8 +4,13 @@ After Jia et al. (Sci Rep 2024), sized for a CPU:
 
 - **Input.** The level slice cropped to the lungs (square box around the lung mask with a margin) and resampled
   to ``size`` x ``size`` (default 96; 512 supported). Two channels: HU mapped from ``hu_min..hu_max`` to 0..1
-  (air = 0, so zero padding is air) and the lung mask (the score is a share of the lung area, so the network is
-  told where the lung is).
+  (air = 0, so zero padding is air), the lung mask (the score is a share of the lung area, so the network is
+  told where the lung is) and, with ``texture`` (default), the local standard deviation of HU inside the lung
+  computed from the slice at its *own* resolution (:func:`local_std`). Reticulation is a network of lines ~1-2 mm
+  thick; resampling a 0.7 mm slice to a ~3 mm grid averages them into a haze that looks like ground glass, while
+  on a 2.8 mm scan the same pattern survives. The variance channel keeps that texture energy whatever the scan's
+  pixel size (it is the variance of the native pixels in a ~3-grid-pixel window: within-pixel plus
+  between-pixel variance), so the GG/RET split no longer depends on the scanner's resolution.
 - **Backbones** from MONAI: ``resnet18`` (default, ``width`` scales the channels), ``resnet10``, ``densenet121``,
   ``efficientnet-b0``.
 - **Outputs** three numbers trained with MSE against score / 100; at inference they are clamped to 0..100 and made
@@ -27,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from scipy import ndimage as ndi
+
 from ..errors import ConfigError, NoLungsError
 from .synthesis import NORMAL, PatternSource, insert_patterns, scores_from_labels
 
@@ -46,6 +53,12 @@ class SNetConfig:
     hu_min: float = -1000.0
     hu_max: float = 200.0
     margin: float = 0.06
+    texture: bool = True
+    denoise_mm: float = 0.7
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.texture else 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,10 +118,73 @@ def crop_resample(images: np.ndarray, lungs: np.ndarray, size: int, crop: Crop |
     return hu.numpy(), lu.numpy(), lab, crop.side / size
 
 
-def to_input(hu: np.ndarray, lung: np.ndarray, cfg: SNetConfig) -> np.ndarray:
-    """(N, S, S) HU + masks -> (N, 2, S, S) float32 network input (HU 0..1 with air 0, lung mask)."""
+def local_std(images: np.ndarray, lungs: np.ndarray, size: int, crop: Crop, hu_min: float = -1000.0,
+              hu_max: float = 200.0, pixel_mm: float | None = None, denoise_mm: float = 0.7) -> np.ndarray:
+    """Local standard deviation of HU inside the lung, (N, size, size) float32, computed from the slices at their
+    own resolution: HU clipped to ``hu_min..hu_max`` are first smoothed inside the lung with a Gaussian of
+    ``denoise_mm`` (needs ``pixel_mm``; it takes pixel noise out, which depends on the scanner's kernel and dose,
+    and keeps lines of ~1 mm and more); then the lung-weighted first and second moments of the native pixels are
+    area-averaged onto the ``size`` grid of ``crop`` and smoothed there (Gaussian, sigma one grid pixel); the
+    variance is second moment minus squared mean. By the law of total variance this is the variance of the native
+    pixels in the window, whatever the native pixel size. 0 where there is no lung."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.clip(np.asarray(images, np.float32), hu_min, hu_max)
+    m = np.asarray(lungs, np.float32)
+    x = (x - hu_min) / 1000.0                     # keep the moments well scaled in float32
+    xm, mc = torch.from_numpy(_cut(x * m, crop, 0.0)), torch.from_numpy(_cut(m, crop, 0.0))
+    with torch.no_grad():
+        sig = denoise_mm / pixel_mm if (pixel_mm and denoise_mm > 0) else 0.0
+        if sig > 0.3:                              # normalised convolution: lung pixels only
+            r = int(np.ceil(3 * sig))
+            g1 = torch.from_numpy(np.exp(-0.5 * (np.arange(-r, r + 1) / sig) ** 2).astype(np.float32))
+            g1 = g1 / g1.sum()
+            st = torch.stack([xm, mc], 1)
+            st = F.conv2d(st, g1.view(1, 1, 1, -1).repeat(2, 1, 1, 1), padding=(0, r), groups=2)
+            st = F.conv2d(st, g1.view(1, 1, -1, 1).repeat(2, 1, 1, 1), padding=(r, 0), groups=2)
+            xm = torch.where(mc > 0, st[:, 0] / st[:, 1].clamp(min=1e-6), torch.zeros_like(xm)) * mc
+        st = torch.stack([xm, xm * xm / mc.clamp(min=1e-6), mc], 1)
+        g = np.exp(-0.5 * np.arange(-2, 3) ** 2).astype(np.float32)
+        k = torch.from_numpy(np.outer(g, g) / np.outer(g, g).sum())[None, None].repeat(3, 1, 1, 1)
+        t = F.interpolate(st, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        t = F.conv2d(t, k, padding=2, groups=3)
+        w = t[:, 2]
+        ok = w > 0.05
+        mean = t[:, 0] / w.clamp(min=1e-6)
+        var = (t[:, 1] / w.clamp(min=1e-6) - mean ** 2).clamp(min=0.0)
+        sd = torch.where(ok, var.sqrt() * 1000.0, torch.zeros_like(var))
+    return sd.numpy().astype(np.float32)
+
+
+TEXTURE_SCALE_HU = 300.0
+
+
+def to_input(hu: np.ndarray, lung: np.ndarray, cfg: SNetConfig, tex: np.ndarray | None = None) -> np.ndarray:
+    """(N, S, S) HU + masks (+ local SD in HU) -> (N, C, S, S) float32 network input: HU 0..1 with air 0, lung
+    mask and, with ``cfg.texture``, the local SD / 300 HU (0..1) inside the lung."""
     x0 = (np.clip(hu, cfg.hu_min, cfg.hu_max) - cfg.hu_min) / (cfg.hu_max - cfg.hu_min)
-    return np.stack([x0.astype(np.float32), lung.astype(np.float32)], axis=1)
+    ch = [x0.astype(np.float32), lung.astype(np.float32)]
+    if cfg.texture:
+        if tex is None:
+            raise ConfigError("this S-Net takes a texture channel: prepare the slices with prepare_slices")
+        ch.append((np.clip(tex / TEXTURE_SCALE_HU, 0.0, 1.0) * lung).astype(np.float32))
+    return np.stack(ch, axis=1)
+
+
+def prepare_grid(images: np.ndarray, lungs: np.ndarray, cfg: SNetConfig, crop: Crop | None = None,
+                 labels: np.ndarray | None = None, pixel_mm: float | None = None):
+    """Crop + resample slices sharing one lung box; returns ``(hu, lung, labels, factor, tex)`` with ``tex``
+    the native-resolution local SD (:func:`local_std`) on the same grid (None without ``cfg.texture``).
+    ``pixel_mm`` (the slices' in-plane pixel size) is needed with ``cfg.texture``."""
+    if cfg.texture and not pixel_mm:
+        raise ConfigError("this S-Net's texture channel needs the slice's pixel size (pixel_mm)")
+    lungs = np.asarray(lungs, bool)
+    crop = crop or lung_crop(lungs.reshape(-1, *lungs.shape[-2:]).any(0), cfg.margin)
+    hu, lu, lab, f = crop_resample(images, lungs, cfg.size, crop=crop, labels=labels, margin=cfg.margin)
+    tex = local_std(images, lungs, cfg.size, crop, cfg.hu_min, cfg.hu_max, pixel_mm, cfg.denoise_mm) \
+        if cfg.texture else None
+    return hu, lu, lab, f, tex
 
 
 def consistent(scores: np.ndarray) -> np.ndarray:
@@ -127,25 +203,26 @@ def consistent(scores: np.ndarray) -> np.ndarray:
 # network
 # --------------------------------------------------------------------------------------------
 def build_snet(cfg: SNetConfig = SNetConfig()):
-    """A MONAI 2D backbone with 2 input channels and 3 outputs."""
+    """A MONAI 2D backbone with ``cfg.in_channels`` input channels (HU, lung mask, texture) and 3 outputs."""
     from monai.networks import nets
 
     if cfg.backbone in ("resnet18", "resnet10"):
         layers = [2, 2, 2, 2] if cfg.backbone == "resnet18" else [1, 1, 1, 1]
-        return nets.ResNet("basic", layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=2,
+        return nets.ResNet("basic", layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=cfg.in_channels,
                            num_classes=3, widen_factor=cfg.width, conv1_t_size=7, conv1_t_stride=2)
     if cfg.backbone == "densenet121":
-        return nets.DenseNet121(spatial_dims=2, in_channels=2, out_channels=3)
+        return nets.DenseNet121(spatial_dims=2, in_channels=cfg.in_channels, out_channels=3)
     if cfg.backbone == "efficientnet-b0":
-        return nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=2,
+        return nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=cfg.in_channels,
                                    num_classes=3)
     raise ConfigError(f"unknown S-Net backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
 
 
 def _augment(x, rng: np.random.Generator, size: int):
-    """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, 2, S, S).
+    """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, C, S, S).
 
-    The image is resampled bicubically (then clamped to 0..1), the mask by nearest neighbour. Bilinear resampling
+    The image channels (HU, texture) are resampled bicubically (then clamped to 0..1), the mask (channel 1) by
+    nearest neighbour. Bilinear resampling
     at a random sub-pixel offset low-passes the image (it took about a quarter of the fine-texture energy of
     reticulation on 96 px phantom slices, bicubic about 7 %), so a network trained on bilinearly augmented images
     sees sharper texture at inference than in training and reads it as more reticulation: weights trained with
@@ -165,9 +242,10 @@ def _augment(x, rng: np.random.Generator, size: int):
     theta[:, 1, 1] = np.cos(ang) / sc
     theta[:, :, 2] = sh
     grid = F.affine_grid(torch.from_numpy(theta).to(x.device), list(x.shape), align_corners=False)
-    img = F.grid_sample(x[:, :1], grid, mode="bicubic", padding_mode="zeros", align_corners=False).clamp(0.0, 1.0)
-    msk = F.grid_sample(x[:, 1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return torch.cat([img, msk], 1)
+    img = F.grid_sample(torch.cat([x[:, :1], x[:, 2:]], 1), grid, mode="bicubic", padding_mode="zeros",
+                        align_corners=False).clamp(0.0, 1.0)
+    msk = F.grid_sample(x[:, 1:2], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return torch.cat([img[:, :1], msk, img[:, 1:]], 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +255,8 @@ def _augment(x, rng: np.random.Generator, size: int):
 class SliceSet:
     """Prepared slices: ``hu`` (N, S, S) float32 on the S-Net grid, ``lung`` bool, ``labels`` uint8 (0 outside,
     1 normal, 2 GG, 3 RET; all-normal for healthy backgrounds), ``scores`` (N, 3), ``pixel_mm`` (N,), ``group``
-    (patient / scan id, for grouped splits), ``synthetic`` (N,) bool."""
+    (patient / scan id, for grouped splits), ``synthetic`` (N,) bool, ``tex`` (N, S, S) float32 local SD in HU
+    computed at the scan's own resolution (:func:`local_std`)."""
 
     hu: np.ndarray
     lung: np.ndarray
@@ -186,6 +265,7 @@ class SliceSet:
     pixel_mm: np.ndarray
     group: np.ndarray
     synthetic: np.ndarray
+    tex: np.ndarray
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -201,6 +281,9 @@ class SliceSet:
             raise ConfigError("no slices to train or test on")
         return SliceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in SliceSet.__dataclass_fields__))
 
+    def inputs(self, cfg: SNetConfig) -> np.ndarray:
+        return to_input(self.hu, self.lung, cfg, self.tex)
+
     def save(self, path: str | Path) -> None:
         from ..util import atomic_path
 
@@ -211,31 +294,86 @@ class SliceSet:
     @staticmethod
     def load(path: str | Path) -> "SliceSet":
         d = np.load(path, allow_pickle=False)
+        missing = [f for f in SliceSet.__dataclass_fields__ if f not in d]
+        if missing:
+            raise ConfigError(f"{path}: prepared slices without {missing} (made by an older sscild); delete it to "
+                              "rebuild")
         return SliceSet(*(d[f] for f in SliceSet.__dataclass_fields__))
+
+
+@dataclass
+class Backgrounds:
+    """Healthy slices (TOT = 0) kept at their own resolution, cropped to their lung box, for synthesis: inserting
+    patterns before resampling keeps the texture as a scanner of that resolution would show it. ``weight``: how
+    often a slice is drawn relative to the others (e.g. to give a few real slices the weight of many phantoms)."""
+
+    hu: list = field(default_factory=list)
+    lung: list = field(default_factory=list)
+    pixel_mm: list = field(default_factory=list)
+    group: list = field(default_factory=list)
+    weight: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.hu)
+
+    def add(self, hu: np.ndarray, lung: np.ndarray, pixel_mm: float, group: str, margin: float = 0.06,
+            weight: float = 1.0) -> None:
+        lung = np.asarray(lung, bool)
+        if not lung.any():
+            return
+        c = lung_crop(lung, margin)
+        self.hu.append(_cut(np.asarray(hu, np.float32), c, -1000.0))
+        self.lung.append(_cut(lung, c, False))
+        self.pixel_mm.append(float(pixel_mm))
+        self.group.append(str(group))
+        self.weight.append(float(weight))
+
+    def extend(self, other: "Backgrounds") -> "Backgrounds":
+        for f in ("hu", "lung", "pixel_mm", "group", "weight"):
+            getattr(self, f).extend(getattr(other, f))
+        return self
+
+
+def add_noise(hu: np.ndarray, rng: np.random.Generator, noise_hu: tuple[float, float]) -> np.ndarray:
+    """Scanner-like noise for augmentation: Gaussian noise of SD drawn from ``noise_hu`` (HU), spatially
+    correlated over 0-1 pixel (like a smooth to sharp reconstruction kernel), added to a native slice."""
+    sd = float(rng.uniform(*noise_hu))
+    if sd <= 0:
+        return np.asarray(hu, np.float32)
+    n = rng.standard_normal(hu.shape).astype(np.float32)
+    c = float(rng.uniform(0.0, 1.0))
+    if c > 0.2:
+        n = ndi.gaussian_filter(n, c)
+    return (np.asarray(hu, np.float32) + sd * n / (n.std() + 1e-6)).astype(np.float32)
 
 
 def prepare_slices(images: np.ndarray, lungs: np.ndarray, pixel_mm: float, cfg: SNetConfig, *,
                    labels: np.ndarray | None = None, scores: np.ndarray | None = None, group: str = "",
                    synthetic: bool = False) -> SliceSet:
     """Crop and resample each slice to its own lung box; scores default to those of the (resampled) labels."""
-    hus, lus, labs, mms = [], [], [], []
+    hus, lus, labs, mms, texs = [], [], [], [], []
     for i in range(len(images)):
         lab_i = None if labels is None else labels[i:i + 1]
-        hu, lu, lab, f = crop_resample(images[i:i + 1], lungs[i:i + 1], cfg.size, labels=lab_i, margin=cfg.margin)
+        hu, lu, lab, f, tex = prepare_grid(images[i:i + 1], lungs[i:i + 1], cfg, labels=lab_i, pixel_mm=pixel_mm)
         lab = np.where(lu, NORMAL, 0).astype(np.uint8) if lab is None else np.where(lu, lab, 0).astype(np.uint8)
         hus.append(hu[0]); lus.append(lu[0]); labs.append(lab[0]); mms.append(pixel_mm * f)
+        texs.append(tex[0] if tex is not None else np.zeros_like(hu[0]))
     labs_a = np.stack(labs)
     sc = np.asarray(scores, np.float32) if scores is not None else \
         np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in labs_a], np.float32)
     n = len(images)
     return SliceSet(np.stack(hus).astype(np.float32), np.stack(lus), labs_a, sc, np.asarray(mms, np.float32),
-                    np.array([group] * n), np.full(n, synthetic))
+                    np.array([group] * n), np.full(n, synthetic), np.stack(texs).astype(np.float32))
 
 
 def phantom_slices(seeds: Sequence[int], cfg: SNetConfig, *, size: str = "small", neighbours: int = 1,
-                   extent: Callable[[int], float] | None = None, quiet: bool = True) -> SliceSet:
+                   extent: Callable[[int], float] | None = None, quiet: bool = True,
+                   backgrounds: Backgrounds | None = None, noise_hu: tuple[float, float] | None = None
+                   ) -> SliceSet:
     """The five level slices of phantoms (and ``neighbours`` slices on each side, each with its own exact score),
-    ILD extent per seed from ``extent(seed)`` (default 0-70 %, every fourth phantom healthy)."""
+    ILD extent per seed from ``extent(seed)`` (default 0-70 %, every fourth phantom healthy). Healthy slices
+    (TOT = 0) are also added, at the phantom's resolution, to ``backgrounds`` when given. ``noise_hu`` adds
+    scanner-like noise (:func:`add_noise`, training augmentation) to the scored slices."""
     from ..phantom import make_phantom
     from ..util import progress
 
@@ -255,15 +393,24 @@ def phantom_slices(seeds: Sequence[int], cfg: SNetConfig, *, size: str = "small"
         lab = np.where(truth.lungs[ks_l] > 0, truth.lesions[ks_l], 0)
         # exact scores at the scan's own resolution
         sc = np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in lab], np.float32)
-        sets.append(prepare_slices(scan.hu[ks_l], truth.lungs[ks_l] > 0, float(scan.spacing[1]), cfg, labels=lab,
+        img = scan.hu[ks_l].astype(np.float32)
+        if noise_hu:
+            nrng = np.random.default_rng(int(s) + 7919)
+            img = np.stack([add_noise(im, nrng, noise_hu) for im in img])
+        sets.append(prepare_slices(img, truth.lungs[ks_l] > 0, float(scan.spacing[1]), cfg, labels=lab,
                                    scores=sc, group=f"phantom{s}"))
+        if backgrounds is not None:
+            for j, k in enumerate(ks_l):
+                if sc[j, 0] == 0:
+                    backgrounds.add(scan.hu[k], truth.lungs[k] > 0, float(scan.spacing[1]), f"phantom{s}")
     return SliceSet.concat(sets)
 
 
-def real_background_slices(path: str | Path, cfg: SNetConfig, *, min_lung_fraction: float = 0.08,
-                           step: int = 1) -> SliceSet:
-    """Slices of a real scan taken as healthy lung background (TOT = 0) for synthesis: every ``step``-th slice
-    whose lungs (segmented) cover at least ``min_lung_fraction`` of the slice."""
+def real_backgrounds(path: str | Path, *, keep: tuple[float, float] = (0.0, 1.0), min_lung_fraction: float = 0.08,
+                     step: int = 1, weight: float = 1.0) -> Backgrounds:
+    """Slices of a real scan taken as healthy lung background (TOT = 0) for synthesis, at the scan's resolution:
+    every ``step``-th slice whose lungs (segmented) cover at least ``min_lung_fraction`` of the slice, and of those
+    the share ``keep`` (e.g. ``(0, 0.6)``: the upper 60 %, to hold the rest out)."""
     from ..anatomy import segment_lungs
     from ..io import load_ct
 
@@ -273,28 +420,44 @@ def real_background_slices(path: str | Path, cfg: SNetConfig, *, min_lung_fracti
     ks = [k for k in range(0, scan.shape[0], step) if frac[k] >= min_lung_fraction]
     if not ks:
         raise NoLungsError(f"{path}: no slice with enough lung to use as background")
-    ss = prepare_slices(scan.hu[ks].astype(np.float32), lungs[ks], float(scan.spacing[1]), cfg,
-                        group=f"real:{Path(path).name}")
-    return ss
+    r = np.arange(len(ks)) / len(ks)
+    bg = Backgrounds()
+    for k, rk in zip(ks, r):
+        if keep[0] <= rk < keep[1]:
+            bg.add(scan.hu[k], lungs[k], float(scan.spacing[1]), f"real:{Path(path).name}", weight=weight)
+    return bg
 
 
-def synthesize(backgrounds: SliceSet, n: int, rng: np.random.Generator, *, source: PatternSource | None = None,
-               only_healthy: bool = True) -> SliceSet:
-    """``n`` synthetic slices: GG and RET inserted (:func:`.synthesis.insert_patterns`) into randomly drawn
-    healthy backgrounds (TOT = 0), exact scores from the inserted areas."""
-    pool = np.flatnonzero(backgrounds.scores[:, 0] == 0) if only_healthy else np.arange(len(backgrounds))
-    if pool.size == 0:
+def real_background_slices(path: str | Path, cfg: SNetConfig, *, keep: tuple[float, float] = (0.0, 1.0),
+                           min_lung_fraction: float = 0.08, step: int = 1) -> SliceSet:
+    """:func:`real_backgrounds` prepared for the network (TOT = 0 everywhere)."""
+    bg = real_backgrounds(path, keep=keep, min_lung_fraction=min_lung_fraction, step=step)
+    return SliceSet.concat([prepare_slices(h[None], m[None], mm, cfg, group=g)
+                            for h, m, mm, g in zip(bg.hu, bg.lung, bg.pixel_mm, bg.group)])
+
+
+def synthesize(backgrounds: Backgrounds, n: int, rng: np.random.Generator, cfg: SNetConfig, *,
+               source: PatternSource | None = None, quiet: bool = True,
+               noise_hu: tuple[float, float] | None = None) -> SliceSet:
+    """``n`` synthetic slices: GG and RET inserted (:func:`.synthesis.insert_patterns`) into healthy backgrounds
+    drawn in proportion to their weights, at their own resolution, then prepared for the network; exact scores
+    from the inserted areas (counted on the native pixels). ``noise_hu`` adds scanner-like noise afterwards
+    (:func:`add_noise`, training augmentation)."""
+    from ..util import progress
+
+    if len(backgrounds) == 0:
         raise ConfigError("no healthy (TOT = 0) background slices to insert patterns into")
-    hus, labs, idx = [], [], rng.choice(pool, size=int(n))
-    for i in idx:
-        r = insert_patterns(backgrounds.hu[i], backgrounds.lung[i], rng, pixel_mm=float(backgrounds.pixel_mm[i]),
-                            source=source)
-        hus.append(r.image)
-        labs.append(r.labels)
-    labs_a = np.stack(labs) if labs else np.zeros((0,) + backgrounds.lung.shape[1:], np.uint8)
-    sc = np.array([[scores_from_labels(l_)[p] for p in PATTERNS] for l_ in labs_a], np.float32).reshape(-1, 3)
-    return SliceSet(np.stack(hus).astype(np.float32) if hus else backgrounds.hu[:0], backgrounds.lung[idx], labs_a,
-                    sc, backgrounds.pixel_mm[idx], backgrounds.group[idx], np.ones(len(idx), bool))
+    w = np.asarray(backgrounds.weight, float)
+    idx = rng.choice(len(backgrounds), size=int(n), p=w / w.sum())
+    parts = []
+    for i in progress(list(idx), "synthetic slices", quiet=quiet):
+        mm = float(backgrounds.pixel_mm[i])
+        r = insert_patterns(backgrounds.hu[i], backgrounds.lung[i], rng, pixel_mm=mm, source=source)
+        sc = np.array([[r.scores[p] for p in PATTERNS]], np.float32)
+        img = add_noise(r.image, rng, noise_hu) if noise_hu else r.image
+        parts.append(prepare_slices(img[None], backgrounds.lung[i][None], mm, cfg, labels=r.labels[None],
+                                    scores=sc, group=backgrounds.group[i], synthetic=True))
+    return SliceSet.concat(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +520,7 @@ def train_snet(data: SliceSet, *, cfg: SNetConfig = SNetConfig(), steps: int = 5
             return lr * (k + 1) / 100
         return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (k - 100) / max(1, steps - 100)))))
     sampler = BalancedSampler(data.scores[:, 0], balanced=balanced, seed=seed + start_step)
-    x_all = torch.from_numpy(to_input(data.hu, data.lung, cfg))
+    x_all = torch.from_numpy(data.inputs(cfg))
     y_t = torch.from_numpy(y_all / 100.0)
     log = TrainLog(mean_predictor_loss=float(((y_all / 100.0 - (y_all / 100.0).mean(0)) ** 2).mean()))
     t0 = time.perf_counter()
@@ -405,7 +568,7 @@ def predict_prepared(model, data: SliceSet, cfg: SNetConfig, batch_size: int = 6
     """Consistent scores (N, 3) of prepared slices."""
     import torch
 
-    x = to_input(data.hu, data.lung, cfg)
+    x = data.inputs(cfg)
     out = []
     model.eval()
     with torch.inference_mode():
@@ -417,11 +580,14 @@ def predict_prepared(model, data: SliceSet, cfg: SNetConfig, batch_size: int = 6
 class SNetScorer:
     """S-Net as a scorer for :mod:`sscild.explain`: ``scorer(images (N,H,W) HU, lungs (N,H,W)) -> (N, 3)``.
 
-    All images of a call that share one lung mask (the occluded copies of a slice) share one crop.
+    All images of a call that share one lung mask (the occluded copies of a slice) share one crop. ``pixel_mm``
+    is the in-plane pixel size of the slices it will score (needed by the texture channel).
     """
 
-    def __init__(self, model, cfg: SNetConfig, device: str = "cpu"):
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model, cfg: SNetConfig, device: str = "cpu", pixel_mm: float | None = None):
+        if cfg.texture and not pixel_mm:
+            raise ConfigError("SNetScorer: this S-Net's texture channel needs the slices' pixel size (pixel_mm)")
+        self.model, self.cfg, self.device, self.pixel_mm = model, cfg, device, pixel_mm
 
     def __call__(self, images: np.ndarray, lungs: np.ndarray) -> np.ndarray:
         import torch
@@ -430,12 +596,13 @@ class SNetScorer:
         lungs = np.asarray(lungs, bool)
         same = all(np.array_equal(lungs[0], lungs[i]) for i in range(1, len(lungs))) if len(lungs) else True
         if same:
-            hu, lu, _, _ = crop_resample(images, lungs, self.cfg.size, margin=self.cfg.margin)
+            hu, lu, _, _, tex = prepare_grid(images, lungs, self.cfg, pixel_mm=self.pixel_mm)
         else:
-            parts = [crop_resample(images[i:i + 1], lungs[i:i + 1], self.cfg.size, margin=self.cfg.margin)
+            parts = [prepare_grid(images[i:i + 1], lungs[i:i + 1], self.cfg, pixel_mm=self.pixel_mm)
                      for i in range(len(images))]
             hu = np.concatenate([p[0] for p in parts]); lu = np.concatenate([p[1] for p in parts])
-        x = torch.from_numpy(to_input(hu, lu, self.cfg)).to(self.device)
+            tex = np.concatenate([p[4] for p in parts]) if self.cfg.texture else None
+        x = torch.from_numpy(to_input(hu, lu, self.cfg, tex)).to(self.device)
         with torch.inference_mode():
             raw = self.model(x).float().cpu().numpy() * 100.0
         return consistent(raw)
@@ -445,7 +612,7 @@ def score_levels(model, cfg: SNetConfig, scan, lung_mask: np.ndarray, levels_z: 
                  device: str = "cpu") -> dict[str, Any]:
     """S-Net scores of the level slices of a scan: per level TOT/GG/RET (%) and the Goh extent (mean TOT over
     the levels scored, "extensive" when > 20 %)."""
-    scorer = SNetScorer(model, cfg, device)
+    scorer = SNetScorer(model, cfg, device, pixel_mm=float(scan.spacing[1]))
     per: dict[str, Any] = {}
     for name in LEVELS:
         z = levels_z.get(name)
@@ -477,7 +644,9 @@ def load_snet(directory: str | Path | None = None, device: str = "cpu"):
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
     card = read_card(directory, "S-Net", "sscild train scoring --config ...")
-    cfg = SNetConfig(**card.get("config", {}))
+    conf = dict(card.get("config", {}))
+    conf.setdefault("texture", False)         # weights saved before the texture channel existed
+    cfg = SNetConfig(**conf)
     model = load_into(build_snet(cfg), directory, "S-Net")
     return model.to(device).eval(), cfg, card
 
@@ -518,13 +687,14 @@ def evaluation_table(pred: np.ndarray, truth: np.ndarray) -> dict[str, dict[str,
 # --------------------------------------------------------------------------------------------
 # datasets from users' CSVs, cross-validation, training from a config (sscild train scoring)
 # --------------------------------------------------------------------------------------------
-def slices_from_csv(path: str | Path, cfg: SNetConfig, neighbours: int = 1, quiet: bool = True) -> SliceSet:
+def slices_from_csv(path: str | Path, cfg: SNetConfig, neighbours: int = 1, quiet: bool = True,
+                    backgrounds: Backgrounds | None = None) -> SliceSet:
     """Level slices of scored scans from a CSV, the way such cohorts are kept:
 
     ``scan_path`` (relative to the CSV's folder or absolute), ``patient_id`` (for grouped splits), ``L1``..``L5``
     (world z of each level in mm) and ``L1_TOT, L1_GG, L1_RET, ..., L5_RET`` (expert scores in %). Levels with an
     empty score are skipped. The ``neighbours`` slices on each side become extra samples with the same score, as in
-    Jia et al.
+    Jia et al. Slices scored 0 / 0 / 0 are added to ``backgrounds`` (at the scan's resolution) when given.
     """
     import pandas as pd
 
@@ -557,6 +727,9 @@ def slices_from_csv(path: str | Path, cfg: SNetConfig, neighbours: int = 1, quie
             ks = [j for j in range(k - neighbours, k + neighbours + 1) if 0 <= j < scan.shape[0] and lungs[j].any()]
             sets.append(prepare_slices(scan.hu[ks].astype(np.float32), lungs[ks], float(scan.spacing[1]), cfg,
                                        scores=np.tile(np.asarray(sc, np.float32), (len(ks), 1)), group=group))
+            if backgrounds is not None and all(float(v) == 0 for v in sc):
+                for j in ks:
+                    backgrounds.add(scan.hu[j], lungs[j], float(scan.spacing[1]), group)
     return SliceSet.concat(sets)
 
 
@@ -565,33 +738,31 @@ def _resolve(base: Path, p: str) -> Path:
     return q if q.is_absolute() else (base / q)
 
 
-def load_data_spec(spec: dict, cfg: SNetConfig, base: Path, quiet: bool = True) -> tuple[SliceSet, SliceSet | None]:
+def load_data_spec(spec: dict, cfg: SNetConfig, base: Path, quiet: bool = True
+                   ) -> tuple[SliceSet | None, Backgrounds]:
     """Scored slices and healthy backgrounds from a config's data section (phantoms, dataset_csv,
-    real_backgrounds); returns ``(scored, backgrounds)``."""
+    real_backgrounds); returns ``(scored, backgrounds)``: the healthy (TOT = 0) scored slices and the real
+    background slices, kept at their own resolution for synthesis."""
     from ..util import progress
 
-    scored, backgrounds = [], []
-    if spec.get("phantoms"):
-        ph = spec["phantoms"]
+    scored, bg = [], Backgrounds()
+    phs = spec.get("phantoms") or []
+    for ph in (phs if isinstance(phs, list) else [phs]):      # one {n, seed0, ...} or a list of them
         seeds = range(int(ph["seed0"]), int(ph["seed0"]) + int(ph["n"]))
         scored.append(phantom_slices(seeds, cfg, size=ph.get("size", "small"),
-                                     neighbours=int(ph.get("neighbours", 1)), quiet=quiet))
+                                     neighbours=int(ph.get("neighbours", 1)), quiet=quiet, backgrounds=bg,
+                                     noise_hu=tuple(ph["noise_hu"]) if ph.get("noise_hu") else None))
     if spec.get("dataset_csv"):
-        scored.append(slices_from_csv(_resolve(base, spec["dataset_csv"]), cfg, quiet=quiet))
+        scored.append(slices_from_csv(_resolve(base, spec["dataset_csv"]), cfg, quiet=quiet, backgrounds=bg))
     for rb in progress(spec.get("real_backgrounds", []) or [], "real backgrounds", quiet=quiet):
         p = _resolve(base, rb["path"])
         if not p.exists():
             if rb.get("optional", True):
                 continue
             raise ConfigError(f"real background scan {p} does not exist")
-        ss = real_background_slices(p, cfg)
-        k = np.arange(len(ss)) / max(1, len(ss))
-        lo, hi = rb.get("keep", [0.0, 1.0])
-        ss = ss.subset(np.flatnonzero((k >= lo) & (k < hi)))
-        backgrounds.append(ss)
+        bg.extend(real_backgrounds(p, keep=tuple(rb.get("keep", [0.0, 1.0])), weight=float(rb.get("weight", 1.0))))
     sc = SliceSet.concat(scored) if scored else None
-    bg = SliceSet.concat(backgrounds) if backgrounds else None
-    if sc is None and bg is None:
+    if sc is None and len(bg) == 0:
         raise ConfigError("the data section gives no slices: add phantoms {n, seed0}, dataset_csv or "
                           "real_backgrounds")
     return sc, bg
@@ -703,10 +874,10 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     parts = [s for s in (scored,) if s is not None]
     n_scored = len(scored) if scored is not None else 0
     if float(syn["fraction"]) > 0:
-        pool = SliceSet.concat([s for s in (scored, backgrounds) if s is not None])
         n_syn = int(round(max(n_scored, 1) * float(syn["fraction"]) / max(1e-6, 1 - float(syn["fraction"]))))
         n_syn = int(syn.get("n", n_syn))
-        parts.append(synthesize(pool, n_syn, rng, source=pattern_source_from_spec(syn, base)))
+        parts.append(synthesize(backgrounds, n_syn, rng, cfg, source=pattern_source_from_spec(syn, base),
+                                quiet=quiet, noise_hu=tuple(syn["noise_hu"]) if syn.get("noise_hu") else None))
     data = SliceSet.concat(parts)
     model = build_snet(cfg)
     notes: dict[str, Any] = {}
@@ -757,9 +928,9 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     if val_spec:
         vs, vbg = load_data_spec(val_spec, cfg, base, quiet=quiet)
         vparts = [s for s in (vs,) if s is not None]
-        if vbg is not None:
+        if len(vbg):
             vparts.append(synthesize(vbg, int(val_spec.get("synthetic_n", 2 * len(vbg))),
-                                     np.random.default_rng(999), source=pattern_source_from_spec(syn, base)))
+                                     np.random.default_rng(999), cfg, source=pattern_source_from_spec(syn, base)))
         val = SliceSet.concat(vparts)
         pred = predict_prepared(model, val, cfg)
         metrics = evaluation_table(pred, val.scores)
@@ -776,7 +947,8 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
             "train_slices": int(len(data)), "synthetic_slices": int(data.synthetic.sum()),
             "steps": step, "batch_size": int(tr["batch_size"]), "balanced_sampling": bool(tr["balanced"]),
             "input": f"level slice cropped to the lungs, {cfg.size}x{cfg.size}, HU {cfg.hu_min:.0f}..{cfg.hu_max:.0f}"
-                     " + lung mask", "validation_metrics": metrics,
+                     " + lung mask" + (" + local HU SD at the scan's resolution" if cfg.texture else ""),
+            "validation_metrics": metrics,
             "train_slices_per_s": float(np.mean(speed)) if speed else None,
             "training_seconds": round(time.perf_counter() - t0, 1), **notes}
     save_snet(model, cfg, out, card)

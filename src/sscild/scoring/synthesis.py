@@ -66,8 +66,9 @@ def _band_noise(rng: np.random.Generator, shape: tuple[int, int], fine_px: float
 
 class ProceduralPatterns:
     """GG: a haze at -750..-450 HU that keeps vessels (brighter than the haze) visible.
-    RET: thin irregular lines (-250..-50 HU) on a hazy -650 HU background, with honeycomb cysts when
-    ``honeycomb`` is true (chance per ellipse)."""
+    RET: irregular lines (-250..-50 HU) ~1-2 mm thick enclosing spaces of ~3-8 mm, on a hazy -650 HU background,
+    with honeycomb cysts at a chance of ``honeycomb`` per ellipse. Sizes are physical (mm), so the pattern is the
+    same on a 0.7 mm and on a 2.8 mm grid, up to what that grid can resolve."""
 
     def __init__(self, gg_hu: tuple[float, float] = (-750.0, -450.0), honeycomb: float = 0.3):
         self.gg_hu = gg_hu
@@ -80,9 +81,9 @@ class ProceduralPatterns:
             haze = level + 25.0 * _band_noise(rng, shape, 2.0 / pixel_mm + 0.5, 8.0 / pixel_mm + 1.0)
             return np.maximum(background, haze).astype(np.float32)
         if kind == "RET":
-            fine = max(0.6, 1.2 / pixel_mm)
+            fine = max(0.6, float(rng.uniform(1.2, 2.2)) / pixel_mm)
             band = _band_noise(rng, shape, fine, 2.2 * fine)
-            lines = np.abs(band) < float(rng.uniform(0.18, 0.3))
+            lines = np.abs(band) < float(rng.uniform(0.25, 0.4))
             out = np.full(shape, -650.0, np.float32) + 30.0 * rng.standard_normal(shape).astype(np.float32)
             out[lines] = float(rng.uniform(-250, -50))
             if rng.random() < self.honeycomb:
@@ -108,7 +109,9 @@ def _tile_to(patch: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 class PatchPatterns:
     """Textures from square HU patches ``{kind: [(patch, pixel_mm), ...]}``: a random patch is resampled to the
-    target pixel size, scaled 95-105 %, rotated +-180 deg and mirror-tiled over the array."""
+    target pixel size, scaled 95-105 %, rotated +-180 deg and mirror-tiled over the array. Resampling is cubic:
+    linear interpolation at sub-pixel offsets blurs fine texture (it took about a third of the local SD of
+    reticulation patches), and blurred reticulation looks like ground glass."""
 
     def __init__(self, patches: dict[str, Sequence[tuple[np.ndarray, float]]]):
         for kind, lst in patches.items():
@@ -124,8 +127,8 @@ class PatchPatterns:
         lst = self.patches[kind]
         patch, mm = lst[int(rng.integers(len(lst)))]
         zoom = mm / pixel_mm * rng.uniform(0.95, 1.05)
-        p = ndi.zoom(patch.astype(np.float32), zoom, order=1, mode="reflect")
-        p = ndi.rotate(p, rng.uniform(-180, 180), reshape=False, order=1, mode="reflect")
+        p = ndi.zoom(patch.astype(np.float32), zoom, order=3, mode="reflect")
+        p = ndi.rotate(p, rng.uniform(-180, 180), reshape=False, order=3, mode="reflect")
         # cut the rotated square's central part (corners are reflected fill)
         m = max(1, int(p.shape[0] * 0.15))
         p = p[m:-m, m:-m] if p.shape[0] > 2 * m + 4 else p
@@ -145,10 +148,29 @@ def _ellipse_signed_distance(shape: tuple[int, int], cy: float, cx: float, a: fl
     return ((r - 1.0) / np.maximum(g, 1e-6)).astype(np.float32)
 
 
+def _noise_stat(image: np.ndarray, mask: np.ndarray) -> float:
+    r = image - ndi.gaussian_filter(image, 1.0)
+    m = ndi.uniform_filter(r, 5)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(r * r, 5) - m * m, 0.0))
+    inner = ndi.binary_erosion(mask, iterations=3)
+    v = sd[inner]
+    return float(np.percentile(v, 25)) if v.size >= 50 else 0.0
+
+
+def pixel_noise(image: np.ndarray, mask: np.ndarray) -> float:
+    """The pixel noise (HU SD) of an image inside ``mask``: the lower quartile of the local (5 x 5) SD of the image
+    minus its 1-pixel Gaussian smoothing, where structure (vessels, edges) does not reach, scaled by what the same
+    statistic gives for white noise of SD 1."""
+    return _noise_stat(np.asarray(image, np.float32), np.asarray(mask, bool)) / _WHITE
+
+
+_WHITE = _noise_stat(np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32), np.ones((128, 128), bool))
+
+
 def insert_patterns(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, *, pixel_mm: float = 0.7,
                     source: PatternSource | None = None, n_gg: int | None = None, n_ret: int | None = None,
                     axis_mm: tuple[float, float] = (0.7, 105.0), fade_mm: float = 2.0,
-                    labels: np.ndarray | None = None) -> SynthResult:
+                    labels: np.ndarray | None = None, match_noise: bool = True) -> SynthResult:
     """Insert GG and RET into a slice and return the image, the exact labels and the scores.
 
     Parameters
@@ -162,6 +184,9 @@ def insert_patterns(image: np.ndarray, lung: np.ndarray, rng: np.random.Generato
     axis_mm : range of the ellipse semi-axes in mm (paper: 1-150 px at ~0.7 mm)
     fade_mm : sigma of the Gaussian edge fade
     labels : existing label map (default: all lung normal); inserted patterns overwrite it
+    match_noise : add the background's own pixel noise (:func:`pixel_noise`) to the inserted texture, so that
+        inserted regions are as noisy as the rest of the slice (the scanner's noise covers everything; a texture
+        from another scan carries that scan's noise, a procedural one none)
 
     Examples
     --------
@@ -183,6 +208,7 @@ def insert_patterns(image: np.ndarray, lung: np.ndarray, rng: np.random.Generato
     counts = {"GG": int(rng.integers(0, 4)) if n_gg is None else n_gg,
               "RET": int(rng.integers(0, 4)) if n_ret is None else n_ret}
     sigma = max(0.5, fade_mm / pixel_mm)
+    noise_sd = pixel_noise(image, lung) if match_noise else 0.0
     for kind, value in (("GG", GG), ("RET", RET)):       # RET last: it wins where the two overlap
         for _ in range(counts[kind]):
             k = int(rng.integers(len(ys)))
@@ -194,6 +220,8 @@ def insert_patterns(image: np.ndarray, lung: np.ndarray, rng: np.random.Generato
                 continue
             w = (0.5 * erfc(d / (sigma * np.sqrt(2.0)))).astype(np.float32) * lung
             tex = source.texture(kind, out, pixel_mm, rng)
+            if noise_sd > 0:
+                tex = tex + noise_sd * rng.standard_normal(tex.shape).astype(np.float32)
             out = (1 - w) * out + w * tex
             lab[inside] = value
     return SynthResult(out.astype(np.float32), lab, scores_from_labels(lab))
@@ -240,10 +268,12 @@ def phantom_patterns(seeds: Sequence[int] = (777, 778), size_mm: float = 20.0) -
 
 def real_gg_patterns(slices: Sequence[tuple[np.ndarray, np.ndarray, float]], size_mm: float = 20.0,
                      band: tuple[float, float] = (-750.0, -300.0), min_fill: float = 0.6,
-                     max_per_slice: int = 10) -> list[tuple[np.ndarray, float]]:
+                     max_per_slice: int = 10, denoise_mm: float = 0.7) -> list[tuple[np.ndarray, float]]:
     """Ground-glass patches from real slices (HU, lung mask, pixel mm), e.g. COVID-19 slices: square windows
-    inside the lung where at least ``min_fill`` of the pixels lie in the GG band. Returns ``[(patch, mm)]``
-    for :class:`PatchPatterns` ``{"GG": ...}``."""
+    inside the lung where at least ``min_fill`` of the pixels lie in the GG band. The slices are smoothed with a
+    Gaussian of ``denoise_mm`` first: the patches keep the opacity's own structure but not that scanner's pixel
+    noise (:func:`insert_patterns` adds the receiving slice's). Returns ``[(patch, mm)]`` for
+    :class:`PatchPatterns` ``{"GG": ...}``."""
     res: list[tuple[np.ndarray, float]] = []
     rng = np.random.default_rng(0)
     for hu, lung, mm in slices:
@@ -260,5 +290,6 @@ def real_gg_patterns(slices: Sequence[tuple[np.ndarray, np.ndarray, float]], siz
                 & (ok[:, 1] < hu.shape[1] - size + h)]
         if len(ok):
             pick = ok[rng.choice(len(ok), size=min(max_per_slice, len(ok)), replace=False)]
-            res += [(hu[y - h:y - h + size, x - h:x - h + size].astype(np.float32).copy(), mm) for y, x in pick]
+            sm = ndi.gaussian_filter(hu.astype(np.float32), denoise_mm / mm) if denoise_mm > 0 else hu
+            res += [(sm[y - h:y - h + size, x - h:x - h + size].astype(np.float32).copy(), mm) for y, x in pick]
     return res
