@@ -198,7 +198,7 @@ def test_unknown_backbone():
         build_snet(SNetConfig(backbone="vgg99"))
 
 
-def _tiny_set(n_bg=6, n_syn=160, seed=0):
+def _tiny_set(n_bg=6, n_syn=480, seed=0):
     img, lung = _lung_slice(64)
     bg = Backgrounds()
     for _ in range(n_bg):
@@ -211,7 +211,7 @@ def test_snet_learns_on_tiny_inputs_and_round_trips(tmp_path):
     data = _tiny_set()
     model, log = train_snet(data, cfg=TINY, steps=250, batch_size=16, lr=2e-3, augment=False, seed=0)
     assert np.mean(log.losses[-25:]) < 0.35 * log.mean_predictor_loss
-    test = _tiny_set(seed=1, n_syn=40)
+    test = _tiny_set(seed=1, n_syn=60)
     pred = predict_prepared(model, test, TINY)
     base = np.abs(test.scores - data.scores.mean(0)).mean()
     assert np.abs(pred - test.scores).mean() < 0.6 * base

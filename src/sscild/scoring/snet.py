@@ -130,26 +130,31 @@ def local_std(images: np.ndarray, lungs: np.ndarray, size: int, crop: Crop, hu_m
     import torch
     import torch.nn.functional as F
 
-    x = np.clip(np.asarray(images, np.float32), hu_min, hu_max)
-    m = np.asarray(lungs, np.float32)
-    x = (x - hu_min) / 1000.0                     # keep the moments well scaled in float32
-    xm, mc = torch.from_numpy(_cut(x * m, crop, 0.0)), torch.from_numpy(_cut(m, crop, 0.0))
+    lungs = np.asarray(lungs, bool)
+    one = len(lungs) > 1 and all(np.array_equal(lungs[0], lungs[i]) for i in range(1, len(lungs)))
+    mc = _cut(lungs[:1] if one else lungs, crop, False).astype(np.float32)   # (1 or N, side, side), 0/1
+    x = _cut(np.asarray(images, np.float32), crop, hu_min)
+    np.clip(x, hu_min, hu_max, out=x)
+    x -= hu_min
+    x *= mc / 1000.0                               # lung pixels only, scaled to keep float32 moments exact
+    sig = denoise_mm / pixel_mm if (pixel_mm and denoise_mm > 0) else 0.0
+    if sig > 0.3:                                  # normalised convolution inside the lung (scipy: fast here)
+        r = int(np.ceil(3 * sig))
+        kw = dict(sigma=(0, sig, sig), radius=(0, r, r), mode="constant")
+        sw = ndi.gaussian_filter(mc, **kw)
+        x = ndi.gaussian_filter(x, **kw)
+        x *= mc / np.maximum(sw, 1e-6)
+    g = np.exp(-0.5 * np.arange(-2, 3) ** 2).astype(np.float32)
+    k = torch.from_numpy(np.outer(g, g) / np.outer(g, g).sum())[None, None]
     with torch.no_grad():
-        sig = denoise_mm / pixel_mm if (pixel_mm and denoise_mm > 0) else 0.0
-        if sig > 0.3:                              # normalised convolution: lung pixels only
-            r = int(np.ceil(3 * sig))
-            g1 = torch.from_numpy(np.exp(-0.5 * (np.arange(-r, r + 1) / sig) ** 2).astype(np.float32))
-            g1 = g1 / g1.sum()
-            st = torch.stack([xm, mc], 1)
-            st = F.conv2d(st, g1.view(1, 1, 1, -1).repeat(2, 1, 1, 1), padding=(0, r), groups=2)
-            st = F.conv2d(st, g1.view(1, 1, -1, 1).repeat(2, 1, 1, 1), padding=(r, 0), groups=2)
-            xm = torch.where(mc > 0, st[:, 0] / st[:, 1].clamp(min=1e-6), torch.zeros_like(xm)) * mc
-        st = torch.stack([xm, xm * xm / mc.clamp(min=1e-6), mc], 1)
-        g = np.exp(-0.5 * np.arange(-2, 3) ** 2).astype(np.float32)
-        k = torch.from_numpy(np.outer(g, g) / np.outer(g, g).sum())[None, None].repeat(3, 1, 1, 1)
-        t = F.interpolate(st, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        t = F.conv2d(t, k, padding=2, groups=3)
-        w = t[:, 2]
+        xt = torch.from_numpy(x)[:, None]
+        t = F.interpolate(torch.cat([xt, xt * xt], 1), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        w = F.interpolate(torch.from_numpy(mc)[:, None], size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        n = t.shape[0]
+        t = F.conv2d(t.reshape(2 * n, 1, size, size), k, padding=2).reshape(n, 2, size, size)
+        w = F.conv2d(w, k, padding=2)[:, 0]
         ok = w > 0.05
         mean = t[:, 0] / w.clamp(min=1e-6)
         var = (t[:, 1] / w.clamp(min=1e-6) - mean ** 2).clamp(min=0.0)
