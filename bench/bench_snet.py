@@ -107,7 +107,10 @@ def main():
     tab = evaluation_table(pred, test.scores)
     lines += [f"**Shipped S-Net** (`src/sscild/models/snet`, {card.get('backbone', cfg.backbone)} width {cfg.width}, "
               f"{cfg.size} px, {card.get('steps')} steps, {card.get('train_slices')} training slices of which "
-              f"{card.get('synthetic_slices')} synthetic; training took {card.get('training_seconds')} s):", "",
+              f"{card.get('synthetic_slices')} synthetic; training took {card.get('training_seconds')} s" +
+              ("; outputs calibrated by the line fitted on " +
+               str(card.get("calibration", {}).get("fitted_on", "validation slices")) if cfg.calibration else "") +
+              "):", "",
               "| subset | n | MAE TOT | MAE GG | MAE RET | kappa TOT | kappa GG | kappa RET | ICC TOT | ICC GG | ICC RET |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -132,17 +135,19 @@ def main():
             ("+ balanced sampling", train_ph, True, False),
             ("+ pretraining (label-free density proxies)", train_ph, False, True),
             ("all three", with_syn, True, True)]
-    lines += [f"**Ablation** ({ABLATION_STEPS} steps of batch 16 each, same backbone and size, augmentation on; "
-              f"pretraining 500 steps on the training images' own density proxies; test set as above):", "",
+    lines += [f"**Ablation** ({ABLATION_STEPS} steps of batch 16 each, same backbone, size and input channels, "
+              f"augmentation on, no output calibration; pretraining 500 steps on the training images' own density "
+              f"proxies; test set as above):", "",
               "| run | MAE TOT | MAE GG | MAE RET | kappa TOT | kappa GG | kappa RET | ICC TOT | ICC GG | ICC RET | "
               "slices/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    acfg = dataclasses.replace(cfg, calibration=None)     # the ablation's nets are not calibrated
     for name, data, balanced, pre in runs:
         init = None
         if pre:
-            init, _ = pretrain(data, cfg=cfg, steps=500, batch_size=16)
-        m, log = train_snet(data, cfg=cfg, steps=ABLATION_STEPS, batch_size=16, lr=5e-4, balanced=balanced,
+            init, _ = pretrain(data, cfg=acfg, steps=500, batch_size=16)
+        m, log = train_snet(data, cfg=acfg, steps=ABLATION_STEPS, batch_size=16, lr=5e-4, balanced=balanced,
                             augment=True, seed=0, model=init)
-        t = evaluation_table(predict_prepared(m, test, cfg), test.scores)
+        t = evaluation_table(predict_prepared(m, test, acfg), test.scores)
         lines.append(f"| {name} | " + " | ".join(f"{t[p]['MAE']:.2f}" for p in PATTERNS) + " | " +
                      " | ".join(f"{t[p]['kappa']:.3f}" for p in PATTERNS) + " | " +
                      " | ".join(f"{t[p]['ICC']:.3f}" for p in PATTERNS) + f" | {log.slices_per_s:.0f} |")

@@ -309,3 +309,28 @@ def test_train_from_config_resume_and_evaluate_cli(tmp_path):
     lt = pd.read_csv(tmp_path / "lv" / "table.csv").set_index("level")
     assert lt.loc["L3", "MAE_mm"] == pytest.approx(4.0) and lt.loc["L3", "max_mm"] == pytest.approx(6.0)
     assert lt.loc["L1", "MAE_mm"] == 0.0
+
+
+def test_calibration_fits_the_validation_line_and_is_stored(tmp_path):
+    from sscild.scoring.snet import calibrate_weights, calibrated, fit_calibration
+    from sscild.util import write_json
+
+    rng = np.random.default_rng(0)
+    gg, ret = rng.uniform(2, 40, 60), rng.uniform(2, 30, 60)     # away from 0, where outputs are clamped
+    truth = np.stack([gg + ret, gg, ret], 1)
+    pred = truth * np.array([0.9, 1.1, 0.8]) + np.array([3.0, -1.0, 4.0])     # a biased network
+    cal = fit_calibration(pred, truth)
+    np.testing.assert_allclose(cal, [1 / 0.9, -3 / 0.9, 1 / 1.1, 1 / 1.1, 1 / 0.8, -4 / 0.8], atol=1e-6)
+    out = calibrated(pred, SNetConfig(calibration=cal))
+    np.testing.assert_allclose(out[:, 1:], truth[:, 1:], atol=1e-6)
+    assert np.all(out[:, 0] >= np.maximum(out[:, 1], out[:, 2]) - 1e-9) and out.min() >= 0
+    with pytest.raises(ConfigError, match="20"):
+        fit_calibration(pred[:5], truth[:5])
+    # stored in saved weights' card from their validation.json; predictions then use it
+    save_snet(build_snet(TINY), TINY, tmp_path / "w", {"trained_on": "toy"})
+    write_json(tmp_path / "w" / "validation.json", {"pred": pred, "truth": truth})
+    notes = calibrate_weights(tmp_path / "w")
+    _, cfg, card = load_snet(tmp_path / "w")
+    np.testing.assert_allclose(cfg.calibration, cal, atol=1e-6)
+    assert card["validation_metrics"]["GG"]["MAE"] < 1e-6 < notes["validation_metrics_uncalibrated"]["GG"]["MAE"]
+    assert "calibration" in (tmp_path / "w" / "card.md").read_text()

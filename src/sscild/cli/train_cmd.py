@@ -63,6 +63,21 @@ def train_lesions(
     console.print(f"lesion U-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
 
 
+@train_app.command("scoring-calibration")
+def train_scoring_calibration(
+    weights: Path = typer.Option(..., "--weights", help="S-Net folder with validation.json (from sscild train "
+                                 "scoring)."),
+) -> None:
+    """Fit an S-Net's output calibration (score = a * output + b per pattern) on its validation predictions and
+    store it in its card (sscild train scoring does this at the end of training)."""
+    from ..scoring.snet import calibrate_weights
+
+    notes = calibrate_weights(weights)
+    a_b = notes["calibration"]["a_b"]
+    console.print("calibration " + ", ".join(f"{p} a={a_b[2 * i]:.3f} b={a_b[2 * i + 1]:.2f}"
+                                             for i, p in enumerate(("TOT", "GG", "RET"))))
+
+
 @train_app.command("heatmap-thresholds")
 def train_heatmap_thresholds(
     weights: Path = typer.Option(None, "--weights", help="S-Net folder (default: the shipped S-Net)."),

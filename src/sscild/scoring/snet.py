@@ -14,7 +14,10 @@ After Jia et al. (Sci Rep 2024), sized for a CPU:
 - **Backbones** from MONAI: ``resnet18`` (default, ``width`` scales the channels), ``resnet10``, ``densenet121``,
   ``efficientnet-b0``.
 - **Outputs** three numbers trained with MSE against score / 100; at inference they are clamped to 0..100 and made
-  consistent: ``max(GG, RET) <= TOT <= min(100, GG + RET)``.
+  consistent: ``max(GG, RET) <= TOT <= min(100, GG + RET)``. Training ends with a per-pattern linear
+  calibration fitted on the validation slices (:func:`fit_calibration`, stored in the card's config): with
+  balanced sampling the network regresses towards the balanced set's higher mean and over-calls low scores
+  (the shipped net: RET +3.5, TOT +2 points on healthy and mild slices before calibration).
 - **Training** Adam (lr 1e-4 .. 1e-3, weight decay 1e-4), augmentation rotation +-30 deg, scale 95-105 %,
   shift +-10 px at 512 (scaled to ``size``), balanced sampling over 5 % TOT bins (:mod:`.sampling`), synthetic
   images from :mod:`.synthesis`.
@@ -24,6 +27,7 @@ After Jia et al. (Sci Rep 2024), sized for a CPU:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +59,13 @@ class SNetConfig:
     margin: float = 0.06
     texture: bool = True
     denoise_mm: float = 0.7
+    calibration: tuple | None = None     # (a_TOT, b_TOT, a_GG, b_GG, a_RET, b_RET): score = a * output + b
+
+    def __post_init__(self):
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
+            if len(self.calibration) != 6:
+                raise ConfigError("S-Net calibration needs 6 numbers: a, b for TOT, GG and RET")
 
     @property
     def in_channels(self) -> int:
@@ -190,6 +201,29 @@ def prepare_grid(images: np.ndarray, lungs: np.ndarray, cfg: SNetConfig, crop: C
     tex = local_std(images, lungs, cfg.size, crop, cfg.hu_min, cfg.hu_max, pixel_mm, cfg.denoise_mm) \
         if cfg.texture else None
     return hu, lu, lab, f, tex
+
+
+def fit_calibration(pred: np.ndarray, truth: np.ndarray) -> tuple:
+    """Per pattern the least-squares line ``truth = a * pred + b`` (validation slices; at least 20); a network
+    trained with balanced sampling regresses towards the balanced set's mean (over-calling low scores), and
+    this takes that bias out. Returns ``(a_TOT, b_TOT, a_GG, b_GG, a_RET, b_RET)``."""
+    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
+    if len(pred) < 20:
+        raise ConfigError(f"calibration needs at least 20 validation slices; got {len(pred)}")
+    out: list[float] = []
+    for j in range(3):
+        a, b = np.polyfit(pred[:, j], truth[:, j], 1)
+        out += [float(a), float(b)]
+    return tuple(out)
+
+
+def calibrated(scores: np.ndarray, cfg: SNetConfig) -> np.ndarray:
+    """Consistent scores with the config's calibration applied (then made consistent again)."""
+    s = consistent(scores)
+    if cfg.calibration is None:
+        return s
+    c = np.asarray(cfg.calibration, float).reshape(3, 2)
+    return consistent(s * c[:, 0] + c[:, 1])
 
 
 def consistent(scores: np.ndarray) -> np.ndarray:
@@ -579,7 +613,7 @@ def predict_prepared(model, data: SliceSet, cfg: SNetConfig, batch_size: int = 6
     with torch.inference_mode():
         for b in range(0, len(x), batch_size):
             out.append(model(torch.from_numpy(x[b:b + batch_size]).to(device)).float().cpu().numpy() * 100.0)
-    return consistent(np.concatenate(out) if out else np.zeros((0, 3)))
+    return calibrated(np.concatenate(out) if out else np.zeros((0, 3)), cfg)
 
 
 class SNetScorer:
@@ -610,7 +644,7 @@ class SNetScorer:
         x = torch.from_numpy(to_input(hu, lu, self.cfg, tex)).to(self.device)
         with torch.inference_mode():
             raw = self.model(x).float().cpu().numpy() * 100.0
-        return consistent(raw)
+        return calibrated(raw, self.cfg)
 
 
 def score_levels(model, cfg: SNetConfig, scan, lung_mask: np.ndarray, levels_z: dict[str, float | None],
@@ -855,6 +889,51 @@ def cross_validate(data: SliceSet, folds: int, *, cfg: SNetConfig, seed: int = 0
     return res
 
 
+def _calibrate(cfg: SNetConfig, pred_uncal: np.ndarray, truth: np.ndarray):
+    """Fit the calibration on validation predictions made without one; returns the new config, the calibrated
+    predictions and card notes (metrics before and after: the latter are in-sample for the fit, so optimistic)."""
+    pred_uncal = np.asarray(pred_uncal, float)
+    new = dataclasses.replace(cfg, calibration=fit_calibration(pred_uncal, truth))
+    pred = calibrated(pred_uncal, new)
+    notes = {"calibration": {"fitted_on": f"the {len(truth)} validation slices (validation.json)",
+                             "a_b": list(new.calibration)},
+             "validation_metrics_uncalibrated": evaluation_table(consistent(pred_uncal), truth),
+             "validation_metrics_calibrated": evaluation_table(pred, truth)}
+    return new, pred, notes
+
+
+def calibrate_weights(directory: str | Path) -> dict[str, Any]:
+    """Fit (or refit) the calibration of saved S-Net weights from their ``validation.json`` (the predictions
+    made without calibration) and store it in their card, as ``sscild train scoring`` does at the end of
+    training. Returns the card notes."""
+    from ..util import write_json
+    from .weights import read_card, write_card_md
+
+    directory = Path(directory)
+    vpath = directory / "validation.json"
+    if not vpath.exists():
+        raise ConfigError(f"{vpath} not found: calibration needs the validation predictions of a training run")
+    v = json.loads(vpath.read_text())
+    card = read_card(directory, "S-Net", "sscild train scoring --config ...")
+    conf = dict(card.get("config", {}))
+    conf.setdefault("texture", False)
+    if "pred_uncalibrated" in v:
+        raw = np.asarray(v["pred_uncalibrated"], float)
+    elif conf.get("calibration") is None:
+        raw = np.asarray(v["pred"], float)
+    else:
+        raise ConfigError(f"{vpath} has no uncalibrated predictions to refit the calibration from")
+    truth = np.asarray(v["truth"], float)
+    cfg, pred, notes = _calibrate(SNetConfig(**conf), raw, truth)
+    card["config"] = asdict(cfg)
+    card.update(notes)
+    card["validation_metrics"] = notes["validation_metrics_calibrated"]
+    write_json(directory / "card.json", card)
+    write_json(vpath, {**v, "pred": pred, "pred_uncalibrated": raw, "metrics": card["validation_metrics"]})
+    write_card_md(directory)
+    return notes
+
+
 def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
                       init: str | Path | None = None) -> Path:
     """Train an S-Net as a YAML config says (see ``configs/snet_phantoms.yaml``); returns the output folder with
@@ -939,11 +1018,17 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
         val = SliceSet.concat(vparts)
         pred = predict_prepared(model, val, cfg)
         metrics = evaluation_table(pred, val.scores)
-        write_json(out / "validation.json", {"pred": pred, "truth": val.scores, "group": val.group.tolist(),
-                                             "synthetic": val.synthetic, "metrics": metrics})
+        raw_pred = pred
+        if bool(c.get("calibrate", True)) and len(val) >= 20:
+            cfg, pred, cal_notes = _calibrate(cfg, pred, val.scores)
+            notes.update(cal_notes)
+            metrics = cal_notes["validation_metrics_calibrated"]
+        write_json(out / "validation.json", {"pred": pred, "pred_uncalibrated": raw_pred, "truth": val.scores,
+                                             "group": val.group.tolist(), "synthetic": val.synthetic,
+                                             "metrics": metrics})
     folds = int((c.get("cv") or {}).get("folds", 0))
     if folds > 1:
-        cv = cross_validate(data, folds, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
+        cv = cross_validate(data, folds, cfg=dataclasses.replace(cfg, calibration=None), steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
                             lr=float(tr["lr"]), balanced=bool(tr["balanced"]), augment=bool(tr["augment"]),
                             device=device)
         write_json(out / "cv.json", cv)
