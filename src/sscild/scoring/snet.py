@@ -467,14 +467,6 @@ def real_backgrounds(path: str | Path, *, keep: tuple[float, float] = (0.0, 1.0)
     return bg
 
 
-def real_background_slices(path: str | Path, cfg: SNetConfig, *, keep: tuple[float, float] = (0.0, 1.0),
-                           min_lung_fraction: float = 0.08, step: int = 1) -> SliceSet:
-    """:func:`real_backgrounds` prepared for the network (TOT = 0 everywhere)."""
-    bg = real_backgrounds(path, keep=keep, min_lung_fraction=min_lung_fraction, step=step)
-    return SliceSet.concat([prepare_slices(h[None], m[None], mm, cfg, group=g)
-                            for h, m, mm, g in zip(bg.hu, bg.lung, bg.pixel_mm, bg.group)])
-
-
 def synthesize(backgrounds: Backgrounds, n: int, rng: np.random.Generator, cfg: SNetConfig, *,
                source: PatternSource | None = None, quiet: bool = True,
                noise_hu: tuple[float, float] | None = None) -> SliceSet:
@@ -677,15 +669,19 @@ def save_snet(model, cfg: SNetConfig, directory: str | Path, card: dict) -> Path
     return save_weights(model, directory, {"name": "S-Net", "config": asdict(cfg), **card})
 
 
+def config_from_card(card: dict) -> SNetConfig:
+    conf = dict(card.get("config", {}))
+    conf.setdefault("texture", False)         # weights saved before the texture channel existed
+    return SNetConfig(**conf)
+
+
 def load_snet(directory: str | Path | None = None, device: str = "cpu"):
     """Load an S-Net and its config (default: the shipped weights); ``ModelError`` when missing or unfit."""
     from .weights import load_into, read_card
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
     card = read_card(directory, "S-Net", "sscild train scoring --config ...")
-    conf = dict(card.get("config", {}))
-    conf.setdefault("texture", False)         # weights saved before the texture channel existed
-    cfg = SNetConfig(**conf)
+    cfg = config_from_card(card)
     model = load_into(build_snet(cfg), directory, "S-Net")
     return model.to(device).eval(), cfg, card
 
@@ -915,16 +911,15 @@ def calibrate_weights(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{vpath} not found: calibration needs the validation predictions of a training run")
     v = json.loads(vpath.read_text())
     card = read_card(directory, "S-Net", "sscild train scoring --config ...")
-    conf = dict(card.get("config", {}))
-    conf.setdefault("texture", False)
+    cfg = config_from_card(card)
     if "pred_uncalibrated" in v:
         raw = np.asarray(v["pred_uncalibrated"], float)
-    elif conf.get("calibration") is None:
+    elif cfg.calibration is None:
         raw = np.asarray(v["pred"], float)
     else:
         raise ConfigError(f"{vpath} has no uncalibrated predictions to refit the calibration from")
     truth = np.asarray(v["truth"], float)
-    cfg, pred, notes = _calibrate(SNetConfig(**conf), raw, truth)
+    cfg, pred, notes = _calibrate(cfg, raw, truth)
     card["config"] = asdict(cfg)
     card.update(notes)
     card["validation_metrics"] = notes["validation_metrics_calibrated"]
