@@ -305,7 +305,8 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     dz = abs(scan.spacing[0])
     step = max(1, int(round(3.0 / sx)))
-    # ``arch``: the arch in the apex slice, as the apex search found it. The arch's blood, 8 mm below the apex (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
+    # ``arch``: the arch in the apex slice, as the apex search found it. The arch's blood, 8 mm below the apex
+    # (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
     k_b = max(k_stop + 1, k_top - int(np.ceil(8.0 / dz)))
     lab_b = ndi.label(_vessel_mask(scan, lungs, k_b, f, tr, (-20.0, 1500.0), aorta_rings=True,
                                    air_as_lung=True))[0]

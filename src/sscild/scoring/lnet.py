@@ -21,6 +21,7 @@ is the original global-pooling regressor, kept so that older weights still load.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,7 +135,7 @@ def build_lnet(cfg: LNetConfig = LNetConfig()):
             layers.append(nn.MaxPool3d((2 if i < cfg.z_pools else 1, 2, 2)))
         cin = c
     if cfg.head == "zmap":
-        return nn.Sequential(*layers, _ZMapHead(cin, len(LEVELS), cfg.window))
+        return nn.Sequential(*layers, _zmap_head_class()(cin, len(LEVELS), cfg.window))
     # meant to keep two z bins; after five 2x pools a 48-slice window has z = 1 here and the two bins are copies
     head = nn.Sequential(
         nn.AdaptiveAvgPool3d((2, 1, 1)),
@@ -147,7 +148,9 @@ def build_lnet(cfg: LNetConfig = LNetConfig()):
     return nn.Sequential(*layers, head)
 
 
+@functools.lru_cache(maxsize=None)
 def _zmap_head_class():
+    """The head's module class, defined on first use (this module does not import torch at import time)."""
     import torch
     import torch.nn as nn
 
@@ -171,14 +174,6 @@ def _zmap_head_class():
     return ZMapHead
 
 
-def _ZMapHead(cin: int, n_levels: int, window: int):
-    global _ZMAP_CLASS
-    if _ZMAP_CLASS is None:  # defined on first use: this module does not import torch at import time
-        _ZMAP_CLASS = _zmap_head_class()
-    return _ZMAP_CLASS(cin, n_levels, window)
-
-
-_ZMAP_CLASS = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -137,13 +137,12 @@ def local_std(images: np.ndarray, lungs: np.ndarray, size: int, crop: Crop, hu_m
     and keeps lines of ~1 mm and more); then the lung-weighted first and second moments of the native pixels are
     area-averaged onto the ``size`` grid of ``crop`` and smoothed there (Gaussian, sigma one grid pixel); the
     variance is second moment minus squared mean. By the law of total variance this is the variance of the native
-    pixels in the window, whatever the native pixel size. 0 where there is no lung."""
+    pixels in the window, whatever the native pixel size. 0 where there is no lung. ``lungs`` is one mask per
+    image, or a single mask (1, H, W) shared by all of them (the occluded copies of a slice)."""
     import torch
     import torch.nn.functional as F
 
-    lungs = np.asarray(lungs, bool)
-    one = len(lungs) > 1 and all(np.array_equal(lungs[0], lungs[i]) for i in range(1, len(lungs)))
-    mc = _cut(lungs[:1] if one else lungs, crop, False).astype(np.float32)   # (1 or N, side, side), 0/1
+    mc = _cut(np.asarray(lungs, bool), crop, False).astype(np.float32)   # (1 or N, side, side), 0/1
     x = _cut(np.asarray(images, np.float32), crop, hu_min)
     np.clip(x, hu_min, hu_max, out=x)
     x -= hu_min
@@ -192,7 +191,8 @@ def prepare_grid(images: np.ndarray, lungs: np.ndarray, cfg: SNetConfig, crop: C
                  labels: np.ndarray | None = None, pixel_mm: float | None = None):
     """Crop + resample slices sharing one lung box; returns ``(hu, lung, labels, factor, tex)`` with ``tex``
     the native-resolution local SD (:func:`local_std`) on the same grid (None without ``cfg.texture``).
-    ``pixel_mm`` (the slices' in-plane pixel size) is needed with ``cfg.texture``."""
+    ``pixel_mm`` (the slices' in-plane pixel size) is needed with ``cfg.texture``. ``lungs`` may be one mask
+    (1, H, W) for all images: it is then resampled once and ``lung`` has length 1."""
     if cfg.texture and not pixel_mm:
         raise ConfigError("this S-Net's texture channel needs the slice's pixel size (pixel_mm)")
     lungs = np.asarray(lungs, bool)
@@ -261,8 +261,7 @@ def _augment(x, rng: np.random.Generator, size: int):
     """Random rotation +-30 deg, scale 95-105 %, shift +-10 px at 512 (scaled) on a batch (N, C, S, S).
 
     The image channels (HU, texture) are resampled bicubically (then clamped to 0..1), the mask (channel 1) by
-    nearest neighbour. Bilinear resampling
-    at a random sub-pixel offset low-passes the image (it took about a quarter of the fine-texture energy of
+    nearest neighbour. Bilinear resampling at a random sub-pixel offset low-passes the image (it took about a quarter of the fine-texture energy of
     reticulation on 96 px phantom slices, bicubic about 7 %), so a network trained on bilinearly augmented images
     sees sharper texture at inference than in training and reads it as more reticulation: weights trained with
     bilinear augmentation over-called RET and under-called GG by about 4 points on held-out phantoms, a bias that
@@ -627,7 +626,8 @@ class SNetScorer:
         lungs = np.asarray(lungs, bool)
         same = all(np.array_equal(lungs[0], lungs[i]) for i in range(1, len(lungs))) if len(lungs) else True
         if same:
-            hu, lu, _, _, tex = prepare_grid(images, lungs, self.cfg, pixel_mm=self.pixel_mm)
+            hu, lu, _, _, tex = prepare_grid(images, lungs[:1], self.cfg, pixel_mm=self.pixel_mm)
+            lu = np.broadcast_to(lu, hu.shape)
         else:
             parts = [prepare_grid(images[i:i + 1], lungs[i:i + 1], self.cfg, pixel_mm=self.pixel_mm)
                      for i in range(len(images))]
@@ -885,19 +885,6 @@ def cross_validate(data: SliceSet, folds: int, *, cfg: SNetConfig, seed: int = 0
     return res
 
 
-def _calibrate(cfg: SNetConfig, pred_uncal: np.ndarray, truth: np.ndarray):
-    """Fit the calibration on validation predictions made without one; returns the new config, the calibrated
-    predictions and card notes (metrics before and after: the latter are in-sample for the fit, so optimistic)."""
-    pred_uncal = np.asarray(pred_uncal, float)
-    new = dataclasses.replace(cfg, calibration=fit_calibration(pred_uncal, truth))
-    pred = calibrated(pred_uncal, new)
-    notes = {"calibration": {"fitted_on": f"the {len(truth)} validation slices (validation.json)",
-                             "a_b": list(new.calibration)},
-             "validation_metrics_uncalibrated": evaluation_table(consistent(pred_uncal), truth),
-             "validation_metrics_calibrated": evaluation_table(pred, truth)}
-    return new, pred, notes
-
-
 def calibrate_weights(directory: str | Path) -> dict[str, Any]:
     """Fit (or refit) the calibration of saved S-Net weights from their ``validation.json`` (the predictions
     made without calibration) and store it in their card, as ``sscild train scoring`` does at the end of
@@ -919,10 +906,14 @@ def calibrate_weights(directory: str | Path) -> dict[str, Any]:
     else:
         raise ConfigError(f"{vpath} has no uncalibrated predictions to refit the calibration from")
     truth = np.asarray(v["truth"], float)
-    cfg, pred, notes = _calibrate(cfg, raw, truth)
+    cfg = dataclasses.replace(cfg, calibration=fit_calibration(raw, truth))
+    pred = calibrated(raw, cfg)
+    notes = {"calibration": {"fitted_on": f"the {len(truth)} validation slices (validation.json)",
+                             "a_b": list(cfg.calibration)},
+             "validation_metrics_uncalibrated": evaluation_table(consistent(raw), truth),
+             "validation_metrics": evaluation_table(pred, truth)}     # in-sample for the fit: optimistic
     card["config"] = asdict(cfg)
     card.update(notes)
-    card["validation_metrics"] = notes["validation_metrics_calibrated"]
     write_json(directory / "card.json", card)
     write_json(vpath, {**v, "pred": pred, "pred_uncalibrated": raw, "metrics": card["validation_metrics"]})
     write_card_md(directory)
@@ -1013,17 +1004,11 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
         val = SliceSet.concat(vparts)
         pred = predict_prepared(model, val, cfg)
         metrics = evaluation_table(pred, val.scores)
-        raw_pred = pred
-        if bool(c.get("calibrate", True)) and len(val) >= 20:
-            cfg, pred, cal_notes = _calibrate(cfg, pred, val.scores)
-            notes.update(cal_notes)
-            metrics = cal_notes["validation_metrics_calibrated"]
-        write_json(out / "validation.json", {"pred": pred, "pred_uncalibrated": raw_pred, "truth": val.scores,
-                                             "group": val.group.tolist(), "synthetic": val.synthetic,
-                                             "metrics": metrics})
+        write_json(out / "validation.json", {"pred": pred, "truth": val.scores, "group": val.group.tolist(),
+                                             "synthetic": val.synthetic, "metrics": metrics})
     folds = int((c.get("cv") or {}).get("folds", 0))
     if folds > 1:
-        cv = cross_validate(data, folds, cfg=dataclasses.replace(cfg, calibration=None), steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
+        cv = cross_validate(data, folds, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
                             lr=float(tr["lr"]), balanced=bool(tr["balanced"]), augment=bool(tr["augment"]),
                             device=device)
         write_json(out / "cv.json", cv)
@@ -1037,4 +1022,6 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
             "train_slices_per_s": float(np.mean(speed)) if speed else None,
             "training_seconds": round(time.perf_counter() - t0, 1), **notes}
     save_snet(model, cfg, out, card)
+    if val_spec and bool(c.get("calibrate", True)) and len(val) >= 20:
+        calibrate_weights(out)
     return out

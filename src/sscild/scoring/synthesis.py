@@ -21,6 +21,7 @@ Scores are % of the lung area of the slice, like experts' Goh scores.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -161,10 +162,13 @@ def pixel_noise(image: np.ndarray, mask: np.ndarray) -> float:
     """The pixel noise (HU SD) of an image inside ``mask``: the lower quartile of the local (5 x 5) SD of the image
     minus its 1-pixel Gaussian smoothing, where structure (vessels, edges) does not reach, scaled by what the same
     statistic gives for white noise of SD 1."""
-    return _noise_stat(np.asarray(image, np.float32), np.asarray(mask, bool)) / _WHITE
+    return _noise_stat(np.asarray(image, np.float32), np.asarray(mask, bool)) / _white_noise_stat()
 
 
-_WHITE = _noise_stat(np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32), np.ones((128, 128), bool))
+@functools.lru_cache(maxsize=None)
+def _white_noise_stat() -> float:
+    n = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
+    return _noise_stat(n, np.ones(n.shape, bool))
 
 
 def insert_patterns(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, *, pixel_mm: float = 0.7,
