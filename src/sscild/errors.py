@@ -64,6 +64,11 @@ class AbsurdSizeError(InputError):
     """The image size or spacing is outside anything a chest CT can be."""
 
 
+# --- outputs ---------------------------------------------------------------------------------
+class OutputError(SscildError):
+    """The output folder cannot be used (a file, not writable, empty name, disk full, holds other files)."""
+
+
 # --- anatomy ---------------------------------------------------------------------------------
 class NoLungsError(SscildError):
     """No lungs were found in the scan (not a chest CT, or lungs outside the field of view)."""
