@@ -64,6 +64,26 @@ class AbsurdSizeError(InputError):
     """The image size or spacing is outside anything a chest CT can be."""
 
 
+class MemoryLimitError(AbsurdSizeError):
+    """Reading the image would need more memory than the machine has (checked before allocating)."""
+
+
+class GeometryError(InputError):
+    """Spacing, slice positions or orientation are missing, zero or malformed: sscild never invents geometry."""
+
+
+class NonAxialError(GeometryError):
+    """The slices are coronal, sagittal or oblique; sscild measures axial series (resample first)."""
+
+
+class CorruptFileError(UnreadableInputError):
+    """One file of an otherwise readable series is corrupt or truncated."""
+
+
+class SeriesChoiceError(InputError):
+    """Several CT series could be the scan and the documented rule cannot decide (or ``--series`` names none)."""
+
+
 # --- outputs ---------------------------------------------------------------------------------
 class OutputError(SscildError):
     """The output folder cannot be used (a file, not writable, empty name, disk full, holds other files)."""
@@ -81,6 +101,10 @@ class ModelError(SscildError):
 
 class ConfigError(SscildError):
     """A configuration file or a data manifest is missing fields or holds bad values."""
+
+
+class BatchLockedError(SscildError):
+    """Another batch is running on the same output folder."""
 
 
 class LabelMapError(SscildError):
