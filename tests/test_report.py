@@ -1,4 +1,5 @@
-"""The HTML report: Goh staging rules, images present, privacy by default, longitudinal page."""
+"""The HTML report: Goh staging as published, images present and large, privacy by default, tables rendered (zones,
+integer voxel counts, model metrics as tables, no repository paths), the methods paragraph, longitudinal page."""
 from __future__ import annotations
 
 import re
@@ -6,16 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from sscild.report import ReportInput, goh_stage, write_longitudinal, write_report
+from sscild.provenance import sha256_file
+from sscild.report import ReportInput, write_longitudinal, write_report
 from sscild.scan import CTScan
-
-
-@pytest.mark.parametrize("extent,fvc,stage", [
-    (5.0, None, "limited"), (20.0, None, "limited"), (20.1, None, "extensive"), (45.0, 90.0, "extensive"),
-    (25.0, 80.0, "limited"), (12.0, 60.0, "extensive"), (8.0, 50.0, "limited"), (None, None, "unknown"),
-])
-def test_goh_stage_rules(extent, fvc, stage):
-    assert goh_stage(extent, fvc)[0] == stage
 
 
 def _toy():
@@ -37,7 +31,8 @@ def test_report_has_every_image_and_no_phi_by_default(tmp_path):
     lesions[10:20, 30:40, 10:20] = 2
     inp = ReportInput(scan, lungs, levels, density={"whole": {"MLA_HU": -850.0, "HAA_pct": 1.2}},
                       volumes_ml={"right": 1000.0, "left": 900.0, "total": 1900.0},
-                      scores={"L1": {"TOT": 10.0, "GG": 8.0, "RET": 3.0}}, goh_extent=26.0, fvc_pct=65.0,
+                      scores={n: {"TOT": 26.0, "GG": 20.0, "RET": 6.0} for n in ("L1", "L2", "L3", "L4")},
+                      fvc_pct=65.0,
                       lesion_labels=lesions, warnings=["L5 not found: scan ends above the dome"],
                       phi={"PatientName": "DOE^JANE"}, model_cards=[{"name": "S-Net", "trained_on": "phantoms"}])
     html = write_report(inp, tmp_path).read_text()
@@ -50,6 +45,52 @@ def test_report_has_every_image_and_no_phi_by_default(tmp_path):
     assert "scan ends above the dome" in html
     html_phi = write_report(inp, tmp_path / "phi", show_phi=True).read_text()
     assert "DOE^JANE" in html_phi
+
+
+def test_goh_stage_in_the_report_follows_the_published_rule(tmp_path):
+    scan, lungs, levels = _toy()
+    scores = {n: {"TOT": 15.0, "GG": 10.0, "RET": 5.0} for n in ("L1", "L2", "L3", "L4")}
+    page = write_report(ReportInput(scan, lungs, levels, scores=scores), tmp_path / "a").read_text()
+    assert "indeterminate (FVC needed)" in page and "15.0 %" in page   # 20 % rule would have said "limited"
+    page = write_report(ReportInput(scan, lungs, levels, scores=scores, fvc_pct=60.0), tmp_path / "b").read_text()
+    assert re.search(r"class='v extensive'>extensive<", page) and "FVC 60 % &lt; 70 % predicted" in page
+    assert "Fibrotic extent (mean RET)" in page and ">5.0 %<" in page
+
+
+def test_report_tables_render_zones_counts_models_and_methods(tmp_path):
+    from sscild.provenance import DEFAULT_MODELS
+
+    scan, lungs, levels = _toy()
+    amounts = {"lung_ml": 900.0, "GG_ml": 90.0, "RET_ml": 45.0, "lesion_ml": 135.0, "GG_pct": 10.0,
+               "RET_pct": 5.0, "involvement_pct": 15.0}
+    lesions = {"whole": amounts, "zones": {"upper": {**amounts, "GG_pct": 1.25}, "lower": {**amounts,
+                                                                                          "GG_pct": 31.75}}}
+    card = {"name": "lesion U-Net", "trained_on": "slices of ../shared/data/chest-ct-lung-pet-ct-dx-a0001 and "
+            "src/sscild/models/lesions", "metrics": {"GG": 0.8307, "RET": 0.8139}}
+    snet = {"name": "S-Net", "trained_on": "phantoms", "metrics": {"TOT": {"MAE": 1.396, "kappa": 0.958}}}
+    inp = ReportInput(scan, lungs, levels, density={"HAA_range_HU": [-600.0, -250.0],
+                                                    "whole": {"n_voxels": 150643.0, "MLA_HU": -786.4}},
+                      lesion_summary=lesions, model_cards=[card, snet], timings={"lungs": 1.0, "lesions": 2.0})
+    page = write_report(inp, tmp_path).read_text()
+    assert "<td>zones: upper</td>" in page and "<td>1.2</td>" in page and "<td>31.8</td>" in page
+    assert "<td>150643</td>" in page and "150643.0" not in page
+    assert "shared/data" not in page and "src/sscild" not in page and "chest-ct-lung-pet-ct-dx-a0001" in page
+    assert "{" not in page.split("<body>", 1)[1], "a raw Python dict leaked into the page"
+    assert "<th>kappa</th>" in page and "<td>0.958</td>" in page and "<th>GG</th>" in page
+    methods = re.search(r"<p class='methods'>(.*?)</p>", page, re.S).group(1)
+    sha = sha256_file(DEFAULT_MODELS / "lesions" / "model.safetensors")
+    assert sha and sha in methods and "from -600 to -250 HU" in methods
+    assert methods.index("lungs and airways") < methods.index("U-Net")   # stages in the order they ran
+    assert "QILD-WL" in page and "QHC-WL" in page
+
+
+def test_level_images_are_large(tmp_path):
+    from PIL import Image
+
+    scan, lungs, levels = _toy()
+    write_report(ReportInput(scan, lungs, levels), tmp_path)
+    w, h = Image.open(tmp_path / "report_L1.png").size
+    assert w >= 600 and h >= 600, (w, h)
 
 
 def test_longitudinal_page_hides_dates_unless_asked(tmp_path):

@@ -3,8 +3,10 @@
 The report is a set of plain files in the output folder (HTML + PNG, no scripts, no external resources), so it
 opens offline in any browser. It never shows a patient's name, id or dates unless ``show_phi`` is set.
 
-Goh staging (Goh et al., AJRCCM 2008): extent > 20 % -> extensive, else limited; for an extent between 10 and
-30 % with FVC known, FVC < 70 % predicted -> extensive, FVC >= 70 % -> limited.
+Goh staging is :func:`sscild.domain.goh_stage` (Goh et al., AJRCCM 2008): extent < 10 % limited, > 30 % extensive,
+10-30 % decided by FVC (< 70 % predicted: extensive), "indeterminate (FVC needed)" without FVC. The fibrotic extent
+(SENSCIS) counts reticulation (with honeycombing) and not pure ground glass. The report ends with a methods
+paragraph generated from the run (:mod:`sscild.provenance`).
 """
 from __future__ import annotations
 
@@ -17,23 +19,59 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .domain import LEVEL_NAMES, LEVELS, PATTERNS, goh_extent, goh_stage
+from .provenance import SLS2_COLUMNS, methods_paragraph, public_text, run_facts, sls2_values
 from .scan import CTScan
 from .util import atomic_path, draw_contour
 
-LEVELS = ("L1", "L2", "L3", "L4", "L5")
-LEVEL_NAMES = {"L1": "origin of the great vessels", "L2": "main carina", "L3": "pulmonary venous confluence",
-               "L4": "halfway L3-L5", "L5": "1 cm above the right hemidiaphragm"}
+
+@dataclass(frozen=True)
+class GohSummary:
+    """Goh extent and stage of one scan, with the fibrotic extent beside them.
+
+    ``extent`` is the mean TOT of the scored levels; ``fibrotic_extent`` the mean RET of the same levels
+    (reticulation incl. honeycombing; pure ground glass not counted, as SENSCIS reported the extent of fibrotic
+    ILD); ``fibrotic_volume_pct`` the reticulation share of the whole lung volume from the lesion map.
+    """
+
+    extent: float | None
+    n_levels: int
+    extent_note: str
+    stage: str
+    rule: str
+    fibrotic_extent: float | None
+    fibrotic_volume_pct: float | None
+    fvc_pct: float | None
+
+    @property
+    def stage_label(self) -> str:
+        """The stage as shown to a reader: "indeterminate (FVC needed)" when FVC would decide."""
+        return "indeterminate (FVC needed)" if self.stage == "indeterminate" else self.stage
 
 
-def goh_stage(extent: float | None, fvc_pct: float | None = None) -> tuple[str, str]:
-    """Goh stage ("limited"/"extensive"/"unknown") and the rule that decided it."""
-    if extent is None or not np.isfinite(extent):
-        return "unknown", "no extent measured"
-    if fvc_pct is not None and np.isfinite(fvc_pct) and 10.0 <= extent <= 30.0:
-        stage = "extensive" if fvc_pct < 70.0 else "limited"
-        return stage, f"extent {extent:.1f} % is indeterminate (10-30 %); FVC {fvc_pct:.0f} % {'<' if fvc_pct < 70 else '>='} 70 %"
-    return ("extensive", f"extent {extent:.1f} % > 20 %") if extent > 20.0 else \
-        ("limited", f"extent {extent:.1f} % <= 20 %")
+def goh_summary(level_scores: Mapping[str, Mapping[str, Any]] | None, *, lesion_summary: Mapping[str, Any] | None
+                = None, fvc_pct: float | None = None, extent: float | None = None) -> GohSummary:
+    """Goh extent, stage and fibrotic extent from per-level scores (``scores.json`` ``levels``).
+
+    ``extent`` is used only when no level scores are given (a precomputed Goh extent).
+
+    >>> s = goh_summary({"L1": {"TOT": 5, "RET": 1}, "L2": {"TOT": 15, "RET": 3}, "L3": {"TOT": 25, "RET": 5}})
+    >>> round(s.extent, 1), s.stage_label, round(s.fibrotic_extent, 1)
+    (15.0, 'indeterminate (FVC needed)', 3.0)
+    >>> goh_summary(None, extent=12.0, fvc_pct=60.0).stage
+    'extensive'
+    """
+    if level_scores:
+        ext = goh_extent({n: (v or {}).get("TOT") for n, v in level_scores.items()})
+        value, n, note = ext.extent, ext.n_levels, ext.note
+        fib = goh_extent({n: (v or {}).get("RET") for n, v in level_scores.items()}).extent
+    else:
+        value, n, note, fib = extent, 0, "no level scored" if extent is None else "precomputed extent", None
+    st = goh_stage(value, fvc_pct, n if level_scores else None)
+    whole = (lesion_summary or {}).get("whole") or {}
+    fvol = whole.get("RET_pct")
+    return GohSummary(value, n, note, st.stage, st.rule, fib,
+                      None if fvol is None else float(fvol), fvc_pct)
 
 
 @dataclass(frozen=True)
@@ -42,7 +80,9 @@ class ReportInput:
 
     ``levels`` maps "L1".."L5" to dicts with ``z_mm``, ``slice_index`` (as read), ``confidence``, ``note``
     (as in levels.json). ``scores`` maps levels to {"TOT","GG","RET"}; ``derived_scores`` likewise;
-    ``heatmap_pngs`` maps level -> pattern -> PNG file name in the output folder.
+    ``heatmap_pngs`` maps level -> pattern -> PNG file name in the output folder. ``analysis`` (the
+    ``analysis.json`` dict) and ``weights`` (the ``--weights`` folder) feed the methods paragraph; without
+    ``analysis`` it is built from the other fields.
     """
 
     scan: CTScan
@@ -62,24 +102,22 @@ class ReportInput:
     phi: Mapping[str, str] | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     title: str = "sscild report"
+    analysis: Mapping[str, Any] | None = None
+    weights: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
-# figures
+# figures (matplotlib's object API: no global backend, no pyplot state)
 # --------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
+def _figure(width_in: float, height_in: float, dpi: int = 100):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width_in, height_in), dpi=dpi)
 
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    _plt().close(fig)
 
 
 def _array_index(scan: CTScan, entry: Mapping[str, Any]) -> int | None:
@@ -89,14 +127,14 @@ def _array_index(scan: CTScan, entry: Mapping[str, Any]) -> int | None:
 
 def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     """Coronal slice through the lungs, lung window, lung contour, the five level lines labelled."""
-    plt = _plt()
     ys = np.nonzero(lungs.any(axis=(0, 2)))[0]
     y = int(np.median(ys)) if len(ys) else scan.shape[1] // 2
     cor = scan.hu[:, y, :]
     zlen = scan.shape[0] * scan.spacing[0]
     xlen = scan.shape[2] * scan.spacing[2]
     z_lo, z_hi = scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)
-    fig, ax = plt.subplots(figsize=(5.5, 5.5 * zlen / xlen if xlen else 5.5), dpi=100)
+    fig = _figure(5.5, 5.5 * zlen / xlen if xlen else 5.5)
+    ax = fig.add_subplot()
     ext = (0, xlen, z_lo, z_hi)
     ax.imshow(cor, cmap="gray", vmin=-1350, vmax=150, origin="lower", extent=ext, aspect="equal")
     if lungs[:, y, :].any():
@@ -120,20 +158,20 @@ def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mappi
 def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
                 lesion_labels: np.ndarray | None = None) -> None:
     """One level slice: lung window, lung contours, lesion overlay (GG yellow-orange, RET red) when given."""
-    plt = _plt()
     from matplotlib.colors import ListedColormap
 
     sy, sx = scan.spacing[1], scan.spacing[2]
     ext = (0, scan.shape[2] * sx, scan.shape[1] * sy, 0)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = _figure(6.0, 6.0, dpi=110)
+    ax = fig.add_subplot()
     ax.imshow(scan.hu[k], cmap="gray", vmin=-1350, vmax=150, extent=ext)
     if lesion_labels is not None:
         les = np.ma.masked_where(lesion_labels[k] < 2, lesion_labels[k])
         ax.imshow(les, cmap=ListedColormap(["#ffb000", "#e8000b"]), vmin=2, vmax=3, alpha=0.45, extent=ext,
                   interpolation="nearest")
-    draw_contour(ax, lungs[k] > 0, (sy, sx), colors="#00e5ff", linewidths=0.7)
+    draw_contour(ax, lungs[k] > 0, (sy, sx), colors="#00e5ff", linewidths=0.8)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
@@ -142,24 +180,28 @@ def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
 # HTML
 # --------------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1b1b;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1b1b;max-width:1280px}
 h1{font-size:1.5em;margin-bottom:0} .sub{color:#555;margin-top:4px}
 .summary{display:flex;gap:16px;flex-wrap:wrap;margin:16px 0}
-.card{border:1px solid #ddd;border-radius:8px;padding:12px 16px;min-width:160px}
-.card .v{font-size:1.6em;font-weight:600} .card .k{color:#555;font-size:.85em}
-.extensive{color:#b00020} .limited{color:#1b7f3b}
-.levels{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:14px}
+.card{border:1px solid #ddd;border-radius:8px;padding:12px 16px;min-width:170px}
+.card .v{font-size:1.6em;font-weight:600} .card .k{color:#555;font-size:.85em} .card .n{color:#555;font-size:.8em}
+.extensive{color:#b00020} .limited{color:#1b7f3b} .indeterminate{color:#a15c00}
+.levels{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:16px}
 .level{border:1px solid #ddd;border-radius:8px;padding:8px} .level img{width:100%}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .warn{background:#fff4e5;border-left:4px solid #ff9800;padding:8px 12px;margin:6px 0}
 .hm{display:flex;gap:4px} .hm img{width:32%} footer{color:#777;font-size:.85em;margin-top:24px}
+.methods{background:#f7f7f7;border-left:4px solid #888;padding:10px 14px;line-height:1.45}
+.model{margin:8px 0 14px} .model p{margin:2px 0} small.h{color:#555}
 """
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
     if v is None:
         return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     try:
@@ -169,113 +211,219 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return "-" if not np.isfinite(f) else f"{f:.{nd}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], nd: int = 1) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, str) else _fmt(c)}</td>" for c in r) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, str) else _fmt(c, nd)}</td>" for c in r) + "</tr>"
                    for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
+def _counts_as_int(metric: str, v: Any) -> Any:
+    """Voxel counts (``n_*``) are integers even when JSON stored them as floats."""
+    if metric.startswith("n_") and isinstance(v, (float, np.floating)) and np.isfinite(v):
+        return int(round(float(v)))
+    return v
+
+
+def _region_rows(regions: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    """(row name, {metric: value}) of a region dict; nested groups of regions (e.g. ``zones``) become one row each."""
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for name, v in regions.items():
+        if not isinstance(v, Mapping):
+            continue
+        scalars = {m: x for m, x in v.items() if not isinstance(x, Mapping)}
+        if scalars:
+            out.append((f"{prefix}{name}", scalars))
+        nested = {m: x for m, x in v.items() if isinstance(x, Mapping)}
+        if nested:
+            out += _region_rows(nested, prefix=f"{name}: ")
+    return out
+
+
 def _density_rows(density: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Flatten a density dict {region: {metric: value}} (any nesting one level deep) into table rows."""
-    regions = [(k, v) for k, v in density.items() if isinstance(v, Mapping)]
+    """Flatten a region dict {region: {metric: value}} (groups of regions like ``zones`` one level deeper) into
+    table rows; voxel counts as integers."""
+    regions = _region_rows(density)
     metrics: list[str] = []
     for _, v in regions:
-        for m, x in v.items():
-            if not isinstance(x, Mapping) and m not in metrics:
-                metrics.append(m)
-    return ["region"] + metrics, [[r] + [v.get(m) for m in metrics] for r, v in regions]
+        metrics += [m for m in v if m not in metrics]
+    return ["region"] + metrics, [[r] + [_counts_as_int(m, v.get(m)) for m in metrics] for r, v in regions]
 
 
-def write_report(inp: ReportInput, outdir: str | os.PathLike, *, show_phi: bool = False) -> Path:
-    """Write ``report.html`` and its PNGs into ``outdir``; returns the HTML path."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    scan, lungs = inp.scan, inp.lungs
-    coronal_overview(scan, lungs, inp.levels, out / "report_coronal.png")
-    stage, rule = goh_stage(inp.goh_extent, inp.fvc_pct)
-
-    parts: list[str] = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(inp.title)}"
-                        f"</title><style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>{html.escape(inp.title)}</h1>")
+# --------------------------------------------------------------------------------------------
+# report sections: each returns HTML
+# --------------------------------------------------------------------------------------------
+def _header(inp: ReportInput, show_phi: bool) -> str:
     sub = f"sscild {__version__} &middot; research software, not a medical device"
     if show_phi and inp.phi:
         sub += " &middot; " + " &middot; ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in inp.phi.items())
-    parts.append(f"<p class='sub'>{sub}</p>")
+    t = html.escape(inp.title)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{t}</title><style>{_CSS}</style>"
+            f"</head><body><h1>{t}</h1><p class='sub'>{sub}</p>")
 
-    vol = inp.volumes_ml or {}
+
+def _card(key: str, value: str, css: str = "", note: str = "") -> str:
+    n = f"<div class='n'>{html.escape(note)}</div>" if note else ""
+    return (f"<div class='card'><div class='k'>{html.escape(key)}</div>"
+            f"<div class='v {css}'>{html.escape(value)}</div>{n}</div>")
+
+
+def _summary(inp: ReportInput, goh: GohSummary) -> str:
+    """The cards a reader sees first: Goh stage and extent, fibrotic extent, involvement, lung volume."""
     cards = []
-    if inp.goh_extent is not None:
-        cards.append(("Goh extent (mean of 5 levels)", f"{inp.goh_extent:.1f} %", ""))
-        cards.append(("Goh stage", stage, stage))
-    if vol:
-        cards.append(("Lung volume", f"{(vol.get('total') or 0) / 1000:.2f} L", ""))
-    if inp.lesion_summary and isinstance(inp.lesion_summary.get("whole"), Mapping):
-        inv = inp.lesion_summary["whole"].get("involvement_pct", inp.lesion_summary["whole"].get("TOT_pct"))
-        if inv is not None:
-            cards.append(("Lung involvement (lesions)", f"{float(inv):.1f} %", ""))
-    parts.append("<div class='summary'>" + "".join(
-        f"<div class='card'><div class='k'>{html.escape(k)}</div><div class='v {c}'>{html.escape(v)}</div></div>"
-        for k, v, c in cards) + "</div>")
-    if inp.goh_extent is not None:
-        parts.append(f"<p>Stage rule: {html.escape(rule)}.</p>")
+    if goh.extent is not None:
+        cards.append(_card("Goh stage", goh.stage_label, goh.stage))
+        cards.append(_card("Goh extent (S-Net, mean TOT)", f"{goh.extent:.1f} %", "", goh.extent_note))
+    if goh.fibrotic_extent is not None:
+        cards.append(_card("Fibrotic extent (mean RET)", f"{goh.fibrotic_extent:.1f} %", "",
+                           "reticulation incl. honeycombing; pure ground glass not counted"))
+    whole = (inp.lesion_summary or {}).get("whole") if inp.lesion_summary else None
+    if isinstance(whole, Mapping) and whole.get("involvement_pct") is not None:
+        ret = whole.get("RET_pct")
+        cards.append(_card("Lung involvement (lesion U-Net)", f"{float(whole['involvement_pct']):.1f} %", "",
+                           f"reticulation {float(ret):.1f} % of lung volume" if ret is not None else ""))
+    vol = inp.volumes_ml or {}
+    if vol.get("total") is not None:
+        cards.append(_card("Lung volume", f"{float(vol['total']) / 1000:.2f} L"))
+    out = "<div class='summary'>" + "".join(cards) + "</div>"
+    if goh.extent is not None:
+        fvc = f" FVC given: {goh.fvc_pct:.0f} % predicted." if goh.fvc_pct is not None else ""
+        out += f"<p>Goh stage rule: {html.escape(goh.rule)}.{html.escape(fvc)}</p>"
+    return out + "".join(f"<div class='warn'>{html.escape(str(w))}</div>" for w in inp.warnings)
 
-    for w in inp.warnings:
-        parts.append(f"<div class='warn'>{html.escape(str(w))}</div>")
 
-    parts.append("<h2>Overview</h2><img src='report_coronal.png' alt='coronal overview with level lines' "
-                 "style='max-width:520px'>")
+def _level_rows(inp: ReportInput, name: str) -> list[list[Any]]:
+    rows = []
+    for label, src in (("S-Net", inp.scores), ("heat-map derived", inp.derived_scores)):
+        if src and name in src:
+            rows.append([label] + [src[name].get(p) for p in PATTERNS])
+    lv = (inp.lesion_summary or {}).get("levels") if inp.lesion_summary else None
+    if isinstance(lv, Mapping) and name in lv:
+        rows.append(["U-Net lesions"] + [lv[name].get(p, lv[name].get(f"{p}_pct")) for p in PATTERNS])
+    return rows
 
-    parts.append("<h2>Goh levels</h2><div class='levels'>")
-    for name in LEVELS:
-        e = inp.levels.get(name) or {}
-        k = _array_index(scan, e)
-        head = f"<b>{name}</b> {LEVEL_NAMES[name]}"
-        if k is None:
-            parts.append(f"<div class='level'>{head}<p>not found: {html.escape(str(e.get('note', '')))}</p></div>")
-            continue
-        png = f"report_{name}.png"
-        level_panel(scan, lungs, k, out / png,
-                    f"{name}: z = {float(e['z_mm']):.1f} mm, slice {e.get('slice_index')}", inp.lesion_labels)
-        rows = []
-        for label, src in (("S-Net", inp.scores), ("heat-map derived", inp.derived_scores)):
-            if src and name in src:
-                rows.append([label] + [src[name].get(p) for p in ("TOT", "GG", "RET")])
-        if inp.lesion_summary and isinstance(inp.lesion_summary.get("levels"), Mapping) \
-                and name in inp.lesion_summary["levels"]:
-            lv = inp.lesion_summary["levels"][name]
-            rows.append(["U-Net lesions"] + [lv.get(p, lv.get(f"{p}_pct")) for p in ("TOT", "GG", "RET")])
-        tbl = _table(["% of lung area", "TOT", "GG", "RET"], rows) if rows else ""
-        conf = e.get("confidence")
-        hm = ""
-        if inp.heatmap_pngs and name in inp.heatmap_pngs:
-            hm = "<div class='hm'>" + "".join(
-                f"<img src='{html.escape(f)}' alt='{name} {p} heat map'>" for p, f in inp.heatmap_pngs[name].items()) \
-                + "</div>"
-        parts.append(f"<div class='level'>{head}<br><img src='{png}' alt='{name} slice'>"
-                     f"<small>confidence {_fmt(conf, 2)}; {html.escape(str(e.get('note', '')))}</small>{tbl}{hm}</div>")
-    parts.append("</div>")
 
-    if vol:
-        parts.append("<h2>Lung volumes</h2>" + _table(["lung", "volume (mL)"], [[k, v] for k, v in vol.items()]))
+def _level_card(inp: ReportInput, name: str, out: Path) -> str:
+    """One Goh level: the slice with lesion overlay (large), its scores, confidence and heat maps."""
+    e = inp.levels.get(name) or {}
+    k = _array_index(inp.scan, e)
+    head = f"<b>{name}</b> {LEVEL_NAMES[name]}"
+    if k is None:
+        return f"<div class='level'>{head}<p>not found: {html.escape(str(e.get('note', '')))}</p></div>"
+    png = f"report_{name}.png"
+    level_panel(inp.scan, inp.lungs, k, out / png,
+                f"{name}: z = {float(e['z_mm']):.1f} mm, slice {e.get('slice_index')}", inp.lesion_labels)
+    rows = _level_rows(inp, name)
+    tbl = _table(["% of lung area", *PATTERNS], rows) if rows else ""
+    hm = ""
+    if inp.heatmap_pngs and name in inp.heatmap_pngs:
+        hm = "<div class='hm'>" + "".join(f"<img src='{html.escape(f)}' alt='{name} {p} heat map'>"
+                                          for p, f in inp.heatmap_pngs[name].items()) + "</div>"
+    return (f"<div class='level'>{head}<br><img src='{png}' alt='{name} slice'><small>confidence "
+            f"{_fmt(e.get('confidence'), 2)}; {html.escape(str(e.get('note', '')))}</small>{tbl}{hm}</div>")
+
+
+def _levels_section(inp: ReportInput, out: Path) -> str:
+    return ("<h2>Goh levels</h2><p><small class='h'>Lung outline cyan; lesion overlay ground glass orange, "
+            "reticulation red.</small></p><div class='levels'>"
+            + "".join(_level_card(inp, n, out) for n in LEVELS) + "</div>")
+
+
+def _tables(inp: ReportInput) -> str:
+    parts = []
+    if inp.volumes_ml:
+        parts.append("<h2>Lung volumes</h2>" + _table(["lung", "volume (mL)"], [[k, v] for k, v in
+                                                                            inp.volumes_ml.items()]))
     if inp.density:
         header, rows = _density_rows(inp.density)
+        hr = inp.density.get("HAA_range_HU")
+        cap = f"<p><small class='h'>HAA: share of lung voxels from {hr[0]:g} to {hr[1]:g} HU.</small></p>" \
+            if isinstance(hr, Sequence) and len(hr) == 2 else ""
         if rows:
-            parts.append("<h2>Density metrics (model-free)</h2>" + _table(header, rows))
+            parts.append("<h2>Density metrics (model-free)</h2>" + cap + _table(header, rows))
     if inp.lesion_summary:
-        ls = {k: v for k, v in inp.lesion_summary.items() if k != "levels"}
-        header, rows = _density_rows(ls)
+        header, rows = _density_rows({k: v for k, v in inp.lesion_summary.items() if k != "levels"})
         if rows:
-            parts.append("<h2>Lesions (U-Net)</h2>" + _table(header, rows))
-    if inp.model_cards:
-        parts.append("<h2>Models used</h2><ul>" + "".join(
-            f"<li><b>{html.escape(str(c.get('name', '?')))}</b>: {html.escape(str(c.get('trained_on', '')))}"
-            f"{' &middot; ' + html.escape(str(c.get('metrics'))) if c.get('metrics') else ''}</li>"
-            for c in inp.model_cards) + "</ul>")
+            parts.append("<h2>Lesions (U-Net)</h2>" + _table(header, rows) + _sls2_table(inp.lesion_summary))
+    return "".join(parts)
+
+
+def _sls2_table(lesions: Mapping[str, Any]) -> str:
+    vals = sls2_values(lesions)
+    rows = []
+    for c in SLS2_COLUMNS:
+        key = next((k for k in vals if k.startswith(c.name)), None)
+        rows.append([c.name, c.meaning, vals.get(key) if key else None, c.correspondence])
+    return "<h3>As the SLS II quantitative scores</h3>" + _table(["SLS II", "meaning", "sscild (%)", "corresponds"],
+                                                                  rows)
+
+
+def _metrics_table(metrics: Any) -> str:
+    """A card's metrics: {pattern: {metric: v}} as a pattern x metric table, {metric: v} as one row."""
+    if not isinstance(metrics, Mapping) or not metrics:
+        return f"<p>{html.escape(str(metrics))}</p>" if metrics else ""
+    if all(isinstance(v, Mapping) for v in metrics.values()):
+        cols: list[str] = []
+        for v in metrics.values():
+            cols += [c for c in v if c not in cols]
+        return _table(["", *cols], [[k] + [v.get(c) for c in cols] for k, v in metrics.items()], nd=3)
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
+    return _table(list(flat), [list(flat.values())], nd=3)
+
+
+def _models_section(inp: ReportInput, facts: Mapping[str, Any]) -> str:
+    if not inp.model_cards:
+        return ""
+    sha = {m["name"]: m.get("weights_sha256") for m in facts.get("models") or []}
+    items = []
+    for c in inp.model_cards:
+        name = str(c.get("name", "?"))
+        h = sha.get(name)
+        items.append(f"<div class='model'><b>{html.escape(name)}</b>"
+                     + (f" <small class='h'>weights sha256 {html.escape(h[:16])}&hellip;</small>" if h else "")
+                     + f"<p><small class='h'>Trained on:</small> {html.escape(public_text(c.get('trained_on')))}</p>"
+                     + ("<p><small class='h'>Validation (held-out synthetic data):</small></p>"
+                        + _metrics_table(c.get("metrics")) if c.get("metrics") else "") + "</div>")
+    return "<h2>Models used</h2>" + "".join(items)
+
+
+def _facts(inp: ReportInput) -> dict[str, Any]:
+    """Provenance facts of the run: from ``inp.analysis`` when given, else from the report's own fields."""
+    a = dict(inp.analysis) if inp.analysis else {
+        "software": {"name": "sscild", "version": __version__}, "timings_s": dict(inp.timings),
+        "density": dict(inp.density or {}), "models": list(inp.model_cards),
+        "scores": {"derived_thresholds": None}}
+    return run_facts(a, weights=inp.weights, fvc_pct=inp.fvc_pct)
+
+
+def _closing(inp: ReportInput, facts: Mapping[str, Any]) -> str:
+    parts = []
     if inp.timings:
-        parts.append("<h2>Timings</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in inp.timings.items()]))
+        parts.append("<h2>Timings</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in inp.timings.items()],
+                                                 nd=2))
+    parts.append("<h2>Methods (generated from this run)</h2><p class='methods'>"
+                 + html.escape(methods_paragraph(facts)) + "</p>")
     parts.append(f"<footer>Generated by sscild {__version__}. Research software, not a medical device: every "
                  "measurement needs review by a qualified reader.</footer></body></html>")
+    return "".join(parts)
+
+
+def write_report(inp: ReportInput, outdir: str | os.PathLike, *, show_phi: bool = False) -> Path:
+    """Write ``report.html`` and its PNGs into ``outdir``; returns the HTML path.
+
+    Sections in order: summary cards (Goh stage and extent, fibrotic extent, involvement, lung volume) and
+    warnings; coronal overview; the five level slices with their scores; volume, density and lesion tables (with
+    the SLS II names); the models used; timings; the methods paragraph.
+    """
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    goh = goh_summary(inp.scores, lesion_summary=inp.lesion_summary, fvc_pct=inp.fvc_pct, extent=inp.goh_extent)
+    facts = _facts(inp)
+    coronal_overview(inp.scan, inp.lungs, inp.levels, out / "report_coronal.png")
+    parts = [_header(inp, show_phi), _summary(inp, goh),
+             "<h2>Overview</h2><img src='report_coronal.png' alt='coronal overview with level lines' "
+             "style='max-width:520px'>",
+             _levels_section(inp, out), _tables(inp), _models_section(inp, facts), _closing(inp, facts)]
     path = out / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")
@@ -291,7 +439,6 @@ def write_longitudinal(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
     """
     import pandas as pd
 
-    plt = _plt()
     path = Path(path)
     df = pd.DataFrame(list(rows))
     df["_date"] = pd.to_datetime(df[date_key], errors="coerce")
@@ -304,7 +451,8 @@ def write_longitudinal(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
     xs = df[date_key].astype(str).tolist() if show_phi else days.tolist()
     for m in measures:
         ys = pd.to_numeric(df[m], errors="coerce").tolist()
-        fig, ax = plt.subplots(figsize=(4.5, 2.6), dpi=100)
+        fig = _figure(4.5, 2.6)
+        ax = fig.add_subplot()
         ax.plot(range(len(ys)), ys, "o-")
         ax.set_xticks(range(len(ys)), [str(x) for x in xs], fontsize=7)
         ax.set_xlabel(x_label)
