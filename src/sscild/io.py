@@ -8,16 +8,20 @@ NaN/inf, absurd sizes. DICOM headers are read first (fast); pixels only for the 
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.multival import MultiValue
 
-from .errors import (AbsurdSizeError, GantryTiltError, InputError, InputNotFoundError, InvalidValuesError,
-                     LocalizerError, MissingSlicesError, NonUniformSpacingError, NotCTError, NotHUError,
-                     SingleSliceError, TooFewSlicesError, UnreadableInputError)
+from .errors import (AbsurdSizeError, CorruptFileError, GantryTiltError, GeometryError, InputError,
+                     InputNotFoundError, InvalidValuesError, LocalizerError, MemoryLimitError, MissingSlicesError,
+                     NonAxialError, NonUniformSpacingError, NotCTError, NotHUError, SeriesChoiceError, SingleSliceError,
+                     SscildError, TooFewSlicesError, UnreadableInputError)
 from .scan import CTScan, scan_from_sitk
 from .util import atomic_path
 
@@ -26,6 +30,7 @@ PADDING_VALUES = (-3024, -2048, -2000)
 SECONDARY_CAPTURE = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
                      "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"}
 MAX_SLICES = 2000
+OBLIQUE_TOLERANCE_DEG = 1.0  # an axis further than this from a patient axis makes the volume oblique (refused)
 
 
 def _suffix(path: Path) -> str:
@@ -33,22 +38,31 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def load_ct(path: str | os.PathLike, *, allow_single_slice: bool = False, min_slices: int = 10) -> CTScan:
+def load_ct(path: str | os.PathLike, *, allow_single_slice: bool = False, min_slices: int = 10,
+            series_uid: str | None = None) -> CTScan:
     """Read a chest CT and return it in HU, LPS, axes (z, y, x), z toward the head.
 
     Parameters
     ----------
     path : str or Path
-        A folder holding a DICOM series (searched recursively; the CT series with most slices is used), a
-        single DICOM file, or a ``.nii``/``.nii.gz``/``.mha``/``.mhd``/``.nrrd`` file.
+        A folder holding a DICOM series (searched recursively), a single DICOM file, or a
+        ``.nii``/``.nii.gz``/``.mha``/``.mhd``/``.nrrd`` file. When a folder holds several CT series, the rule
+        is: thinnest slices (to 0.1 mm), then a soft kernel (over unknown, over sharp: density needs the soft
+        one), then most slices; the choice and the alternatives are in ``scan.meta["series_note"]``, and two
+        series equal on all three keys raise :class:`SeriesChoiceError`. Localizer images inside a series are
+        dropped with a note.
     allow_single_slice : bool
         Accept a single 2D slice (for slice-wise uses); otherwise a volume is required.
     min_slices : int
         Fewest slices accepted for a volume.
+    series_uid : str, optional
+        SeriesInstanceUID of the DICOM series to read (overrides the rule).
 
     Raises
     ------
-    InputError subclasses, each naming the problem and what to do.
+    InputError subclasses, each naming the problem and what to do. Geometry is never invented: missing or zero
+    spacing, orientation or slice positions raise :class:`GeometryError` (positions only: derived from a complete
+    SliceLocation, with a note); coronal, sagittal and oblique volumes raise :class:`NonAxialError`.
     """
     p = Path(path)
     if not p.exists():
@@ -56,11 +70,12 @@ def load_ct(path: str | os.PathLike, *, allow_single_slice: bool = False, min_sl
     if p.is_dir():
         if not any(f.is_file() for f in p.rglob("*")):
             raise InputNotFoundError(f"{p} is an empty folder: give the folder that holds the DICOM files")
-        scan = _load_dicom_folder(p, allow_single_slice, min_slices)
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        scan = _load_dicom_files(files, str(p), allow_single_slice, min_slices, series_uid)
     elif _suffix(p) in IMAGE_SUFFIXES:
         scan = _load_image_file(p, allow_single_slice, min_slices)
     else:
-        scan = _load_dicom_files([p], str(p), allow_single_slice, min_slices)
+        scan = _load_dicom_files([p], str(p), allow_single_slice, min_slices, series_uid)
     return scan
 
 
@@ -89,6 +104,10 @@ def _nifti_raw_check(p: Path) -> None:
     if struct.unpack(end + "i", hdr[:4])[0] != 348:
         return  # NIfTI-2 or not NIfTI: ITK decides
     dim = struct.unpack(end + "8h", hdr[40:56])
+    if not 1 <= dim[0] <= 7 or min(dim[1:1 + dim[0]]) < 1:
+        raise UnreadableInputError(f"{p}: the NIfTI header's dim {list(dim)} is not a valid image size; the file is "
+                                   "corrupt: re-export the image")
+    _nifti_geometry_check(p, hdr, end, dim)
     datatype, bitpix = struct.unpack(end + "hh", hdr[70:74])
     vox_offset = int(struct.unpack(end + "f", hdr[108:112])[0])
     nvox = int(np.prod([max(int(d), 1) for d in dim[1:1 + max(int(dim[0]), 1)]]))
@@ -118,17 +137,60 @@ def _nifti_raw_check(p: Path) -> None:
                                          "them (e.g. replace them by -1024)")
 
 
+def _nifti_geometry_check(p: Path, hdr: bytes, end: str, dim: tuple[int, ...]) -> None:
+    """What ITK would silently fix: a zero, negative or non-finite voxel size becomes 1 mm, and a header with
+    neither qform nor sform gets an invented orientation. Both are refused."""
+    import struct
+
+    pixdim = struct.unpack(end + "8f", hdr[76:108])
+    for i in range(1, min(int(dim[0]), 3) + 1):
+        if not (np.isfinite(pixdim[i]) and pixdim[i] > 0):
+            axis = "slice spacing" if i == 3 else "pixel size"
+            raise GeometryError(f"{p}: pixdim[{i}] = {pixdim[i]:g} in the NIfTI header: the {axis} is unknown (ITK "
+                                "would silently use 1 mm). Fix the header (e.g. nibabel's set_zooms) or re-export")
+    qform, sform = struct.unpack(end + "hh", hdr[252:256])
+    if qform <= 0 and sform <= 0:
+        raise GeometryError(f"{p}: the NIfTI header has neither qform nor sform (both codes 0): the orientation is "
+                            "unknown (ITK would invent one). Re-export the image with its orientation")
+
+
+def _header_text_check(p: Path) -> None:
+    """MetaImage and NRRD headers without a voxel size get 1 mm from ITK without a word: refused."""
+    with open(p, "rb") as f:
+        head = f.read(8192).decode("latin-1", "replace")
+    if _suffix(p) in (".mha", ".mhd"):
+        head = head.split("ElementDataFile")[0]
+        if "ElementSpacing" not in head and "ElementSize" not in head:
+            raise GeometryError(f"{p}: the MetaImage header has no ElementSpacing: the voxel size is unknown (ITK "
+                                "would use 1 mm). Add it to the header or re-export the image")
+    elif "space directions" not in head and "spacings" not in head:
+        raise GeometryError(f"{p}: the NRRD header has neither 'space directions' nor 'spacings': the voxel size is "
+                            "unknown (ITK would use 1 mm). Add it to the header or re-export the image")
+
+
+def _read_image(p: Path) -> sitk.Image:
+    """SimpleITK read after checking the header's size against the available memory."""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        check_memory(int(np.prod([int(v) for v in reader.GetSize()])), str(p),
+                     bytes_per_voxel=max(int(reader.GetNumberOfComponents()), 1) * 4, copies=2)
+        return reader.Execute()
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+        raise UnreadableInputError(f"{p} cannot be read as an image ({first}); is it corrupt or truncated? "
+                                   "Re-export it, or give the DICOM series") from None
+
+
 def _load_image_file(p: Path, allow_single: bool, min_slices: int) -> CTScan:
     if p.stat().st_size == 0:
         raise UnreadableInputError(f"{p} is empty (0 bytes): the file was not written completely")
     if _suffix(p) in (".nii", ".nii.gz"):
         _nifti_raw_check(p)
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
-        raise UnreadableInputError(f"{p} cannot be read as an image ({first}); is it corrupt or truncated? "
-                                   "Re-export it, or give the DICOM series") from None
+    else:
+        _header_text_check(p)
+    img = _read_image(p)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise NotCTError(f"{p} has {img.GetNumberOfComponentsPerPixel()} components per pixel (colour/vector "
                          "image): a CT is one grey value per voxel")
@@ -140,6 +202,7 @@ def _load_image_file(p: Path, allow_single: bool, min_slices: int) -> CTScan:
                                    "series, lung apex to bases)")
         if img.GetDimension() == 2:
             img = sitk.JoinSeries(img)
+    check_axial(np.asarray(img.GetDirection(), float).reshape(3, 3), str(p))
     arr = sitk.GetArrayViewFromImage(img)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         n = int((~np.isfinite(arr)).sum())
@@ -187,55 +250,179 @@ def _check_hu(hu: np.ndarray, src: str) -> None:
 # --------------------------------------------------------------------------------------------
 # DICOM
 # --------------------------------------------------------------------------------------------
-def _load_dicom_folder(p: Path, allow_single: bool, min_slices: int) -> CTScan:
-    files = sorted(f for f in p.rglob("*") if f.is_file())
-    return _load_dicom_files(files, str(p), allow_single, min_slices)
+# Series choice (documented in load_ct): among the CT series of a folder, the thinnest slices win (to 0.1 mm),
+# then a soft kernel over an unknown one over a sharp one (density measures need the soft kernel), then most
+# slices. Two series equal on all three keys are refused (SeriesChoiceError): --series UID decides.
+_SHARP_WORDS = ("LUNG", "BONE", "SHARP", "DETAIL", "EDGE", "HIGH", "HR", "ULTRA")
+_SOFT_WORDS = ("SOFT", "STANDARD", "STND", "SMOOTH", "BODY", "ABDOMEN", "MEDIASTIN")
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What sscild reads from one DICOM image's header (parsed once; ``None`` = tag absent)."""
+
+    path: Path
+    series_uid: str
+    sop_uid: str
+    modality: str
+    sop_class: str
+    image_type: tuple[str, ...]
+    rows: int
+    cols: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, ...] | None
+    slice_location: float | None
+    pixel_spacing: tuple[float, ...] | None
+    thickness: float | None
+    tilt: float | None
+    kernel: str
+    series_number: str
+    text: dict[str, Any]
+
+
+def _tag(ds, keyword: str, f: Path, n: int | None = None):
+    """Finite float(s) of tag ``keyword``, or ``None`` when absent/empty; GeometryError when malformed."""
+    try:
+        if keyword not in ds or ds[keyword].value in (None, "", b""):
+            return None
+        v = ds[keyword].value
+        vals = [float(x) for x in (v if isinstance(v, (list, tuple, MultiValue)) else [v])]
+    except Exception as err:  # pydicom converts lazily: any malformed value surfaces here
+        raise GeometryError(f"{f.name}: {keyword} is malformed ({type(err).__name__}): fix or re-export the "
+                            "file") from None
+    if (n is not None and len(vals) != n) or (n is None and len(vals) != 1) or not np.all(np.isfinite(vals)):
+        raise GeometryError(f"{f.name}: {keyword} = {vals[:6]} is not {n or 1} finite number(s): fix or re-export "
+                            "the file")
+    return tuple(vals) if n is not None else vals[0]
+
+
+def _header(f: Path, ds) -> SliceHeader:
+    def text(keyword: str) -> str:
+        try:
+            v = ds.get(keyword, "")
+            v = " ".join(str(x) for x in v) if isinstance(v, (list, tuple, MultiValue)) else v
+            return str(v or "").strip()
+        except Exception:  # a malformed free-text tag carries nothing sscild needs
+            return ""
+
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        itype = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
+    except Exception as err:
+        raise UnreadableInputError(f"{f.name}: Rows/Columns/ImageType are malformed ({type(err).__name__}); "
+                                   "the file is corrupt") from None
+    return SliceHeader(
+        path=f, series_uid=text("SeriesInstanceUID") or "unknown", sop_uid=text("SOPInstanceUID"),
+        modality=text("Modality").upper(), sop_class=text("SOPClassUID"), image_type=itype, rows=rows, cols=cols,
+        iop=_tag(ds, "ImageOrientationPatient", f, 6), ipp=_tag(ds, "ImagePositionPatient", f, 3),
+        slice_location=_tag(ds, "SliceLocation", f), pixel_spacing=_tag(ds, "PixelSpacing", f, 2),
+        thickness=_tag(ds, "SliceThickness", f), tilt=_tag(ds, "GantryDetectorTilt", f),
+        kernel=text("ConvolutionKernel"), series_number=text("SeriesNumber"),
+        text={k: text(k) for k in ("Manufacturer", "ManufacturerModelName", "KVP", "SeriesDescription")})
 
 
 def _read_headers(files: list[Path]):
+    """Parsed headers of the image files; unreadable files as (path, error); non-image DICOM skipped."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     headers, bad = [], []
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as err:
+            if "Rows" not in ds:  # not an image (SR, presentation state, DICOMDIR...)
+                continue
+            headers.append(_header(f, ds))
+        except SscildError:
+            raise
+        except Exception as err:  # pydicom raises many types on damaged files: all mean "cannot read"
             bad.append((f, err))
-            continue
-        if "Rows" not in ds:  # not an image (SR, presentation state, DICOMDIR...)
-            continue
-        headers.append((f, ds))
     return headers, bad
 
 
-def _load_dicom_files(files: list[Path], src: str, allow_single: bool, min_slices: int) -> CTScan:
-    headers, bad = _read_headers(files)
-    if not headers:
-        if bad:
-            raise UnreadableInputError(
-                f"{src}: no readable DICOM image among {len(files)} file(s) (e.g. {bad[0][0].name}: "
-                f"{type(bad[0][1]).__name__}); are the files corrupt or not DICOM?")
-        raise UnreadableInputError(f"{src}: no DICOM images found (only non-image DICOM objects)")
-    series: dict[str, list] = defaultdict(list)
-    for f, ds in headers:
-        series[str(getattr(ds, "SeriesInstanceUID", "unknown"))].append((f, ds))
+def _looks_dicom(f: Path) -> bool:
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
-    def kind(items) -> str:
-        ds = items[0][1]
-        mod = str(getattr(ds, "Modality", "")).upper()
-        itype = [str(v).upper() for v in (getattr(ds, "ImageType", []) or [])]
-        # a secondary capture is judged by its SOP class: CT reformats are often DERIVED\\SECONDARY yet real HU
-        if str(getattr(ds, "SOPClassUID", "")) in SECONDARY_CAPTURE:
-            return "secondary capture"
-        if mod != "CT":
-            return mod or "unknown modality"
-        if "LOCALIZER" in itype or "SCOUT" in itype or "TOPOGRAM" in itype:
-            return "localizer"
-        return "CT"
 
-    kinds = {uid: kind(items) for uid, items in series.items()}
-    ct = {uid: items for uid, items in series.items() if kinds[uid] == "CT"}
+def _normal(h: SliceHeader) -> np.ndarray | None:
+    return None if h.iop is None else np.cross(np.asarray(h.iop[:3]), np.asarray(h.iop[3:]))
+
+
+def _split_localizers(items: list[SliceHeader]) -> tuple[list[SliceHeader], list[SliceHeader]]:
+    """(images, localizers) of one series: localizers by ImageType, or up to 3 images whose plane is
+    perpendicular to the series' own (a scout inside the axial series)."""
+    loc = [h for h in items if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(h.image_type)]
+    rest = [h for h in items if h not in loc]
+    normals = [(h, _normal(h)) for h in rest if _normal(h) is not None]
+    if len(normals) > 3:
+        keys = [tuple(np.round(np.abs(n), 1)) for _, n in normals]
+        major = np.asarray(max(set(keys), key=keys.count))
+        odd = [h for h, n in normals if abs(float(np.abs(n) @ major)) / (np.linalg.norm(major) + 1e-9) < 0.5]
+        if 0 < len(odd) <= 3:
+            loc += odd
+            rest = [h for h in rest if h not in odd]
+    return rest, loc
+
+
+def _kind(items: list[SliceHeader]) -> str:
+    h = items[0]
+    # a secondary capture is judged by its SOP class: CT reformats are often DERIVED\\SECONDARY yet real HU
+    if h.sop_class in SECONDARY_CAPTURE:
+        return "secondary capture"
+    if h.modality != "CT":
+        return h.modality or "unknown modality"
+    return "CT"
+
+
+def _kernel_class(kernel: str) -> int:
+    """0 soft, 1 unknown, 2 sharp (from the ConvolutionKernel name: words, or Siemens' number, e.g. B70f)."""
+    k = kernel.upper()
+    m = re.search(r"\b[A-Z]{1,2}(\d{2})[A-Z]?\b", k)
+    if any(w in k for w in _SHARP_WORDS) or (m and int(m.group(1)) >= 50):
+        return 2
+    if any(w in k for w in _SOFT_WORDS) or (m and int(m.group(1)) < 50):
+        return 0
+    return 1
+
+
+def _series_key(items: list[SliceHeader]) -> tuple[float, int, int]:
+    th = items[0].thickness
+    if th is None:
+        zs = sorted({round(float(h.ipp[2]), 3) for h in items if h.ipp is not None})
+        th = float(np.median(np.diff(zs))) if len(zs) > 1 else 0.0
+    return (round(float(th), 1), _kernel_class(items[0].kernel), -len(items))
+
+
+def _describe_series(uid: str, items: list[SliceHeader]) -> str:
+    t, _, n = _series_key(items)
+    return (f"series {uid} (number {items[0].series_number or '?'}, {-n} slices, {t:g} mm, kernel "
+            f"{items[0].kernel or 'unknown'})")
+
+
+def _choose_series(headers: list[SliceHeader], src: str, series_uid: str | None, min_slices: int):
+    """The CT series to read (by ``series_uid`` or the documented rule) and the notes on what was left out."""
+    series: dict[str, list[SliceHeader]] = defaultdict(list)
+    for h in headers:
+        series[h.series_uid].append(h)
+    notes, kinds, images = [], {}, {}
+    for uid, items in series.items():
+        rest, loc = _split_localizers(items)
+        images[uid] = rest
+        kinds[uid] = _kind(rest) if rest else "localizer"
+        if loc and rest:
+            notes.append(f"{len(loc)} localizer image(s) inside series {uid} dropped ({loc[0].path.name})")
+    if series_uid is not None:
+        if series_uid not in series:
+            raise SeriesChoiceError(f"{src}: no series {series_uid}; found: " + "; ".join(
+                f"{kinds[u]} {_describe_series(u, images[u] or series[u])}" for u in series))
+        if kinds[series_uid] != "CT":
+            raise NotCTError(f"{src}: series {series_uid} holds {kinds[series_uid]} images, not axial CT")
+        return series_uid, images[series_uid], notes + [f"series {series_uid} chosen with --series"]
+    ct = {u: v for u, v in images.items() if kinds[u] == "CT"}
     if not ct:
         found = sorted(set(kinds.values()))
         if found == ["localizer"]:
@@ -245,13 +432,230 @@ def _load_dicom_files(files: list[Path], src: str, allow_single: bool, min_slice
             raise NotCTError(f"{src} holds a secondary capture (a screenshot-like derived image), not CT "
                              "slices: export the original axial CT series")
         raise NotCTError(f"{src} holds {', '.join(found)} images, not CT: sscild measures chest CT only")
-    ranked = sorted(ct.items(), key=lambda kv: len(kv[1]), reverse=True)
-    uid, items = ranked[0]
-    note = ""
-    if len(series) > 1:
-        others = [f"{kinds[u]} series of {len(v)} image(s)" for u, v in series.items() if u != uid]
-        note = f"used the CT series with most slices ({len(items)}); also present: " + "; ".join(others)
+    full = {u: v for u, v in ct.items() if len(v) >= min_slices} or ct
+    ranked = sorted(full, key=lambda u: _series_key(full[u]))
+    uid = ranked[0]
+    if len(ranked) > 1 and _series_key(full[ranked[1]]) == _series_key(full[uid]):
+        raise SeriesChoiceError(
+            f"{src}: {len(ranked)} CT series could be the scan and two have the same slice thickness, kernel and "
+            f"slice count: {_describe_series(uid, full[uid])} and {_describe_series(ranked[1], full[ranked[1]])}. "
+            "Choose one with --series UID (or the manifest column series_uid)")
+    others = [u for u in series if u != uid]
+    if others:
+        notes.append(f"chose {_describe_series(uid, ct[uid])} (rule: thinnest slices, then soft kernel, then most "
+                     "slices); also present: " + "; ".join(f"{kinds[u]} {_describe_series(u, images[u] or series[u])}"
+                                                           for u in others) + ". Use --series UID to choose another")
+    return uid, ct[uid], notes
 
+
+def _orientation(items: list[SliceHeader], src: str) -> np.ndarray:
+    """The series' 3x3 direction (columns: row, column, normal), checked complete, consistent and axial."""
+    missing = [h for h in items if h.iop is None]
+    if missing:
+        raise GeometryError(f"{src}: ImageOrientationPatient is missing in {len(missing)} of {len(items)} files (e.g. "
+                            f"{missing[0].path.name}): the slice orientation is unknown and sscild does not guess it. "
+                            "Re-export the series with its geometry tags (from the scanner or PACS)")
+    iop = np.asarray(items[0].iop)
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
+        raise GeometryError(f"{src}: ImageOrientationPatient {list(iop)} is not two orthogonal unit vectors: fix "
+                            "or re-export the series")
+    for h in items:
+        if np.abs(np.asarray(h.iop) - iop).max() > 1e-3:
+            raise InputError(f"{src}: slices have different orientations; the series mixes several stacks")
+    direction = np.column_stack([row, col, np.cross(row, col)])
+    if abs(direction[2, 2]) < 0.5 and len(items) <= 3:
+        raise LocalizerError(f"{src}: {len(items)} non-axial slice(s) (a localizer/scout?): export the axial series")
+    check_axial(direction, src)
+    return direction
+
+
+def check_axial(direction: np.ndarray, src: str) -> None:
+    """Refuse coronal, sagittal and oblique volumes (direction: 3x3, columns = the image axes in LPS).
+
+    sscild measures axial series: the third image axis must run head-foot and every axis must lie within
+    ``OBLIQUE_TOLERANCE_DEG`` of a patient axis. Raises :class:`NonAxialError` saying to resample first.
+    """
+    d = np.asarray(direction, float).reshape(3, 3)
+    normal = d[:, 2] / (np.linalg.norm(d[:, 2]) + 1e-12)
+    plane = {0: "sagittal", 1: "coronal", 2: "axial"}[int(np.argmax(np.abs(normal)))]
+    if plane != "axial":
+        raise NonAxialError(f"{src}: the slices are {plane}, not axial: sscild measures axial series. Resample "
+                            "to axial slices first (e.g. 3D Slicer's Resample Scalar Volume, or export the axial "
+                            "reconstruction from the scanner)")
+    cos = np.abs(d / (np.linalg.norm(d, axis=0, keepdims=True) + 1e-12)).max(axis=0)
+    angle = float(np.rad2deg(np.arccos(np.clip(cos.min(), 0, 1))))
+    if angle > OBLIQUE_TOLERANCE_DEG:
+        raise NonAxialError(f"{src}: the volume is oblique ({angle:.1f} deg off the patient axes): sscild measures "
+                            "axial series aligned with the patient. Resample to an axial grid first (e.g. "
+                            "3D Slicer's Resample Scalar Volume or SimpleITK.Resample)")
+
+
+def _positions(items: list[SliceHeader], normal: np.ndarray, src: str, notes: list[str]) -> np.ndarray:
+    """ImagePositionPatient of every slice; derived from a complete SliceLocation (with a note) when missing."""
+    missing = [h for h in items if h.ipp is None]
+    if not missing:
+        return np.array([h.ipp for h in items], float)
+    if any(h.slice_location is None for h in items):
+        raise GeometryError(
+            f"{src}: ImagePositionPatient is missing in {len(missing)} of {len(items)} files (e.g. "
+            f"{missing[0].path.name}) and SliceLocation is not complete either: the slice order and spacing are "
+            "unknown and sscild does not guess them. Re-export the series with its geometry tags")
+    known = [h.ipp for h in items if h.ipp is not None]
+    base = np.asarray(known[0], float) if known else np.zeros(3)
+    base = base - (base @ normal) * normal
+    notes.append(f"ImagePositionPatient missing in {len(missing)} of {len(items)} files: slice positions taken from "
+                 "SliceLocation" + ("" if known else "; the in-plane origin is unknown (x, y world positions are "
+                                    "relative)"))
+    return np.array([base + h.slice_location * normal for h in items], float)
+
+
+def _pixel_spacing(items: list[SliceHeader], src: str) -> tuple[float, float]:
+    missing = [h for h in items if h.pixel_spacing is None]
+    if missing:
+        raise GeometryError(f"{src}: PixelSpacing is missing in {len(missing)} of {len(items)} files (e.g. "
+                            f"{missing[0].path.name}): the pixel size is unknown and sscild does not assume 1 mm. "
+                            "Re-export the series with its geometry tags")
+    ps = items[0].pixel_spacing
+    if min(ps) <= 0:
+        raise GeometryError(f"{src}: PixelSpacing is {list(ps)} mm: not a size; fix or re-export the series")
+    if any(np.abs(np.subtract(h.pixel_spacing, ps)).max() > 1e-4 for h in items):
+        raise InputError(f"{src}: PixelSpacing differs between slices: the folder mixes series; give one series")
+    return float(ps[0]), float(ps[1])
+
+
+def _slice_stack(items: list[SliceHeader], src: str, bad: list) -> tuple[list[SliceHeader], np.ndarray, float,
+                                                                          np.ndarray, list[str]]:
+    """Sorted slices, their positions, the slice spacing, the direction and notes; every geometry check."""
+    notes: list[str] = []
+    direction = _orientation(items, src)
+    normal = direction[:, 2]
+    tilt = [h.tilt for h in items if h.tilt is not None]
+    if tilt and abs(tilt[0]) > 0.01:
+        raise GantryTiltError(f"{src} was acquired with a gantry tilt of {tilt[0]:.1f} deg: the volume is sheared. "
+                              "Export a reconstruction without tilt or resample it first (e.g. with dcm2niix)")
+    ipp = _positions(items, normal, src, notes)
+    proj = ipp @ normal
+    order = np.argsort(proj, kind="stable")
+    items, proj, ipp = [items[i] for i in order], proj[order], ipp[order]
+    if len(items) == 1:
+        if items[0].thickness is None or items[0].thickness <= 0:
+            raise GeometryError(f"{src}: a single slice without a SliceThickness: its thickness is unknown")
+        return items, ipp, float(items[0].thickness), direction, notes
+    steps = np.diff(proj)
+    if np.any(steps < 1e-3):
+        raise InputError(f"{src}: {int((steps < 1e-3).sum())} slice(s) share a position: the folder mixes "
+                         "acquisitions or repeats files; give one series")
+    med = float(np.median(steps))
+    span = ipp[-1] - ipp[0]
+    cos = abs(float(span @ normal)) / (np.linalg.norm(span) + 1e-9)
+    if cos < np.cos(np.deg2rad(0.5)):
+        ang = float(np.rad2deg(np.arccos(min(cos, 1.0))))
+        raise GantryTiltError(f"{src}: slices are stacked {ang:.1f} deg off their normal (gantry tilt): the "
+                              "volume is sheared. Export a reconstruction without tilt or resample it first")
+    big = np.nonzero(steps > 1.5 * med)[0]
+    if len(big):
+        corrupt = [f for f, _ in bad if _looks_dicom(f)]
+        if corrupt:
+            raise CorruptFileError(f"{src}: corrupt file {corrupt[0].name} ({len(corrupt)} unreadable DICOM file(s)); "
+                                   "its slice is missing from the series. Re-export the series or replace the file")
+        i = int(big[0])
+        raise MissingSlicesError(
+            f"{src}: slices are missing between z = {ipp[i][2]:.1f} and {ipp[i + 1][2]:.1f} mm (gap "
+            f"{steps[i]:.1f} mm, usual spacing {med:.2f} mm; {len(big)} gap(s)): export the complete series")
+    dev = np.abs(steps - med)
+    if dev.max() > max(0.1 * med, 0.05):
+        raise NonUniformSpacingError(
+            f"{src}: slice spacing varies from {steps.min():.2f} to {steps.max():.2f} mm: sscild needs evenly "
+            "spaced slices; resample the series to a uniform spacing first")
+    return items, ipp, med, direction, notes
+
+
+def check_memory(n_voxels: int, src: str, bytes_per_voxel: int = 2, copies: int = 3) -> None:
+    """Refuse an image whose reading would need more memory than is available (checked before allocating).
+
+    ``copies`` working copies of ``bytes_per_voxel`` per voxel are counted (read, reorient, HU). Raises
+    :class:`MemoryLimitError` naming the size; does nothing when the available memory cannot be read.
+    """
+    need = float(n_voxels) * bytes_per_voxel * copies
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise MemoryLimitError(f"{src}: reading it needs about {need / 2**30:.1f} GiB ({n_voxels:,} voxels), only "
+                               f"{avail / 2**30:.1f} GiB are available. Check the header's image size; crop or "
+                               "resample the image, or use a machine with more memory")
+
+
+def _available_memory() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _rescale(ds, f: Path, src: str, notes: set[str]) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of one file: a missing slope is 1 and a missing intercept 0 (with a
+    note); a zero, negative or non-finite slope is refused."""
+    slope, icpt = _tag(ds, "RescaleSlope", f), _tag(ds, "RescaleIntercept", f)
+    if slope is None:
+        notes.add("RescaleSlope missing: 1 assumed (the values were checked to look like HU)")
+        slope = 1.0
+    if icpt is None:
+        notes.add("RescaleIntercept missing: 0 assumed (the values were checked to look like HU)")
+        icpt = 0.0
+    if slope <= 0:
+        raise NotHUError(f"{src}: RescaleSlope is {slope:g} in {f.name}: Hounsfield units cannot be computed "
+                         "(HU = value x slope + intercept). Fix the header or re-export the series")
+    return slope, icpt
+
+
+def _read_pixels(items: list[SliceHeader], src: str, notes: list[str]) -> np.ndarray:
+    """The series' pixels as HU int16 (z, y, x) in the order of ``items``; padding to air."""
+    import pydicom
+
+    check_memory(len(items) * items[0].rows * items[0].cols, src)
+    vol = np.empty((len(items), items[0].rows, items[0].cols), np.int16)
+    rescale_notes: set[str] = set()
+    for k, h in enumerate(items):
+        try:
+            ds = pydicom.dcmread(h.path)
+            px = ds.pixel_array
+        except Exception as err:  # corrupt pixel data of any kind
+            raise CorruptFileError(f"{src}: corrupt file {h.path.name}: its pixel data cannot be decoded "
+                                   f"({type(err).__name__}: {str(err)[:120]}); the file is truncated or uses an "
+                                   "unsupported compression. Re-export the series or replace the file") from None
+        if px.shape != vol.shape[1:]:
+            raise InputError(f"{src}: {h.path.name} is {px.shape[-1]}x{px.shape[0]} pixels, the others "
+                             f"{vol.shape[2]}x{vol.shape[1]}: the folder mixes series")
+        slope, icpt = _rescale(ds, h.path, src, rescale_notes)
+        hu = px.astype(np.float32) * slope + icpt
+        pad, lim = _tag(ds, "PixelPaddingValue", h.path), _tag(ds, "PixelPaddingRangeLimit", h.path)
+        if pad is not None:
+            lo, hi = sorted((pad, lim if lim is not None else pad))
+            hu[(px >= lo) & (px <= hi)] = -1024
+        hu[hu < -1024] = -1024
+        vol[k] = np.clip(np.rint(hu), -1024, 32767).astype(np.int16)
+    notes.extend(sorted(rescale_notes))
+    _check_hu(vol, src)
+    return vol
+
+
+def _load_dicom_files(files: list[Path], src: str, allow_single: bool, min_slices: int,
+                      series_uid: str | None = None) -> CTScan:
+    headers, bad = _read_headers(files)
+    if not headers:
+        if bad:
+            raise UnreadableInputError(
+                f"{src}: no readable DICOM image among {len(files)} file(s) (e.g. {bad[0][0].name}: "
+                f"{type(bad[0][1]).__name__}); are the files corrupt or not DICOM?")
+        raise UnreadableInputError(f"{src}: no DICOM images found (only non-image DICOM objects)")
+    uid, items, notes = _choose_series(headers, src, series_uid, min_slices)
     if len(items) == 1 and not allow_single:
         raise SingleSliceError(f"{src} holds a single CT slice; a volume of the chest is needed (give the folder "
                                "with the whole series)")
@@ -260,106 +664,38 @@ def _load_dicom_files(files: list[Path], src: str, allow_single: bool, min_slice
                                 "needed to cover the lungs (is the export complete?)")
     if len(items) > MAX_SLICES:
         raise AbsurdSizeError(f"{src}: {len(items)} slices in one series (> {MAX_SLICES}); not a single chest CT")
-
-    ds0 = items[0][1]
-    iop = np.asarray([float(v) for v in getattr(ds0, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])])
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    itype = [str(v).upper() for v in (getattr(ds0, "ImageType", []) or [])]
-    if abs(normal[2]) < 0.5 and len(items) <= 3:
-        raise LocalizerError(f"{src}: {len(items)} non-axial slice(s) (a localizer/scout?): export the axial series")
-    tilt = float(getattr(ds0, "GantryDetectorTilt", 0) or 0)
-    if abs(tilt) > 0.01:
-        raise GantryTiltError(f"{src} was acquired with a gantry tilt of {tilt:.1f} deg: the volume is sheared. "
-                              "Export a reconstruction without tilt or resample it first (e.g. with dcm2niix)")
-    for _, ds in items:
-        o = np.asarray([float(v) for v in getattr(ds, "ImageOrientationPatient", iop)])
-        if np.abs(o - iop).max() > 1e-3:
-            raise InputError(f"{src}: slices have different orientations; the series mixes several stacks")
-    ipp = np.array([[float(v) for v in getattr(ds, "ImagePositionPatient", [0, 0, i])] for i, (_, ds) in
-                    enumerate(items)])
-    proj = ipp @ normal
-    order = np.argsort(proj)
-    items = [items[i] for i in order]
-    proj, ipp = proj[order], ipp[order]
-
-    if len(items) > 1:
-        steps = np.diff(proj)
-        if np.any(steps < 1e-3):
-            raise InputError(f"{src}: {int((steps < 1e-3).sum())} slice(s) share a position: the folder mixes "
-                             "acquisitions or repeats files; give one series")
-        med = float(np.median(steps))
-        span = ipp[-1] - ipp[0]
-        cos = abs(float(span @ normal)) / (np.linalg.norm(span) + 1e-9)
-        if cos < np.cos(np.deg2rad(0.5)):
-            ang = float(np.rad2deg(np.arccos(min(cos, 1.0))))
-            raise GantryTiltError(f"{src}: slices are stacked {ang:.1f} deg off their normal (gantry tilt): the "
-                                  "volume is sheared. Export a reconstruction without tilt or resample it first")
-        big = np.nonzero(steps > 1.5 * med)[0]
-        if len(big):
-            i = int(big[0])
-            raise MissingSlicesError(
-                f"{src}: slices are missing between z = {ipp[i][2]:.1f} and {ipp[i + 1][2]:.1f} mm (gap "
-                f"{steps[i]:.1f} mm, usual spacing {med:.2f} mm; {len(big)} gap(s)): export the complete series")
-        dev = np.abs(steps - med)
-        if dev.max() > max(0.1 * med, 0.05):
-            raise NonUniformSpacingError(
-                f"{src}: slice spacing varies from {steps.min():.2f} to {steps.max():.2f} mm: sscild needs evenly "
-                "spaced slices; resample the series to a uniform spacing first")
-        sz = med
-    else:
-        sz = float(getattr(ds0, "SliceThickness", 1.0) or 1.0)
-
-    ps = [float(v) for v in getattr(ds0, "PixelSpacing", [1.0, 1.0])]
-    _check_geometry((int(ds0.Columns), int(ds0.Rows), len(items)), (ps[1], ps[0], sz), src, allow_single, min_slices)
-
-    # pixels, rescaled to HU, padding to air
-    import pydicom
-
-    vol = np.empty((len(items), int(ds0.Rows), int(ds0.Columns)), np.int16)
-    raw_min, raw_max = np.inf, -np.inf
-    for k, (f, _) in enumerate(items):
-        try:
-            ds = pydicom.dcmread(f)
-            px = ds.pixel_array
-        except Exception as err:  # corrupt pixel data of any kind
-            raise UnreadableInputError(f"{src}: pixel data of {f.name} cannot be decoded ({type(err).__name__}: "
-                                       f"{str(err)[:120]}); the file is corrupt or uses an unsupported compression") from None
-        if px.shape != vol.shape[1:]:
-            raise InputError(f"{src}: {f.name} is {px.shape[1]}x{px.shape[0]} pixels, the others "
-                             f"{vol.shape[2]}x{vol.shape[1]}: the folder mixes series")
-        raw_min, raw_max = min(raw_min, float(px.min())), max(raw_max, float(px.max()))
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        icpt = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        pad = getattr(ds, "PixelPaddingValue", None)
-        hu = px.astype(np.float32) * slope + icpt
-        if pad is not None:
-            lim = getattr(ds, "PixelPaddingRangeLimit", None)
-            if lim is not None:
-                lo, hi = sorted((float(pad), float(lim)))
-                hu[(px >= lo) & (px <= hi)] = -1024
-            else:
-                hu[px == pad] = -1024
-        hu[hu < -1024] = -1024
-        vol[k] = np.clip(np.rint(hu), -1024, 32767).astype(np.int16)
-    _check_hu(vol, src)
-
+    if len({(h.rows, h.cols) for h in items}) > 1:
+        raise InputError(f"{src}: the series' images have different sizes "
+                         f"{sorted({(h.cols, h.rows) for h in items})[:3]}: the folder mixes series")
+    items, ipp, sz, direction, geo_notes = _slice_stack(items, src, bad)
+    notes += geo_notes
+    ps = _pixel_spacing(items, src)
+    _check_geometry((items[0].cols, items[0].rows, len(items)), (ps[1], ps[0], sz), src, allow_single, min_slices)
+    vol = _read_pixels(items, src, notes)
+    if bad:
+        notes.append(f"{len(bad)} unreadable file(s) ignored (e.g. {bad[0][0].name})")
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((ps[1], ps[0], float(sz)))
     img.SetOrigin(tuple(float(v) for v in ipp[0]))
-    img.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    t = items[0].text
     meta: dict[str, Any] = {
         "format": "dicom", "modality": "CT", "n_slices": len(items),
-        "manufacturer": str(getattr(ds0, "Manufacturer", "")),
-        "model": str(getattr(ds0, "ManufacturerModelName", "")),
-        "kernel": str(getattr(ds0, "ConvolutionKernel", "")),
-        "slice_thickness_mm": float(getattr(ds0, "SliceThickness", 0) or 0) or None,
-        "kvp": float(getattr(ds0, "KVP", 0) or 0) or None,
-        "series_description": str(getattr(ds0, "SeriesDescription", "")),
-        "series_note": note,
-        "unreadable_files": len(bad),
+        "manufacturer": t["Manufacturer"], "model": t["ManufacturerModelName"], "kernel": items[0].kernel,
+        "slice_thickness_mm": items[0].thickness or None, "kvp": _float_or_none(t["KVP"]),
+        "series_description": t["SeriesDescription"], "series_uid": uid,
+        "sop_instance_uids": [h.sop_uid for h in items],
+        "series_note": "; ".join(notes), "unreadable_files": len(bad),
     }
     return scan_from_sitk(img, meta, source=src)
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if np.isfinite(v) and v > 0 else None
 
 
 # --------------------------------------------------------------------------------------------
