@@ -323,21 +323,25 @@ def km_by_goh_stage(table: pd.DataFrame, extent_col: str = "goh_extent", path=No
                     fvc_col: str | None = None, horizons: Sequence[float] = HORIZONS) -> dict:
     """Kaplan-Meier survival by Goh stage on each patient's first scan, with a log-rank test.
 
-    Stage: extensive when the ILD extent is above 20 %, limited otherwise (:func:`sscild.report.goh_stage`;
-    with ``fvc_col`` an extent of 10-30 % is staged by FVC < 70 %, Goh's full rule). Returns per stage the
+    Stage: extensive when the ILD extent is above 20 %, limited otherwise; with ``fvc_col`` an extent of 10-30 % is
+    staged by FVC < 70 %, Goh's full rule (:func:`sscild.domain.goh_stage`; its "indeterminate" without FVC falls
+    back to the 20 % threshold here, so every patient gets a group). Returns per stage the
     patients, deaths, survival at each horizon with 95 % CI, median survival, the log-rank p; writes a PNG
     when ``path`` is given.
     """
     from lifelines import KaplanMeierFitter
     from lifelines.statistics import logrank_test
 
-    from ..report import goh_stage
+    from ..domain import GOH_SIMPLE_THRESHOLD, goh_stage
+
+    def stage(x, f):
+        st = goh_stage(x, f).stage
+        return ("extensive" if x > GOH_SIMPLE_THRESHOLD else "limited") if st == "indeterminate" else st
 
     if extent_col not in table.columns:
         raise ConfigError(f"no {extent_col} column: Kaplan-Meier by Goh stage needs the ILD extent (%) per scan")
     d = first_scans(table).copy()
-    d["stage"] = [goh_stage(float(x) if pd.notna(x) else None,
-                            float(f) if fvc_col and pd.notna(f) else None)[0]
+    d["stage"] = [stage(float(x) if pd.notna(x) else None, float(f) if fvc_col and pd.notna(f) else None)
                   for x, f in zip(d[extent_col], d[fvc_col] if fvc_col else [None] * len(d))]
     d = d[d["stage"] != "unknown"]
     out: dict = {"extent_column": extent_col, "rule": "extensive if extent > 20 %" +
