@@ -1,0 +1,203 @@
+"""Reader study: study creation, the web API's validation and reader isolation, agreement statistics against
+hand-computed values, export to the S-Net training layout.
+
+Analysed folders are made from small phantoms (48 x 64 x 64 voxels) in the layout ``sscild demo`` writes
+(``phantom/ct.nii.gz``, ``levels.json``, ``scores.json``, ``heatmap_<level>_<pattern>.nii.gz``), with the phantom's
+true levels and scores standing in for the tool's, so the tests do not wait for S-Net.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sscild.domain import LEVELS, PATTERNS
+
+SEEDS = (21, 22, 23)
+
+
+def analysed_folder(out: Path, seed: int, extent: float) -> Path:
+    """A phantom written like ``sscild demo`` output: ``phantom/ct.nii.gz``, levels.json, scores.json and heat
+    maps (score drop = -5 on the true lesions of each level slice). Returns the folder."""
+    import SimpleITK as sitk
+
+    from sscild.phantom import make_phantom, write_phantom
+    from sscild.util import write_json
+
+    scan, truth = make_phantom(seed, shape=(48, 64, 64), spacing=(7.0, 5.6, 5.6), extent=extent)
+    write_phantom(scan, truth, out / "phantom", fmt="nifti")
+    write_json(out / "levels.json", {"method": "truth", "levels": [
+        {"name": n, "z_mm": truth.levels_z[n], "slice_index": scan.slice_at_z(truth.levels_z[n])} for n in LEVELS]})
+    write_json(out / "scores.json", {"levels": {n: {p: truth.level_scores[n][p] for p in PATTERNS} for n in LEVELS}})
+    for n in LEVELS:
+        k = scan.slice_at_z(truth.levels_z[n])
+        les = truth.lesions[k]
+        for p, cls in (("TOT", (2, 3)), ("GG", (2,)), ("RET", (3,))):
+            dp = -5.0 * np.isin(les, cls).astype(np.float32)
+            sitk.WriteImage(sitk.GetImageFromArray(dp[None]), str(out / f"heatmap_{n}_{p}.nii.gz"))
+    return out
+
+
+def make_sources(root: Path) -> list[Path]:
+    """Three analysed phantom folders (extent 10, 30, 50 %)."""
+    return [analysed_folder(root / f"scan{s}", s, e) for s, e in zip(SEEDS, (10.0, 30.0, 50.0))]
+
+
+def new_study(root: Path, folders, readers=("ana", "ben"), **kw):
+    from sscild.review.study import create_study, find_sources
+
+    kw = {"repeat": 0.1, "heatmaps": True, "neighbours": 2, "seed": 1, **kw}
+    tokens = create_study(root, find_sources(folders), readers, **kw)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return make_sources(tmp_path_factory.mktemp("analysed"))
+
+
+@pytest.fixture()
+def study(tmp_path, folders):
+    tokens = new_study(tmp_path / "study", folders)
+    return tmp_path / "study", tokens
+
+
+@pytest.fixture()
+def client(study):
+    from fastapi.testclient import TestClient
+
+    from sscild.review.app import create_app
+
+    root, tokens = study
+    with TestClient(create_app(root)) as c:
+        yield c, tokens
+
+
+def login(c, token):
+    r = c.post("/api/login", json={"token": token})
+    assert r.status_code == 200, r.text
+    return r.json()["reader"]
+
+
+GOOD = {"TOT": 30, "GG": 20, "RET": 15, "likert": {"TOT": 4, "GG": 3, "RET": 2}}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def test_create_study_layout_and_deidentification(study, folders):
+    from sscild.review.study import open_study
+
+    root, tokens = study
+    assert set(tokens) == {"ana", "ben"} and all(len(t) >= 20 for t in tokens.values())
+    st = open_study(root)
+    text = (root / "study.json").read_text()
+    for f in folders:                      # no path of a source folder or scan in what is served
+        assert str(f) not in text and f.name not in text
+    assert tokens["ana"] not in text and tokens["ana"] not in (root / "review.db").read_bytes().decode("latin-1")
+    assert len(st.settings["cases"]) == 3
+    for cid, case in st.settings["cases"].items():
+        assert sorted(case["levels"]) == list(LEVELS)
+        for n, lv in case["levels"].items():
+            assert sorted(int(o) for o in lv["z_mm"]) == [-2, -1, 0, 1, 2]
+            assert (root / "cases" / cid / f"{n}_0_lung.png").exists()
+            assert (root / "cases" / cid / f"{n}_hm_RET.png").exists()
+    key = root / "key.csv"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(key.open()))
+    assert sorted(r["case_id"] for r in rows) == sorted(st.settings["cases"])
+
+
+def test_reader_lists_are_randomised_with_a_later_repeat(study):
+    import sqlalchemy as sa
+
+    from sscild.review.db import Assignment, Reader, database_url, open_db
+
+    root, _ = study
+    eng = open_db(database_url(root))
+    with eng.connect() as c:
+        rows = c.execute(sa.select(Reader.name, Assignment.position, Assignment.case_id, Assignment.replicate)
+                         .join(Assignment, Assignment.reader_id == Reader.id).order_by(Reader.name,
+                                                                                    Assignment.position)).all()
+    for name in ("ana", "ben"):
+        mine = [r for r in rows if r.name == name]
+        assert [r.replicate for r in mine] == [0, 0, 0, 1]
+        assert len({r.case_id for r in mine[:3]}) == 3
+        assert mine[3].case_id != mine[2].case_id        # a repeat never follows its own first reading
+    from sscild.review.study import reader_order
+
+    orders = {tuple(c for c, _ in reader_order(list("abcdefgh"), 0.25, np.random.default_rng(s))) for s in range(5)}
+    assert len(orders) > 1
+
+
+def test_login_and_images_need_a_token(client):
+    c, tokens = client
+    assert c.get("/api/task").status_code == 401
+    assert c.get("/api/image/0/L1/0/lung").status_code == 401
+    assert c.post("/api/login", json={"token": "wrong"}).status_code == 401
+    assert login(c, tokens["ana"]) == "ana"
+    t = c.get("/api/task").json()
+    assert t["done"] is False and t["total"] == 4 * 5 and t["level"] == "L1" and t["offsets"] == [-2, -1, 0, 1, 2]
+    r = c.get(f"/api/image/{t['position']}/L1/0/lung")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    assert c.get(f"/api/image/{t['position']}/L1/9/lung").status_code == 404
+    assert c.get("/api/image/0/L1/0/../../study").status_code == 404
+    assert "tool" not in t and "case_id" not in json.dumps(t)   # the tool's scores and case ids stay hidden
+    assert "frame-ancestors 'none'" in c.get("/").headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"TOT": 40, "GG": 20, "RET": 15}, "TOT 40 % must lie between max(GG, RET) = 20 % and GG + RET = 35 %"),
+    ({"TOT": 15, "GG": 20, "RET": 15}, "TOT 15 % must lie between"),
+    ({"TOT": 32, "GG": 20, "RET": 15}, "TOT must be 0-100 % in 5 % steps"),
+    ({"TOT": 30, "GG": 20, "RET": 105}, "RET must be 0-100 % in 5 % steps"),
+    ({"misplaced": True}, "a misplaced level needs the right slice"),
+    ({"misplaced": True, "corrected_offset": 3}, "a misplaced level needs the right slice"),
+    ({"likert": {"TOT": 4, "GG": 3}}, "rate every heat map (1-5): missing RET"),
+    ({"likert": {"TOT": 4, "GG": 3, "RET": 6}}, "heat-map ratings are 1-5"),
+])
+def test_answers_are_validated_by_the_server(client, bad, message):
+    c, tokens = client
+    login(c, tokens["ana"])
+    r = c.put("/api/answer/0/L1", json={**GOOD, **bad})
+    assert r.status_code == 422 and message in r.json()["detail"]
+    assert c.get("/api/answers").json() == []
+
+
+def test_answer_saved_resumed_and_edited(client):
+    c, tokens = client
+    login(c, tokens["ana"])
+    t = c.get("/api/task").json()
+    r = c.put(f"/api/answer/{t['position']}/L1", json={**GOOD, "misplaced": True, "corrected_offset": -1,
+                                                          "comment": "L1 one slice lower"})
+    assert r.json() == {"saved": True}
+    t2 = c.get("/api/task").json()
+    assert (t2["position"], t2["level"], t2["answered"]) == (t["position"], "L2", 1)
+    again = c.get(f"/api/task?position={t['position']}&level=L1").json()["answer"]
+    assert again["corrected_offset"] == -1 and again["TOT"] == 30 and again["likert"]["GG"] == 3
+    c.put(f"/api/answer/{t['position']}/L1", json={**GOOD, "TOT": 35})
+    assert [a["TOT"] for a in c.get("/api/answers").json()] == [35]
+
+
+def test_a_reader_cannot_see_or_change_another_readers_answers(client):
+    c, tokens = client
+    login(c, tokens["ana"])
+    c.put("/api/answer/0/L1", json=GOOD)
+    c.put("/api/answer/0/L2", json=GOOD)
+    ana_case = c.get("/api/task?position=0&level=L1").json()
+    login(c, tokens["ben"])                 # the cookie is now ben's
+    assert c.get("/api/answers").json() == []
+    ben = c.get("/api/task?position=0&level=L1").json()
+    assert ben["answer"] is None and ben["answered"] == 0      # position 0 is ben's own case, unanswered
+    c.put("/api/answer/0/L1", json={**GOOD, "TOT": 20, "GG": 20, "RET": 0})
+    assert c.get("/api/task?position=99&level=L1").status_code == 404
+    login(c, tokens["ana"])
+    mine = c.get("/api/answers").json()
+    assert [(a["level"], a["TOT"]) for a in mine] == [("L1", 30), ("L2", 30)]
+    assert c.get("/api/task?position=0&level=L1").json()["answer"] == ana_case["answer"]
+    c.cookies.clear()      # a script with ben's token as a bearer header gets ben's rows only
+    r = c.get("/api/answers", headers={"Authorization": f"Bearer {tokens['ben']}"})
+    assert [(a["level"], a["TOT"]) for a in r.json()] == [("L1", 20)]
+    assert c.get("/api/answers", headers={"Authorization": "Bearer nonsense"}).status_code == 401
