@@ -141,29 +141,11 @@ def cohort_table(manifest: pd.DataFrame, outdir: Path) -> pd.DataFrame:
     return df[first + rest]
 
 
-LONGITUDINAL_MEASURES = ("lung_volume_total_ml", "density_HAA_pct", "density_MLA_HU", "density_kurtosis",
-                         "density_skewness", "goh_extent", "lesions_involvement_pct")
-
-
 def _longitudinal_pages(table: pd.DataFrame, out: Path, show_phi: bool = False) -> list[Path]:
-    """For every patient with two or more finished scans, a page with the change of each measurement over time.
+    """Change-over-time pages per patient with several scans: :func:`sscild.longitudinal.longitudinal_pages`."""
+    from .longitudinal import longitudinal_pages
 
-    Pages are named ``patients/patient_<n>.html`` (n in order of first appearance) and labelled by that
-    number; the patient id and dates are shown only with ``show_phi``.
-    """
-    from .report import write_longitudinal
-
-    if "patient_id" not in table.columns or "scan_date" not in table.columns:
-        return []
-    done = table[table["status"] == "done"]
-    pages = []
-    for i, (pid, rows) in enumerate(done.groupby("patient_id", sort=False), start=1):
-        if len(rows) < 2:
-            continue
-        label = f"patient {pid}" if show_phi else f"patient {i}"
-        pages.append(write_longitudinal(rows.to_dict("records"), out / "patients" / f"patient_{i}.html",
-                                        measures=LONGITUDINAL_MEASURES, patient_label=label, show_phi=show_phi))
-    return pages
+    return longitudinal_pages(table, out, show_phi=show_phi)
 
 
 def run_batch(manifest: pd.DataFrame | str | os.PathLike, outdir: str | os.PathLike, *, workers: int = 1,

@@ -174,7 +174,8 @@ def _measure(hu: np.ndarray, les: np.ndarray | None, m: np.ndarray, voxel_ml: fl
     if les is not None:
         sick = les >= LesionClass.GG
         n = int(np.count_nonzero(sick & m))
-        out.update({"GG_pct": area_percent(les == LesionClass.GG, m), "RET_pct": area_percent(les == LesionClass.RET, m),
+        out.update({"GG_pct": area_percent(les == LesionClass.GG, m),
+                    "RET_pct": area_percent(les == LesionClass.RET, m),
                     "involvement_pct": area_percent(sick, m), "lesion_ml": n * voxel_ml,
                     "lesion_share_pct": 100.0 * n / n_lesion if n_lesion else None})
     return out

@@ -430,40 +430,9 @@ def write_report(inp: ReportInput, outdir: str | os.PathLike, *, show_phi: bool 
     return path
 
 
-def write_longitudinal(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, measures: Sequence[str],
-                       date_key: str = "scan_date", patient_label: str = "patient", show_phi: bool = False) -> Path:
-    """A page showing the change of each measurement over time for one patient's scans.
+def write_longitudinal(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Moved to :func:`sscild.longitudinal.write_longitudinal` (flags, per-year change, levels by anatomy); this
+    name stays for existing callers."""
+    from .longitudinal import write_longitudinal as _write
 
-    ``rows`` are cohort-table rows of one patient (any order); dates are shown only with ``show_phi``,
-    otherwise as days since the first scan.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    df = pd.DataFrame(list(rows))
-    df["_date"] = pd.to_datetime(df[date_key], errors="coerce")
-    df = df.sort_values("_date")
-    days = (df["_date"] - df["_date"].min()).dt.days
-    measures = [m for m in measures if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(patient_label)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>Longitudinal: {html.escape(patient_label)}</h1>"]
-    x_label = "scan date" if show_phi else "days since first scan"
-    xs = df[date_key].astype(str).tolist() if show_phi else days.tolist()
-    for m in measures:
-        ys = pd.to_numeric(df[m], errors="coerce").tolist()
-        fig = _figure(4.5, 2.6)
-        ax = fig.add_subplot()
-        ax.plot(range(len(ys)), ys, "o-")
-        ax.set_xticks(range(len(ys)), [str(x) for x in xs], fontsize=7)
-        ax.set_xlabel(x_label)
-        ax.set_title(m, fontsize=9)
-        fig.tight_layout()
-        png = path.with_name(f"{path.stem}_{m}.png")
-        _save(fig, png)
-        parts.append(f"<img src='{png.name}' alt='{html.escape(m)} over time'>")
-    parts.append(_table([x_label] + list(measures), [[x] + [r.get(m) for m in measures]
-                                                     for x, r in zip(xs, df.to_dict('records'))]))
-    parts.append("</body></html>")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return _write(rows, path, **kwargs)
