@@ -257,6 +257,12 @@ _SHARP_WORDS = ("LUNG", "BONE", "SHARP", "DETAIL", "EDGE", "HIGH", "HR", "ULTRA"
 _SOFT_WORDS = ("SOFT", "STANDARD", "STND", "SMOOTH", "BODY", "ABDOMEN", "MEDIASTIN")
 
 
+_HEADER_TAGS = ["SeriesInstanceUID", "SOPInstanceUID", "Modality", "SOPClassUID", "ImageType", "Rows", "Columns",
+                "ImageOrientationPatient", "ImagePositionPatient", "SliceLocation", "PixelSpacing", "SliceThickness",
+                "GantryDetectorTilt", "ConvolutionKernel", "SeriesNumber", "Manufacturer", "ManufacturerModelName",
+                "KVP", "SeriesDescription"]
+
+
 @dataclass(frozen=True)
 class SliceHeader:
     """What sscild reads from one DICOM image's header (parsed once; ``None`` = tag absent)."""
@@ -328,15 +334,24 @@ def _read_headers(files: list[Path]):
     headers, bad = [], []
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-            if "Rows" not in ds:  # not an image (SR, presentation state, DICOMDIR...)
-                continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            if "Rows" not in ds:
+                if len(ds) == 0 or "Image Storage" in _storage_class(ds):  # cut off after its file meta
+                    bad.append((f, EOFError("the file ends before its image attributes")))
+                continue  # otherwise not an image (SR, presentation state, DICOMDIR...)
             headers.append(_header(f, ds))
         except SscildError:
             raise
         except Exception as err:  # pydicom raises many types on damaged files: all mean "cannot read"
             bad.append((f, err))
     return headers, bad
+
+
+def _storage_class(ds) -> str:
+    try:
+        return str(ds.file_meta.MediaStorageSOPClassUID.name)
+    except Exception:  # no or damaged file meta
+        return ""
 
 
 def _looks_dicom(f: Path) -> bool:
@@ -619,7 +634,6 @@ def _read_pixels(items: list[SliceHeader], src: str, notes: list[str]) -> np.nda
     """The series' pixels as HU int16 (z, y, x) in the order of ``items``; padding to air."""
     import pydicom
 
-    check_memory(len(items) * items[0].rows * items[0].cols, src)
     vol = np.empty((len(items), items[0].rows, items[0].cols), np.int16)
     rescale_notes: set[str] = set()
     for k, h in enumerate(items):
@@ -667,6 +681,7 @@ def _load_dicom_files(files: list[Path], src: str, allow_single: bool, min_slice
     if len({(h.rows, h.cols) for h in items}) > 1:
         raise InputError(f"{src}: the series' images have different sizes "
                          f"{sorted({(h.cols, h.rows) for h in items})[:3]}: the folder mixes series")
+    check_memory(len(items) * items[0].rows * items[0].cols, src)
     items, ipp, sz, direction, geo_notes = _slice_stack(items, src, bad)
     notes += geo_notes
     ps = _pixel_spacing(items, src)
