@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("torch")
 
 from sscild.phantom import make_phantom
-from sscild.pipeline import DEFAULT_MODELS, analyze, write_outputs
+from sscild import AnalysisSettings, ModelSet, analyze, write_outputs
+from sscild.modelset import DEFAULT_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,10 @@ def test_analyze_writes_scores_heatmaps_and_lesions(phantom, tmp_path):
     sc = json.loads((tmp_path / "scores.json").read_text())
     tots = [v["TOT"] for v in sc["levels"].values() if v["TOT"] is not None]
     assert len(tots) == 5 and sc["goh_extent"] == pytest.approx(np.mean(tots))
-    assert sc["goh_stage"] == ("extensive" if sc["goh_extent"] > 20 else "limited")
+    # the published Goh rule (domain.goh_stage): < 10 % limited, > 30 % extensive, between: FVC decides
+    ext = sc["goh_extent"]
+    assert sc["goh_stage"] == ("limited" if ext < 10 else "extensive" if ext > 30 else "indeterminate")
+    assert sc["n_levels_scored"] == 5 and sc["goh_extent_note"] == "mean TOT of the 5 levels"
     for v in sc["levels"].values():
         assert max(v["GG"], v["RET"]) - 1e-6 <= v["TOT"] <= min(100.0, v["GG"] + v["RET"]) + 1e-6
     assert set(sc["derived"]) == set(sc["levels"])
@@ -43,14 +47,47 @@ def test_analyze_writes_scores_heatmaps_and_lesions(phantom, tmp_path):
     # the shipped models see real signal: a 30 % phantom scores clearly above a healthy one
     healthy, _ = make_phantom(22, size="small", extent=0.0)
     h = analyze(healthy, options={"lesions": False})
-    assert sc["goh_extent"] > h.scores["goh_extent"] + 5
+    assert sc["goh_extent"] > h.scores.goh_extent + 5
+    assert a.scores.goh_extent == sc["goh_extent"] and a.heatmaps.derived == sc["derived"]
 
 
 def test_analyze_without_weights_warns_and_goes_on(phantom, tmp_path):
     scan, _ = phantom
-    a = analyze(scan, options={"weights": tmp_path / "none"})
+    for name in ("snet", "lesions"):
+        (tmp_path / "w" / name).mkdir(parents=True)          # folders given, weights missing
+    a = analyze(scan, options={"weights": tmp_path / "w"})
     assert a.scores is None and a.lesion_labels is None
     assert any("no scores" in w and "sscild train scoring" in w for w in a.warnings)
     assert any("no lesion segmentation" in w for w in a.warnings)
     files = write_outputs(a, scan, tmp_path / "out", report=False)
     assert "scores" not in files and (tmp_path / "out" / "lungs.nii.gz").exists()
+
+
+def test_weights_folder_without_a_model_falls_back_to_the_shipped_one(phantom, tmp_path):
+    """--weights DIR without snet/: the shipped S-Net scores, with a note saying so."""
+    if not (DEFAULT_MODELS / "snet" / "model.safetensors").exists():
+        pytest.skip("shipped S-Net weights not present")
+    scan, _ = phantom
+    (tmp_path / "w").mkdir()
+    a = analyze(scan, AnalysisSettings(weights=tmp_path / "w", lesions=False))
+    assert a.scores is not None and a.scores.n_levels_scored == 5
+    assert any("no snet/ subfolder" in w and "shipped S-Net" in w for w in a.warnings)
+
+
+def test_one_model_set_loads_each_model_once(phantom):
+    """A caller-owned ModelSet: two analyses, one load per model (the batch worker's case)."""
+    scan, _ = phantom
+    calls = []
+
+    def fake_snet(directory, device="cpu"):
+        calls.append(directory)
+        from sscild.errors import ModelError
+        raise ModelError("no S-Net here: sscild train scoring --config ...")
+
+    models = ModelSet(loaders={"snet": fake_snet})
+    for _ in range(2):
+        a = analyze(scan, AnalysisSettings(lesions=False), models=models)
+        assert a.scores is None and any("no S-Net here" in w for w in a.warnings)
+    assert len(calls) == 2                                   # a failed load is tried again, not cached
+    loaded = ModelSet(loaders={"snet": lambda d, device="cpu": ("model", "cfg", {"name": "S-Net"})})
+    assert loaded.get("snet") is loaded.get("snet") and len(loaded) == 1

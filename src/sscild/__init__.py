@@ -1,12 +1,84 @@
 """sscild: automatic, explainable CT measurements of interstitial lung disease in systemic sclerosis.
 
 Research software, not a medical device.
+
+The public API is importable from here; each name is loaded on first use, so ``import sscild`` stays fast:
+
+>>> import sscild
+>>> from sscild import load_ct, analyze, write_outputs, AnalysisSettings
+>>> sorted(sscild.__all__)[:4]
+['Analysis', 'AnalysisSettings', 'CTScan', 'DensityMetrics']
+
+One scan from the file to the output folder::
+
+    scan = load_ct("chest_ct/")                      # DICOM folder, .nii.gz, .mha or .nrrd
+    a = analyze(scan, AnalysisSettings(heatmaps=True))
+    print(a.volumes_ml["total"], a.scores.goh_extent if a.scores else None)
+    write_outputs(a, scan, "results/")               # lungs.nii.gz, levels.json, ..., report.html
+
+The stages alone, on a synthetic scan with known truth:
+
+>>> from sscild import segment_lungs, find_levels, density_metrics
+>>> from sscild.phantom import make_phantom
+>>> scan, truth = make_phantom(0, extent=10)
+>>> lungs = segment_lungs(scan)
+>>> levels = find_levels(scan, lungs)
+>>> abs(levels.z_mm["L2"] - truth.levels_z["L2"]) < 10
+True
+>>> round(density_metrics(scan, lungs).regions["whole"]["HAA_pct"]) > 0
+True
 """
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version as _version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = _version("sscild")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+#: Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "load_ct": "io", "save_like": "io",
+    "CTScan": "scan",
+    "segment_lungs": "anatomy", "Lungs": "anatomy",
+    "find_levels": "levels", "GohLevels": "levels",
+    "density_metrics": "density", "DensityMetrics": "density",
+    "analyze": "pipeline",
+    "write_outputs": "outputs", "WrittenOutputs": "outputs",
+    "AnalysisSettings": "settings",
+    "ModelSet": "modelset",
+    "Analysis": "results", "LevelScores": "results", "LevelScore": "results", "LesionMaps": "results",
+    "HeatMaps": "results",
+    "SscildError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from .anatomy import Lungs, segment_lungs
+    from .density import DensityMetrics, density_metrics
+    from .errors import SscildError
+    from .io import load_ct, save_like
+    from .levels import GohLevels, find_levels
+    from .modelset import ModelSet
+    from .outputs import WrittenOutputs, write_outputs
+    from .pipeline import analyze
+    from .results import Analysis, HeatMaps, LesionMaps, LevelScore, LevelScores
+    from .scan import CTScan
+    from .settings import AnalysisSettings
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sscild' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,313 +1,215 @@
-"""The analysis of one scan: a plain sequence of stages, their timings, and the files written.
+"""The analysis of one scan: a short sequence of stages, each a plain function of typed values.
 
-``analyze(scan)`` runs lungs -> levels -> density (-> learned stages when their weights are available) and
-returns an :class:`Analysis`; ``write_outputs`` writes the output folder::
+``analyze(scan, settings)`` runs lungs -> levels -> density, then the learned stages whose weights are available
+(L-Net levels, S-Net scores and heat maps, the lesion U-Net), and returns an :class:`~sscild.results.Analysis`.
+A stage whose model is missing is skipped with a warning; nothing here writes files
+(:func:`sscild.outputs.write_outputs` does), keeps models between calls (pass a :class:`~sscild.modelset.ModelSet`)
+or draws figures (:mod:`sscild.figures`).
 
-    lungs.nii.gz     1 right, 2 left lung (input geometry)     airways.nii.gz   trachea + main bronchi
-    levels.json      the five Goh levels (fixed schema)        density.json     density metrics
-    analysis.json    everything, with version and timings      levels.png       the five level slices
-    report.html      the report (+ report_*.png)               seg.dcm          DICOM-SEG (DICOM input only)
-
-``analysis.json`` keys: ``software`` {name, version}, ``input`` (non-identifying description), ``geometry``,
-``lungs`` {volumes_ml, notes, cut_off}, ``levels`` (as levels.json), ``density`` (as density.json),
-``scores`` (when S-Net ran), ``lesions`` (when the lesion model ran), ``levels_lnet`` (with ``--lnet``: L-Net's
-levels beside the anatomical ones), ``timings_s``, ``warnings``, ``models`` (cards of the models used).
+Examples
+--------
+>>> from sscild.phantom import make_phantom
+>>> from sscild import analyze, AnalysisSettings
+>>> scan, truth = make_phantom(0, extent=10)
+>>> a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
+>>> sorted(a.timings_s), a.levels.method
+(['density', 'levels', 'lungs'], 'anatomy')
+>>> abs(a.volumes_ml["total"] - sum(truth.volumes_ml[k] for k in ("right", "left"))) < 0.05 * a.volumes_ml["total"]
+True
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import __version__
 from .anatomy import Lungs, segment_lungs
-from .density import DensityMetrics, density_metrics
-from .levels import LEVELS, GohLevels, find_levels
+from .density import density_metrics
+from .domain import LEVELS, PATTERNS
+from .errors import ModelError
+from .levels import GohLevels, find_levels
+from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
+from .outputs import write_outputs
+from .results import Analysis, HeatMaps, LesionMaps, LevelScore, LevelScores, describe, level_warnings
 from .scan import CTScan
-from .util import atomic_path, draw_contour, write_json
+from .settings import AnalysisSettings
+
+__all__ = ["analyze", "Analysis", "AnalysisSettings", "ModelSet", "write_outputs", "DEFAULT_MODELS"]
 
 
 @dataclass(frozen=True)
-class Analysis:
-    """Everything measured on one scan (arrays included); ``to_dict()`` is the JSON-serialisable summary."""
+class Step:
+    """What a learned stage gives back: its result, the warnings it raised and the cards of the models used."""
 
-    scan_description: dict[str, Any]
-    lungs: Lungs
-    levels: GohLevels | None
-    density: DensityMetrics
-    volumes_ml: dict[str, float]
-    timings_s: dict[str, float]
-    warnings: list[str] = field(default_factory=list)
-    scores: dict[str, Any] | None = None
-    lesions: dict[str, Any] | None = None
-    lesion_labels: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    models: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "software": {"name": "sscild", "version": __version__},
-            "input": self.scan_description,
-            "lungs": {"volumes_ml": self.volumes_ml, "notes": self.lungs.notes, "cut_off": self.lungs.cut_off},
-            "levels": self.levels.to_dict() if self.levels is not None else None,
-            "density": self.density.to_dict(),
-            "scores": self.scores,
-            "lesions": self.lesions,
-            **{k: v for k, v in self.extra.items() if not k.startswith("_")},
-            "timings_s": self.timings_s,
-            "warnings": self.warnings,
-            "models": self.models,
-        }
+    value: Any = None
+    warnings: tuple[str, ...] = ()
+    models: tuple[dict[str, Any], ...] = ()
 
 
-def describe(scan: CTScan) -> dict[str, Any]:
-    """Non-identifying description of a scan: format, scanner, geometry."""
-    keep = ("format", "modality", "manufacturer", "model", "kernel", "slice_thickness_mm", "kvp",
-            "series_description", "series_note", "n_slices")
-    d = {k: scan.meta[k] for k in keep if k in scan.meta and scan.meta[k] not in ("", None)}
-    lo, hi = scan.extent_mm()
-    d.update({"shape_zyx": list(scan.shape), "spacing_zyx_mm": [round(float(s), 4) for s in scan.spacing],
-              "z_range_mm": [round(lo, 2), round(hi, 2)],
-              "orientation_as_read": scan.input_geometry.orientation if scan.input_geometry else "LPS"})
-    return d
+class _Clock:
+    """Seconds per stage, rounded to the millisecond."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = round(time.perf_counter() - t0, 3)
 
 
-def _warnings(lungs: Lungs, levels: GohLevels | None) -> list[str]:
-    w = [v for k, v in lungs.notes.items() if k in ("apex", "base", "airways")]
-    if levels is not None:
-        for n in LEVELS:
-            if levels.z_mm[n] is None:
-                w.append(f"{n} not placed: {levels.notes[n]}")
-            elif levels.confidence[n] < 0.5:
-                w.append(f"{n} has low confidence ({levels.confidence[n]:.2f}): {levels.notes[n]}")
-    return w
-
-
-def analyze(scan: CTScan, *, levels: bool = True, quiet: bool = True, device: str = "cpu",
-            options: Mapping[str, Any] | None = None) -> Analysis:
+def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: ModelSet | None = None,
+            options: Mapping[str, Any] | None = None, **overrides: Any) -> Analysis:
     """Run every available stage on one scan.
 
     Parameters
     ----------
     scan : CTScan
-    levels : bool
-        Place the five Goh levels (model-free).
-    quiet : bool
-        No progress output.
-    device : str
-        ``cpu`` or ``cuda`` for the learned stages.
-    options : mapping
-        Stage options for the learned stages: ``lnet`` (also place the levels with L-Net and report both),
-        ``weights`` (a folder whose ``lnet/`` etc. override the shipped models), ``heatmaps``.
+        From :func:`sscild.load_ct` (or :func:`sscild.phantom.make_phantom`).
+    settings : AnalysisSettings, optional
+        What to run (default: every stage whose model is available, no heat maps, no L-Net).
+    models : ModelSet, optional
+        Loaded models to use and keep (one per batch worker); default: a new one for this call.
+    options : mapping, optional
+        Settings as a mapping (``{"heatmaps": True, ...}``), for callers that pass options along.
+    **overrides
+        Single settings fields, e.g. ``device="cuda"``, ``heatmaps=True``.
 
     Returns
     -------
     Analysis
     """
-    t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    lungs = segment_lungs(scan)
-    t["lungs"] = time.perf_counter() - t0
-    g = None
-    if levels:
-        t0 = time.perf_counter()
-        g = find_levels(scan, lungs)
-        t["levels"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dens = density_metrics(scan, lungs)
-    t["density"] = time.perf_counter() - t0
-    extra: dict[str, Any] = {}
-    models: list[dict[str, Any]] = []
-    opts = dict(options or {})
-    if opts.get("lnet"):
-        from .scoring.lnet import predict_levels
+    st = settings if settings is not None else AnalysisSettings()
+    if options or overrides:
+        st = AnalysisSettings.from_mapping({**st.to_dict(), **dict(options or {}), **overrides})
+    models = models if models is not None else ModelSet()
+    clock = _Clock()
+    with clock("lungs"):
+        lungs = segment_lungs(scan)
+    levels = None
+    if st.levels:
+        with clock("levels"):
+            levels = find_levels(scan, lungs)
+    with clock("density"):
+        dens = density_metrics(scan, lungs)
+    steps: dict[str, Step] = {}
+    if st.lnet:
+        with clock("levels_lnet"):
+            steps["lnet"] = lnet_stage(scan, st, models)
+    scoring_levels = levels if levels is not None else steps.get("lnet", Step()).value
+    if st.scores and scoring_levels is not None:
+        with clock("scores"):
+            steps["scores"] = score_stage(scan, lungs, scoring_levels, st, models)
+        if st.heatmaps and steps["scores"].value is not None:
+            with clock("heatmaps"):
+                steps["heatmaps"] = heatmap_stage(scan, lungs, steps["scores"].value, st, models)
+    if st.lesions:
+        with clock("lesions"):
+            steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models)
+    warns = level_warnings(lungs, levels) + [w for s in steps.values() for w in s.warnings]
+    return Analysis(describe(scan), lungs, levels, dens, {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()},
+                    clock.seconds, st, tuple(warns), scores=steps.get("scores", Step()).value,
+                    lesions=steps.get("lesions", Step()).value, heatmaps=steps.get("heatmaps", Step()).value,
+                    levels_lnet=steps.get("lnet", Step()).value,
+                    models=tuple(m for s in steps.values() for m in s.models))
 
-        t0 = time.perf_counter()
-        model, cfg, card = _lnet(opts.get("weights"), device)
-        extra["levels_lnet"] = predict_levels(model, scan, cfg, device=device)
-        t["levels_lnet"] = time.perf_counter() - t0
-        models.append({"name": "L-Net", "trained_on": card.get("trained_on"), "metrics": card.get("metrics")})
-    scores = None
-    warns = _warnings(lungs, g)
-    if g is not None and opts.get("scores", True):
-        scores = _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet)
-    les_labels, les = None, None
-    if opts.get("lesions", True):
-        les_labels, les = _lesion_stage(scan, lungs, g, opts, device, t, models, warns, quiet)
-    vols = {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}
-    t = {k: round(v, 3) for k, v in t.items()}
-    return Analysis(describe(scan), lungs, g, dens, vols, t, warns, scores=scores, lesions=les,
-                    lesion_labels=les_labels, extra=extra, models=models)
+
+def _load(models: ModelSet, name: str, st: AnalysisSettings) -> LoadedModel:
+    return models.get(name, st.weights, st.device)
 
 
-def _lesion_stage(scan, lungs, g, opts, device, t, models, warns, quiet):
-    """Lesion U-Net over the whole scan and its summary; skipped with a warning when no weights exist."""
-    from .errors import ModelError
+def _used(m: LoadedModel) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    return ((m.note,) if m.note else ()), (m.summary(),)
+
+
+def lnet_stage(scan: CTScan, st: AnalysisSettings, models: ModelSet) -> Step:
+    """The five levels placed by L-Net (a :class:`~sscild.levels.GohLevels` with method ``lnet``)."""
+    try:
+        m = _load(models, "lnet", st)
+    except ModelError as err:
+        return Step(None, (f"no L-Net levels: {err}",))
+    from .scoring.lnet import predict_levels
+
+    pred = predict_levels(m.model, scan, m.config, device=st.device)
+    notes, used = _used(m)
+    return Step(pred if isinstance(pred, GohLevels) else lnet_levels(pred), notes, used)
+
+
+def lnet_levels(pred: Mapping[str, Mapping[str, Any]]) -> GohLevels:
+    """L-Net's per-level dict (``{"L1": {"z_mm", "slice_index", "confidence", "note"}, ...}``) as GohLevels."""
+    return GohLevels(z_mm={n: pred[n]["z_mm"] for n in LEVELS},
+                     slice_index={n: pred[n]["slice_index"] for n in LEVELS},
+                     confidence={n: float(pred[n]["confidence"]) for n in LEVELS},
+                     notes={n: str(pred[n].get("note", "")) for n in LEVELS}, method="lnet")
+
+
+def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSettings, models: ModelSet) -> Step:
+    """S-Net scores of the five level slices; the Goh extent and stage by :mod:`sscild.domain`."""
+    try:
+        m = _load(models, "snet", st)
+    except ModelError as err:
+        return Step(None, (f"no scores: {err}",))
+    from .scoring.snet import score_levels
+
+    raw = score_levels(m.model, m.config, scan, lungs.mask, levels.z_mm, device=st.device)
+    per = {n: LevelScore(*(None if v.get(p) is None else float(v[p]) for p in PATTERNS),
+                         slice=v.get("slice"), note=str(v.get("note", "")))
+           for n, v in raw["levels"].items()}
+    scores = LevelScores.from_levels(per, fvc_pct=st.fvc_pct)
+    notes, used = _used(m)
+    if 0 < scores.n_levels_scored < len(LEVELS):
+        notes += (f"Goh extent {scores.extent_note}; stage {scores.goh_stage} ({scores.stage_rule})",)
+    return Step(scores, notes, used)
+
+
+def heatmap_stage(scan: CTScan, lungs: Lungs, scores: LevelScores, st: AnalysisSettings, models: ModelSet) -> Step:
+    """Occlusion heat maps of the scored level slices and the scores derived from them."""
+    from .explain import heatmaps
+    from .scoring.snet import SNetScorer
+
+    m = _load(models, "snet", st)
+    ks = {n: int(s.slice) for n, s in scores.levels.items() if s.TOT is not None and s.slice is not None}
+    slices = {n: (scan.hu[k].astype(np.float32), lungs.mask[k]) for n, k in ks.items()}
+    px = float(scan.spacing[1])
+    maps = heatmaps(slices, SNetScorer(m.model, m.config, st.device, pixel_mm=px), spacing_mm=px,
+                    patch_mm=st.patch_mm, stride_mm=st.stride_mm, quiet=st.quiet)
+    card_thr = dict(m.card.get("heatmap_thresholds") or {})
+    thr = {p: float(card_thr.get(p, -2.0)) for p in PATTERNS}
+    notes = tuple(f"heat-map thresholds were fitted with {k} = {card_thr[k]} (this run: {getattr(st, k)}); the "
+                  "derived scores are not calibrated for it" for k in ("patch_mm", "stride_mm")
+                  if k in card_thr and abs(float(card_thr[k]) - getattr(st, k)) > 1e-6)
+    derived = {n: hm.derived_scores([thr[p] for p in PATTERNS]) for n, hm in maps.items()}
+    return Step(HeatMaps(maps, ks, thr, derived, st.patch_mm, st.stride_mm), notes)
+
+
+def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: AnalysisSettings,
+                 models: ModelSet) -> Step:
+    """Lesion U-Net over the whole scan and its summary (per lung, zone, level)."""
+    try:
+        m = _load(models, "lesions", st)
+    except ModelError as err:
+        return Step(None, (f"no lesion segmentation: {err}",))
     from .lesions import segment_lesions, summarise
 
-    t0 = time.perf_counter()
-    try:
-        model, cfg, card = _model("lesions", opts.get("weights"), device)
-    except ModelError as err:
-        warns.append(f"no lesion segmentation: {err}")
-        return None, None
-    lab = segment_lesions(model, cfg, scan, lungs.mask, device=device, quiet=quiet)
-    ks = {n: scan.slice_at_z(z) if z is not None else None for n, z in (g.z_mm.items() if g else [])}
-    summary = summarise(lab, lungs.labels, scan, ks)
-    t["lesions"] = time.perf_counter() - t0
-    models.append({"name": "lesion U-Net", "trained_on": card.get("trained_on"),
-                   "metrics": card.get("validation_dice")})
-    return lab, summary
+    lab = segment_lesions(m.model, m.config, scan, lungs.mask, device=st.device, quiet=st.quiet)
+    ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
+    notes, used = _used(m)
+    return Step(LesionMaps(lab, summarise(lab, lungs.labels, scan, ks)), notes, used)
 
 
-def _score_stage(scan, lungs, g, opts, device, t, extra, models, warns, quiet) -> dict[str, Any] | None:
-    """S-Net scores of the five level slices (and heat maps with ``heatmaps``); skipped with a warning when no
-    S-Net weights are available."""
-    from .errors import ModelError
-    from .scoring.snet import SNetScorer, score_levels
+def __getattr__(name: str) -> Any:
+    """Names that moved to their own modules, still importable from here."""
+    moved = {"run_demo": "demo", "levels_png": "figures", "lesions_vs_truth_png": "figures"}
+    if name in moved:
+        import importlib
 
-    t0 = time.perf_counter()
-    try:
-        model, cfg, card = _model("snet", opts.get("weights"), device)
-    except ModelError as err:
-        warns.append(f"no scores: {err}")
-        return None
-    scores = score_levels(model, cfg, scan, lungs.mask, g.z_mm, device=device)
-    scores["goh_stage"] = scores.pop("stage")
-    t["scores"] = time.perf_counter() - t0
-    models.append({"name": "S-Net", "trained_on": card.get("trained_on"),
-                   "metrics": card.get("validation_metrics")})
-    if opts.get("heatmaps"):
-        from .explain import heatmaps as _heatmaps
-
-        t0 = time.perf_counter()
-        ks = {n: v["slice"] for n, v in scores["levels"].items() if v.get("TOT") is not None}
-        slices = {n: (scan.hu[k].astype(np.float32), lungs.mask[k]) for n, k in ks.items()}
-        scorer = SNetScorer(model, cfg, device, pixel_mm=float(scan.spacing[1]))
-        maps = _heatmaps(slices, scorer, spacing_mm=float(scan.spacing[1]),
-                         patch_mm=opts.get("patch_mm", 45.0), stride_mm=opts.get("stride_mm", 11.0),
-                         quiet=quiet)
-        thr = card.get("heatmap_thresholds", {"TOT": -2.0, "GG": -2.0, "RET": -2.0})
-        scores["derived"] = {n: m.derived_scores([thr[p] for p in ("TOT", "GG", "RET")]) for n, m in maps.items()}
-        scores["derived_thresholds"] = thr
-        extra["_heatmaps"] = (maps, ks)
-        t["heatmaps"] = time.perf_counter() - t0
-    return scores
-
-
-_MODELS: dict[tuple, Any] = {}
-DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
-
-
-def _model(name: str, weights: str | Path | None, device: str):
-    """A shipped model (``lnet``, ``snet``, ``lesions``) loaded once per process (batch workers keep it between
-    scans); ``weights`` is a folder whose subfolder ``name`` overrides the shipped weights."""
-    from .scoring import lnet, snet
-
-    loaders = {"lnet": lnet.load_lnet, "snet": snet.load_snet}
-    if name == "lesions":
-        from . import lesions
-
-        loaders["lesions"] = lesions.load_unet
-    d = Path(weights) / name if weights else None
-    key = (name, str(d), device)
-    if key not in _MODELS:
-        _MODELS[key] = loaders[name](d, device=device)
-    return _MODELS[key]
-
-
-def _lnet(weights: str | Path | None, device: str):
-    return _model("lnet", weights, device)
-
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-def levels_png(scan: CTScan, lungs: Lungs, levels: GohLevels, path: Path) -> Path:
-    """The five level slices side by side: lung window, lung contours, level name, world z and slice index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axs = plt.subplots(1, 5, figsize=(17, 3.9), dpi=90)
-    sy, sx = scan.spacing[1], scan.spacing[2]
-    ext = (0, scan.shape[2] * sx, scan.shape[1] * sy, 0)
-    for ax, n in zip(axs, LEVELS):
-        k = levels.array_index(scan, n)
-        ax.set_axis_off()
-        if k is None:
-            ax.text(0.5, 0.5, f"{n}: not placed\n{levels.notes[n][:60]}", ha="center", va="center", fontsize=8,
-                    transform=ax.transAxes, wrap=True)
-            continue
-        ax.imshow(scan.hu[k], cmap="gray", vmin=-1350, vmax=150, extent=ext)
-        for lab, col in ((1, "#00e5ff"), (2, "#ff4fd8")):
-            draw_contour(ax, lungs.labels[k] == lab, (sy, sx), colors=col, linewidths=0.7)
-        ax.set_title(f"{n}  z = {levels.z_mm[n]:.1f} mm  slice {levels.slice_index[n]}\n"
-                     f"confidence {levels.confidence[n]:.2f}", fontsize=9)
-    fig.suptitle("Goh levels (L1 great-vessel origin, L2 carina, L3 venous confluence, L4 halfway, "
-                 "L5 1 cm above right dome); cyan = right lung, magenta = left", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))      # leave the top for the suptitle (tight_layout ignores it)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
-
-
-def write_outputs(analysis: Analysis, scan: CTScan, outdir: str | Path, *, report: bool = True,
-                  dicom_seg: bool | None = None, show_phi: bool = False) -> dict[str, Path]:
-    """Write the output folder of one analysis (see the module docstring)."""
-    from .io import save_like
-
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    files["lungs"] = save_like(analysis.lungs.labels, scan, out / "lungs.nii.gz")
-    files["airways"] = save_like(analysis.lungs.airways.astype(np.uint8), scan, out / "airways.nii.gz")
-    if analysis.lesion_labels is not None:
-        files["lesions"] = save_like(analysis.lesion_labels, scan, out / "lesions.nii.gz")
-    if analysis.levels is not None:
-        files["levels"] = write_json(out / "levels.json", analysis.levels.to_dict())
-        files["levels_png"] = levels_png(scan, analysis.lungs, analysis.levels, out / "levels.png")
-    files["density"] = write_json(out / "density.json", analysis.density.to_dict())
-    if "_heatmaps" in analysis.extra:
-        from .explain import write_heatmap_outputs
-
-        maps, ks = analysis.extra.pop("_heatmaps")
-        analysis.extra["heatmap_pngs"] = write_heatmap_outputs(maps, scan, ks, out)
-    if analysis.scores is not None:
-        files["scores"] = write_json(out / "scores.json", analysis.scores)
-    if analysis.lesions is not None:
-        files["lesions_json"] = write_json(out / "lesions.json", analysis.lesions)
-    files["analysis"] = write_json(out / "analysis.json", analysis.to_dict())
-    is_dicom = scan.meta.get("format") == "dicom" and scan.source and Path(scan.source).is_dir()
-    if (dicom_seg if dicom_seg is not None else is_dicom) and is_dicom:
-        from .dicomseg import lung_segments, write_dicom_seg
-        from .errors import SscildError
-
-        try:
-            files["dicom_seg"] = write_dicom_seg(scan.source, scan, lung_segments(analysis.lungs.labels,
-                                                                                 analysis.lesion_labels),
-                                                 out / "seg.dcm")
-        except (SscildError, ValueError, AttributeError, TypeError) as err:
-            # the NIfTI outputs stand; a viewer export that fails is reported, not fatal
-            analysis.warnings.append(f"DICOM-SEG not written: {type(err).__name__}: {err}")
-    if report:
-        from .report import ReportInput, write_report
-
-        lv = {d["name"]: d for d in analysis.levels.to_dict()["levels"]} if analysis.levels else {}
-        sc = analysis.scores or {}
-        inp = ReportInput(scan, analysis.lungs.labels, lv, density=analysis.density.to_dict(),
-                          volumes_ml=analysis.volumes_ml, scores=sc.get("levels"), goh_extent=sc.get("goh_extent"),
-                          derived_scores=sc.get("derived"), lesion_labels=analysis.lesion_labels,
-                          lesion_summary=analysis.lesions, heatmap_pngs=analysis.extra.get("heatmap_pngs"),
-                          warnings=analysis.warnings, model_cards=analysis.models, timings=analysis.timings_s,
-                          title="sscild report")
-        files["report"] = write_report(inp, out, show_phi=show_phi)
-    return files
+        return getattr(importlib.import_module(f"sscild.{moved[name]}"), name)
+    raise AttributeError(f"module 'sscild.pipeline' has no attribute {name!r}")
 
 
 def cohort_row(analysis: Analysis) -> dict[str, Any]:
@@ -350,82 +252,3 @@ def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, An
     row = cohort_row(a)
     row["time_read_s"] = round(t_read, 3)
     return row
-
-
-# --------------------------------------------------------------------------------------------
-# the demo
-# --------------------------------------------------------------------------------------------
-def lesions_vs_truth_png(scan: CTScan, analysis: Analysis, truth_lesions: np.ndarray, path: Path) -> Path:
-    """The level slices with the U-Net's lesions (top) and the phantom's true lesions (bottom): GG yellow, RET red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    ks = [(n, scan.slice_at_z(analysis.levels.z_mm[n])) for n in LEVELS
-          if analysis.levels is not None and analysis.levels.z_mm[n] is not None]
-    ks = [(n, k) for n, k in ks if k is not None]
-    cmap = ListedColormap(["#f2c500", "#d7191c"])
-    fig, axes = plt.subplots(2, max(1, len(ks)), figsize=(3.2 * max(1, len(ks)), 6.6), squeeze=False)
-    for j, (n, k) in enumerate(ks):
-        for i, (lab, who) in enumerate(((analysis.lesion_labels, "U-Net"), (truth_lesions, "truth"))):
-            ax = axes[i, j]
-            ax.imshow(scan.hu[k], cmap="gray", vmin=-1200, vmax=200)
-            les = np.ma.masked_where(lab[k] < 2, lab[k] - 2)
-            ax.imshow(les, cmap=cmap, vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
-            ax.set_title(f"{n} {who}", fontsize=9)
-            ax.axis("off")
-    fig.suptitle("lesions: ground glass (yellow), reticulation (red)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
-
-
-def run_demo(outdir: str | Path, *, seed: int = 3, extent: float | None = 25.0, size: str = "medium",
-             quiet: bool = True) -> dict[str, Any]:
-    """Make a phantom patient, write it as DICOM, read it back, analyse it, compare with the truth.
-
-    Returns a summary dict (measured vs true) and writes the analysis folder into ``outdir`` (the phantom's
-    files go to ``outdir/phantom``).
-    """
-    from .evaluate import dice
-    from .io import load_ct
-    from .phantom import make_phantom, write_phantom
-
-    out = Path(outdir)
-    ph_scan, truth = make_phantom(seed, size=size, extent=extent)
-    write_phantom(ph_scan, truth, out / "phantom", fmt="dicom")
-    t0 = time.perf_counter()
-    scan = load_ct(out / "phantom" / "dicom")
-    t_read = time.perf_counter() - t0
-    a = analyze(scan, quiet=quiet)
-    write_outputs(a, scan, out)
-    summary: dict[str, Any] = {
-        "seed": seed, "shape_zyx": list(scan.shape), "read_s": round(t_read, 3), "timings_s": a.timings_s,
-        "lung_dice": dice(a.lungs.labels > 0, truth.lungs > 0),
-        "right_dice": dice(a.lungs.labels == 1, truth.lungs == 1),
-        "left_dice": dice(a.lungs.labels == 2, truth.lungs == 2),
-        "volumes_ml": {"measured": a.volumes_ml,
-                       "true": {"right": truth.volumes_ml["right"], "left": truth.volumes_ml["left"]}},
-        "levels_mm": {n: {"measured": a.levels.z_mm[n] if a.levels else None, "true": truth.levels_z[n]}
-                      for n in LEVELS},
-        "haa_pct": a.density.regions["whole"]["HAA_pct"], "true_extent_pct": truth.extent,
-    }
-    if a.scores is not None:
-        lv = a.scores["levels"]
-        true_ext = float(np.mean([truth.level_scores[n]["TOT"] for n in LEVELS]))
-        summary["scores"] = {n: {p: {"measured": lv[n].get(p), "true": truth.level_scores[n][p]}
-                                 for p in ("TOT", "GG", "RET")} for n in LEVELS}
-        summary["goh_extent"] = {"measured": a.scores["goh_extent"], "true": true_ext}
-    if a.lesion_labels is not None:
-        from .lesions import dice_table
-
-        summary["lesions_png"] = str(lesions_vs_truth_png(scan, a, truth.lesions, out / "lesions_vs_truth.png").name)
-        summary["lesions"] = {"dice": dice_table(a.lesion_labels, truth.lesions),
-                              "involvement_pct": {"measured": a.lesions["whole"]["involvement_pct"],
-                                                  "true": truth.extent["TOT"]}}
-    write_json(out / "demo_summary.json", summary)
-    return summary

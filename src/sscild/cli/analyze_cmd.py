@@ -14,39 +14,53 @@ from .common import console
 def analyze_cmd(
     input: Path = typer.Option(..., "-i", "--input", help="A DICOM series folder, or a .nii/.nii.gz/.mha/.nrrd "
                                                           "file."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
+    out: str = typer.Option(..., "-o", "--out", help="Output folder (created; an earlier sscild output there is "
+                                                     "replaced as a whole)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (learned stages)."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Explain the scores with heat maps (slower)."),
     lnet: bool = typer.Option(False, "--lnet", help="Also place the levels with L-Net and report both."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
-    show_phi: bool = typer.Option(False, "--show-phi", help="Put patient name/id/dates in the report."),
+    fvc: Optional[float] = typer.Option(None, "--fvc", help="FVC in % predicted: stages a Goh extent of 10-30 %."),
+    show_phi: bool = typer.Option(False, "--show-phi", help="Put patient name, id, dates and the DICOM series/study "
+                                                            "descriptions into analysis.json and the report."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Measure one chest CT: lungs, airways, the five Goh levels, density (and scores, lesions when their
     models are available). Writes NIfTI masks in the input's geometry, JSON files and report.html."""
     from ..io import load_ct
-    from ..pipeline import analyze, write_outputs
+    from ..outputs import check_output_dir, write_outputs
+    from ..pipeline import analyze
+    from ..settings import AnalysisSettings
     from ..util import pick_device
 
-    dev = pick_device(device)
+    check_output_dir(out, input)           # before the work: a bad output folder fails now, not after it
+    st = AnalysisSettings(device=pick_device(device), heatmaps=heatmaps, lnet=lnet, weights=weights, fvc_pct=fvc,
+                          show_phi=show_phi, quiet=quiet)
     scan = load_ct(input)
-    a = analyze(scan, quiet=quiet, device=dev, options={"heatmaps": heatmaps, "weights": weights, "lnet": lnet})
-    write_outputs(a, scan, out, show_phi=show_phi)
+    a = analyze(scan, st)
+    written = write_outputs(a, scan, out)
     if not quiet:
-        v = a.volumes_ml
-        console.print(f"lungs {v['total'] / 1000:.2f} L (right {v['right']:.0f} mL, left {v['left']:.0f} mL); "
-                      f"HAA {a.density.regions['whole']['HAA_pct']:.1f} %")
-        if a.levels is not None:
-            console.print("levels (z mm): " + ", ".join(
-                f"{n} {a.levels.z_mm[n]:.1f}" if a.levels.z_mm[n] is not None else f"{n} -" for n in a.levels.z_mm))
-        if "levels_lnet" in a.extra:
-            ln = a.extra["levels_lnet"]
-            console.print("L-Net levels (z mm): " + ", ".join(
-                f"{n} {ln[n]['z_mm']:.1f}" if ln[n]["z_mm"] is not None else f"{n} -" for n in ln))
-        for w in a.warnings:
-            console.print(f"[yellow]warning:[/] {w}")
-        console.print(f"written to {out}/ (report.html)")
+        _print_summary(a, list(a.warnings) + list(written.warnings), written.folder)
+
+
+def _levels_line(levels) -> str:
+    return ", ".join(f"{n} {levels.z_mm[n]:.1f}" if levels.z_mm[n] is not None else f"{n} -" for n in levels.z_mm)
+
+
+def _print_summary(a, warnings: list[str], folder: Path) -> None:
+    v = a.volumes_ml
+    console.print(f"lungs {v['total'] / 1000:.2f} L (right {v['right']:.0f} mL, left {v['left']:.0f} mL); "
+                  f"HAA {a.density.regions['whole']['HAA_pct']:.1f} %")
+    if a.levels is not None:
+        console.print("levels (z mm): " + _levels_line(a.levels))
+    if a.levels_lnet is not None:
+        console.print("L-Net levels (z mm): " + _levels_line(a.levels_lnet))
+    if a.scores is not None and a.scores.goh_extent is not None:
+        console.print(f"Goh extent {a.scores.goh_extent:.1f} % ({a.scores.extent_note}); stage {a.scores.goh_stage}")
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"written to {folder}/ (report.html)")
 
 
 @app.command("demo")
@@ -59,7 +73,7 @@ def demo_cmd(
     """Run the whole pipeline on a synthetic patient with known truth and compare."""
     from rich.table import Table
 
-    from ..pipeline import run_demo
+    from ..demo import run_demo
 
     s = run_demo(out, seed=seed, extent=extent, size=size)
     t = Table(title=f"sscild demo: phantom seed {seed}, {'x'.join(map(str, s['shape_zyx'][::-1]))} voxels")

@@ -1,0 +1,104 @@
+"""The learned models an analysis uses, loaded on first use and kept by their owner.
+
+A :class:`ModelSet` replaces a process-wide cache: whoever runs analyses owns one (a script, one per batch worker)
+and passes it to :func:`sscild.analyze`; when it goes away, so do the models. Nothing is shared behind the caller's
+back and a changed weights folder is read again by a new ``ModelSet``.
+
+Examples
+--------
+>>> from sscild.modelset import ModelSet
+>>> models = ModelSet()
+>>> len(models), sorted(MODEL_NAMES)
+(0, ['lesions', 'lnet', 'snet'])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelError
+
+#: The shipped models' folder (``snet/``, ``lnet/``, ``lesions/``).
+DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
+#: Model name -> (module, loader function, name shown to users).
+MODEL_NAMES: dict[str, tuple[str, str, str]] = {
+    "lnet": ("sscild.scoring.lnet", "load_lnet", "L-Net"),
+    "snet": ("sscild.scoring.snet", "load_snet", "S-Net"),
+    "lesions": ("sscild.lesions", "load_unet", "lesion U-Net"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A network ready for inference, its config and its card; ``note`` says where it came from when that is
+    not what was asked (a fallback to the shipped weights)."""
+
+    name: str
+    model: Any
+    config: Any
+    card: dict[str, Any]
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """What ``analysis.json`` and the report say about the model (from its card)."""
+        c = self.card
+        metrics = next((c[k] for k in ("test_metrics", "metrics", "validation_metrics", "validation_dice")
+                        if c.get(k) is not None), None)
+        d = {"name": c.get("name", MODEL_NAMES[self.name][2]), "version": c.get("version"),
+             "trained_on": c.get("trained_on", c.get("training_data")), "metrics": metrics}
+        if self.note:
+            d["note"] = self.note
+        return {k: v for k, v in d.items() if v is not None}
+
+
+class ModelSet:
+    """Models loaded once per (name, weights folder, device) for the lifetime of this object.
+
+    ``get(name, weights, device)`` loads ``name`` (``lnet``, ``snet``, ``lesions``) from ``weights/name`` when a
+    weights folder is given and holds that subfolder, else the shipped model (with a note when a folder was given
+    without it). Missing or unfit weights raise :class:`~sscild.errors.ModelError`, every time they are asked for.
+    """
+
+    def __init__(self, loaders: dict[str, Callable[..., tuple]] | None = None) -> None:
+        self._loaders = dict(loaders or {})
+        self._cache: dict[tuple[str, str, str], LoadedModel] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _loader(self, name: str) -> Callable[..., tuple]:
+        if name in self._loaders:
+            return self._loaders[name]
+        if name not in MODEL_NAMES:
+            raise ModelError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        import importlib
+
+        mod, fn, _ = MODEL_NAMES[name]
+        return getattr(importlib.import_module(mod), fn)
+
+    def get(self, name: str, weights: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+        """The model ``name``, loaded on first use."""
+        directory, note = _directory(name, weights)
+        key = (name, str(directory), device)
+        if key not in self._cache:
+            model, cfg, card = self._loader(name)(directory, device=device)
+            self._cache[key] = LoadedModel(name, model, cfg, dict(card or {}), note)
+        return self._cache[key]
+
+    def clear(self) -> None:
+        """Forget every loaded model."""
+        self._cache.clear()
+
+
+def _directory(name: str, weights: str | Path | None) -> tuple[Path | None, str]:
+    """The folder to load ``name`` from (None = shipped) and a note when falling back to the shipped one."""
+    if weights is None:
+        return None, ""
+    w = Path(weights)
+    if not w.is_dir():
+        raise ModelError(f"--weights {w} is not a folder: give a folder with snet/, lnet/ or lesions/ "
+                         "subfolders, or leave --weights out to use the shipped models")
+    if (w / name).is_dir():
+        return w / name, ""
+    return None, f"{w} has no {name}/ subfolder: the shipped {MODEL_NAMES[name][2]} was used"
