@@ -33,11 +33,30 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .anatomy import Lungs
+from .domain import LEVEL_NAMES, LEVELS
 from .errors import NoLungsError
 from .scan import CTScan
 
-LEVELS = ("L1", "L2", "L3", "L4", "L5")
 LANDMARKS = ("great_vessel_origin", "carina", "venous_confluence", "right_dome")
+
+#: Plausible distances (mm, cranio-caudal) between landmarks: (upper, lower) -> (min, max). Measured on 24 phantoms
+#: (seeds 100-123: apex-carina 70-93, origin-carina 29-44, carina-confluence 22-41, confluence-dome 63-114,
+#: carina-dome 99-141) and by eye on the shared real scans (apex-carina 80-87, origin-carina 32-42, carina-confluence
+#: 32-68, confluence-dome 26-62, carina-dome 67-110), widened by about a third. A landmark outside its range is
+#: rejected (the next candidate is tried) or kept with a lower confidence and a note.
+PLAUSIBLE_MM: dict[tuple[str, str], tuple[float, float]] = {
+    ("apex", "carina"): (45.0, 130.0),
+    ("apex", "great_vessel_origin"): (20.0, 90.0),
+    ("great_vessel_origin", "carina"): (12.0, 70.0),
+    ("carina", "venous_confluence"): (15.0, 90.0),
+    ("venous_confluence", "right_dome"): (15.0, 130.0),
+    ("carina", "right_dome"): (50.0, 180.0),
+}
+#: Confidence of a level whose landmark broke a plausibility check but was kept (best candidate, no other).
+IMPLAUSIBLE_CONFIDENCE = 0.3
+#: Above this image noise (HU SD in the lungs) and this slice spacing (mm) the confidences are scaled down.
+NOISE_OK_HU = 60.0
+SPACING_OK_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -79,42 +98,130 @@ class GohLevels:
                 "landmarks": {k: v.to_dict() for k, v in self.landmarks.items()}}
 
 
-def levels_from_landmarks(scan: CTScan, lm: dict[str, Landmark], method: str = "anatomy") -> GohLevels:
-    """Derive L1..L5 from the four landmarks (L4 halfway L3-L5, L5 = dome + 10 mm)."""
-    def mk(z, conf, note):
-        k = scan.slice_at_z(z) if z is not None else None
-        if z is not None and k is None:
-            return None, None, 0.0, note + " (outside the scan)"
-        return z, (scan.input_slice_index(k) if k is not None else None), conf, note
+def _slice_entry(scan: CTScan, z: float | None, conf: float, note: str, lung_z: tuple[float, float] | None):
+    """(z_mm, slice_index, confidence, note) of the slice that is scored for a level at world ``z``: z_mm is that
+    slice's centre. A level outside the scan or outside the lung's z-range is not placed."""
+    if z is None:
+        return None, None, 0.0, note
+    k = scan.slice_at_z(z)
+    if k is None:
+        return None, None, 0.0, f"{note} (at z = {z:.1f} mm, outside the scan)"
+    zk = scan.z_mm(k)
+    if lung_z is not None and not lung_z[0] <= zk <= lung_z[1]:
+        return None, None, 0.0, (f"{note} (at z = {z:.1f} mm, outside the lungs' z-range "
+                                 f"{lung_z[0]:.1f}..{lung_z[1]:.1f} mm: not placed)")
+    return zk, scan.input_slice_index(k), float(conf), note
 
+
+def _enforce_order(entries: dict[str, tuple]) -> dict[str, tuple]:
+    """L1 above L2 above ... L5 (world z falls): of two placed levels out of order, the less confident is dropped,
+    with a note saying why."""
+    out = dict(entries)
+    for _ in range(len(LEVELS)):
+        placed = [n for n in LEVELS if out[n][0] is not None]
+        bad = next(((a, b) for a, b in zip(placed, placed[1:]) if out[a][0] <= out[b][0]), None)
+        if bad is None:
+            break
+        a, b = bad
+        drop, keep = (a, b) if out[a][2] < out[b][2] else (b, a)
+        out[drop] = (None, None, 0.0, f"{out[drop][3]}; dropped: not in anatomical order with {keep} "
+                                      f"(L1 above L2 above L3 above L4 above L5)")
+    return out
+
+
+def levels_from_landmarks(scan: CTScan, lm: dict[str, Landmark], method: str = "anatomy",
+                          lung_z: tuple[float, float] | None = None) -> GohLevels:
+    """Derive L1..L5 from the four landmarks (L4 halfway L3-L5, L5 = dome + 10 mm).
+
+    Each level's ``z_mm`` is the centre of the slice that is scored (nearest to the landmark's z) and
+    ``slice_index`` that slice as read; the landmarks keep their own z. With ``lung_z`` (lowest, highest lung slice
+    centre, mm) a level outside the lungs is not placed; levels out of order are dropped (the less confident).
+    """
     g, c, v, d = (lm[n] for n in LANDMARKS)
-    entries = {
-        "L1": mk(g.z_mm, g.confidence, f"great-vessel origin: {g.note}"),
-        "L2": mk(c.z_mm, c.confidence, f"carina: {c.note}"),
-        "L3": mk(v.z_mm, v.confidence, f"venous confluence: {v.note}"),
-    }
-    if d.z_mm is not None:
-        entries["L5"] = mk(d.z_mm + 10.0, d.confidence, f"10 mm above the right dome: {d.note}")
+    z5 = d.z_mm + 10.0 if d.z_mm is not None else None
+    raw = {"L1": (g.z_mm, g.confidence, f"{LEVEL_NAMES['L1']}: {g.note}"),
+           "L2": (c.z_mm, c.confidence, f"carina: {c.note}"),
+           "L3": (v.z_mm, v.confidence, f"venous confluence: {v.note}"),
+           "L5": (z5, d.confidence, f"10 mm above the right dome: {d.note}" if z5 is not None
+                  else f"right dome not found: {d.note}")}
+    if v.z_mm is not None and z5 is not None:
+        raw["L4"] = ((v.z_mm + z5) / 2, min(v.confidence, d.confidence), "halfway between L3 and L5")
     else:
-        entries["L5"] = (None, None, 0.0, f"right dome not found: {d.note}")
-    if entries["L3"][0] is not None and entries["L5"][0] is not None:
-        entries["L4"] = mk((entries["L3"][0] + entries["L5"][0]) / 2, min(entries["L3"][2], entries["L5"][2]),
-                           "halfway between L3 and L5")
-    else:
-        entries["L4"] = (None, None, 0.0, "needs both L3 and L5")
+        raw["L4"] = (None, 0.0, "needs both L3 and L5")
+    entries = _enforce_order({n: _slice_entry(scan, *raw[n], lung_z) for n in LEVELS})
     return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
                      {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS}, dict(lm), method)
 
 
 # --------------------------------------------------------------------------------------------
-def _carina(scan: CTScan, lungs: Lungs) -> Landmark:
-    if lungs.carina_index is None:
+def _mk(scan: CTScan, z: float | None, conf: float, note: str) -> Landmark:
+    """A landmark at world ``z`` (its slice as read when inside the scan)."""
+    k = scan.slice_at_z(z) if z is not None else None
+    return Landmark(z, scan.input_slice_index(k) if k is not None else None, conf if z is not None else 0.0, note)
+
+
+def _in_range(pair: tuple[str, str], upper: float | None, lower: float | None) -> str:
+    """'' when the distance ``upper - lower`` (mm) lies in :data:`PLAUSIBLE_MM` for ``pair`` (or is unknown), else
+    why not."""
+    if upper is None or lower is None:
+        return ""
+    lo, hi = PLAUSIBLE_MM[pair]
+    d = upper - lower
+    return "" if lo <= d <= hi else (f"{pair[0].replace('_', ' ')} to {pair[1].replace('_', ' ')} {d:.0f} mm, "
+                                     f"outside the plausible {lo:.0f}-{hi:.0f} mm")
+
+
+def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> np.ndarray:
+    """Per slice, whether the airway mask shows two bronchi: two components of >= ``min_mm2`` whose centres lie
+    >= 8 mm apart left to right."""
+    from scipy.ndimage import center_of_mass
+
+    px = scan.spacing[1] * scan.spacing[2]
+    out = np.zeros(airways.shape[0], bool)
+    for k in np.nonzero(airways.any(axis=(1, 2)))[0]:
+        lab, n = ndi.label(airways[k])
+        big = 1 + np.nonzero(np.bincount(lab.ravel(), minlength=n + 1)[1:] * px >= min_mm2)[0]
+        if len(big) >= 2:
+            xs = np.array([c[1] for c in center_of_mass(airways[k], lab, big)]) * scan.spacing[2]
+            out[k] = xs.max() - xs.min() >= 8.0
+    return out
+
+
+def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str]]:
+    """Array z indices (continuous) where the airways split, top first: the tracked carina of
+    :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each) begin and stay apart
+    (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice above."""
+    out = []
+    if lungs.carina_index is not None:
+        out.append((float(lungs.carina_index), "first slice where the trachea is split into two bronchi"))
+    strict = _split_slices(scan, lungs.airways, 30.0)
+    loose = _split_slices(scan, lungs.airways, 5.0) | strict
+    run = max(2, int(np.ceil(12.0 / abs(scan.spacing[0]))))
+    for k in range(len(strict) - 2, run - 2, -1):
+        if strict[k] and not loose[k + 1] and loose[max(0, k - run + 1):k + 1].mean() >= 2 / 3:
+            if all(abs(k + 0.5 - c) > run for c, _ in out):
+                out.append((k + 0.5, "first slice where the airways show two main bronchi (candidate from the "
+                                     "airway mask)"))
+    return out
+
+
+def _carina(scan: CTScan, lungs: Lungs, apex_z: float | None) -> Landmark:
+    """The carina: the first candidate (top down) whose distance below the lung apex is plausible."""
+    cands = _carina_candidates(scan, lungs)
+    if not cands:
         why = lungs.notes.get("airways", "the trachea was not seen splitting into two main bronchi")
         return Landmark(None, None, 0.0, why)
-    z = scan.z_mm(lungs.carina_index)
-    k = scan.slice_at_z(z)
-    return Landmark(z, scan.input_slice_index(k) if k is not None else None, 0.9,
-                    "first slice where the trachea is split into two bronchi")
+    rejected = []
+    for idx, note in cands:
+        z = scan.z_mm(idx)
+        why = _in_range(("apex", "carina"), apex_z, z)
+        if apex_z is not None and not why and z > apex_z:
+            why = "above the lung apex"
+        if not why:
+            conf = 0.9 if not rejected else 0.6
+            return _mk(scan, z, conf, note + ("" if not rejected else "; rejected higher: " + "; ".join(rejected)))
+        rejected.append(f"z = {z:.1f} mm ({why})")
+    return Landmark(None, None, 0.0, "no plausible carina: " + "; ".join(rejected))
 
 
 def _first_along_z(mask: np.ndarray) -> np.ndarray:
@@ -129,15 +236,39 @@ def _first_along_z(mask: np.ndarray) -> np.ndarray:
     return first
 
 
+SOFT_TISSUE_HU = 40.0      # the diaphragm and liver under the lung base
+
+
+def _base_surface(scan: CTScan, right: np.ndarray, bottom: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """World z (mm) of the right lung's lower surface per column, interpolated between slices from the partial
+    volume of the lowest lung slice and the one below it: the share of lung in a voxel is where its HU lies between
+    the soft tissue under the base and the lung above it (the median of the lowest 30 mm of the lung)."""
+    dz = abs(scan.spacing[0])
+    b = np.where(has, bottom, 0).astype(np.int64)
+    yy, xx = np.indices(b.shape)
+    low = right[: int(b[has].min()) + int(np.ceil(30.0 / dz)) + 1]
+    lung_hu = float(np.median(scan.hu[: low.shape[0]][low])) if low.any() else -850.0
+    span = max(SOFT_TISSUE_HU - lung_hu, 100.0)
+
+    def share(k):
+        return np.clip((SOFT_TISSUE_HU - scan.hu[np.clip(k, 0, None), yy, xx].astype(float)) / span, 0.0, 1.0)
+
+    f_b = np.clip(share(b), 0.5, 1.0)             # the lowest lung slice is at least half lung (it is in the mask)
+    f_below = np.where(b > 0, np.clip(share(b - 1), 0.0, 0.5), 0.0)
+    z0 = scan.z_mm(0)
+    sgn = np.sign(scan.z_mm(1) - z0) if scan.shape[0] > 1 else 1.0
+    return z0 + sgn * dz * b + 0.5 * dz - dz * (f_b + f_below)
+
+
 def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     right = lungs.labels == 1
     zs = np.nonzero(right.any(axis=(1, 2)))[0]
     if len(zs) == 0:
         return Landmark(None, None, 0.0, "no right lung")
     lo, hi = zs.min(), zs.max()
+    cut = bool(lungs.cut_off.get("base", False))
     has = right.any(axis=0)
-    bottom = _first_along_z(right).astype(float)      # lowest lung slice of each column
-    bottom[~has] = np.nan
+    bottom = _first_along_z(right)      # lowest lung slice of each column
     # the diaphragm is under the lower half of the lung; higher 'bottoms' are hila or apical curvature. The dome
     # peaks in the mid/lateral hemithorax; medially the lung ends on the heart, which is not diaphragm
     # per row (y), drop the columns within 30 mm of the lung's medial edge (right lung: medial = larger x)
@@ -145,19 +276,22 @@ def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     x_med = np.where(has.any(axis=1), has.shape[1] - 1 - np.argmax(has[:, ::-1], axis=1), -1)[:, None]
     lateral = cols <= x_med - 30.0 / scan.spacing[2]
     cand = has & lateral & (bottom <= lo + 0.5 * (hi - lo))
+    if cut:     # columns where the lung reaches the scan's last slice end below it: their surface is unknown
+        cand &= bottom > 0
     if not cand.any():
-        return Landmark(None, None, 0.0, "no lower lung surface found")
-    b = np.where(cand, bottom, lo)
-    b = ndi.median_filter(b, size=5)
-    top = float(np.percentile(b[cand], 98))
-    if top <= lo + 0.5 and lungs.cut_off.get("base", False):
-        return Landmark(None, None, 0.0, "the scan ends above the right hemidiaphragm (lung base cut off)")
-    # the dome top lies between this slice and the one below (the lowest lung voxel's lower edge)
-    z = scan.z_mm(top) - 0.5 * abs(scan.spacing[0])
-    k = scan.slice_at_z(z)
-    conf = 0.9 if not lungs.cut_off.get("base", False) else 0.6
-    return Landmark(z, scan.input_slice_index(k) if k is not None else None, conf,
-                    "highest point of the right lung's lower surface")
+        return Landmark(None, None, 0.0, "no lower lung surface found" if not cut else
+                        "the scan ends above the right hemidiaphragm (lung base cut off)")
+    surf = _base_surface(scan, right, bottom, has)
+    surf = ndi.median_filter(np.where(cand, surf, np.nanmin(surf[cand])), size=5)
+    z = float(np.percentile(surf[cand], 98))
+    z_end = scan.z_mm(0) - 0.5 * abs(scan.spacing[0])
+    if cut and z - z_end < 15.0:
+        return Landmark(None, None, 0.0, f"the scan ends {z - z_end:.0f} mm below the highest lung base seen (lung "
+                        "base cut off): the right dome may lie below the scan")
+    if cut:
+        return _mk(scan, z, 0.5, "highest point of the right lung's lower surface; the lung base reaches the "
+                   "scan's last slice, so the dome may be missed")
+    return _mk(scan, z, 0.9, "highest point of the right lung's lower surface")
 
 
 def _trachea_xy(lungs: Lungs, k_from: int, k_to: int) -> tuple[float, float] | None:
@@ -375,40 +509,64 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     return None
 
 
-def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark) -> Landmark:
+def _origin_below_apex(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, float], top: int, arch: np.ndarray,
+                       kc: int) -> Landmark:
+    """The great-vessel origin under the arch apex found in slice ``top``: the brachiocephalic trunk followed down
+    to the aorta, or the apex itself (low confidence) when it cannot be followed."""
+    apex = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
+    z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, arch, kc)
+    if z_bt is None or scan.slice_at_z(z_bt) is None:
+        return _mk(scan, apex, 0.4, "top of the aortic arch (highest slice where one vessel runs from in front of "
+                   "the trachea round its left side to behind it); the brachiocephalic trunk could not be followed "
+                   "down to the arch, and in an unfolded aorta it arises 2-3 cm lower")
+    return _mk(scan, z_bt, 0.75, f"where the brachiocephalic trunk, followed down from above the aortic arch, joins "
+                                 f"the aorta (arch apex at {apex:.1f} mm)")
+
+
+def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: float | None = None) -> Landmark:
+    """The great-vessel origin: arch apices from the top down (at most 90 mm above the carina and 20 mm below the
+    lung apex), the first whose origin lies at a plausible distance from the carina and the apex."""
     f = max(1, int(round(1.5 / scan.spacing[2])))
+    dz = abs(scan.spacing[0])
     top_k = scan.shape[0] - 1
     if carina.z_mm is not None:
         kc = scan.slice_at_z(carina.z_mm)
-        k_hi = min(top_k, kc + int(np.ceil(90.0 / scan.spacing[0])))
+        k_hi = min(top_k, kc + int(np.ceil(90.0 / dz)))
     else:   # no carina in view (e.g. a mediastinal crop): search wherever the trachea is seen
         ks_air = np.nonzero(lungs.airways.any(axis=(1, 2)))[0]
         if len(ks_air) == 0:
             return Landmark(None, None, 0.0, "needs the trachea to find the mediastinum")
         kc, k_hi = int(ks_air.min()) - 1, int(ks_air.max())
+    if apex_z is not None:
+        k_hi = min(k_hi, scan.slice_at_z(max(apex_z - PLAUSIBLE_MM[("apex", "great_vessel_origin")][0],
+                                             scan.z_mm(0))) or 0)
     tr = _trachea_xy(lungs, kc + 1, k_hi + 1)
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
-    # from the top down, the first slice that cuts the arch is its apex
-    top, arch = next(((k, a) for k in range(k_hi, kc, -1)
-                      if (a := _arch_component(scan, lungs, k, f, tr)) is not None), (None, None))
-    if top is None:
-        return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
-    if top >= top_k - 1:
-        return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
-                        "great vessels is out of range")
-    apex = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
-    z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, arch, kc)
-    k_bt = None if z_bt is None else scan.slice_at_z(z_bt)
-    if k_bt is None:
-        k = scan.slice_at_z(apex)
-        return Landmark(apex, scan.input_slice_index(k) if k is not None else None, 0.4,
-                        "top of the aortic arch (highest slice where one vessel runs from in front of the trachea "
-                        "round its left side to behind it); the brachiocephalic trunk could not be followed down to "
-                        "the arch, and in an unfolded aorta it arises 2-3 cm lower")
-    return Landmark(z_bt, scan.input_slice_index(k_bt), 0.75,
-                    f"where the brachiocephalic trunk, followed down from above the aortic arch, joins the aorta "
-                    f"(arch apex at {apex:.1f} mm)")
+    rejected: list[str] = []
+    k = k_hi
+    while k > kc and len(rejected) < 3:
+        # from the top down, the first slice that cuts the arch is its apex
+        top, arch = next(((j, a) for j in range(k, kc, -1)
+                          if (a := _arch_component(scan, lungs, j, f, tr)) is not None), (None, None))
+        if top is None:
+            break
+        if top >= top_k - 1:
+            return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
+                            "great vessels is out of range")
+        lm = _origin_below_apex(scan, lungs, f, tr, top, arch, kc)
+        why = (_in_range(("great_vessel_origin", "carina"), lm.z_mm, carina.z_mm)
+               or _in_range(("apex", "great_vessel_origin"), apex_z, lm.z_mm))
+        if not why:
+            if not rejected:
+                return lm
+            return Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
+                            f"{lm.note}; rejected higher: {'; '.join(rejected)}")
+        rejected.append(f"z = {lm.z_mm:.1f} mm ({why})")
+        k = top - int(np.ceil(10.0 / dz))
+    if rejected:
+        return Landmark(None, None, 0.0, "no plausible great-vessel origin: " + "; ".join(rejected))
+    return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
 
 
 def _spine_front(scan: CTScan, k_from: int, k_to: int, tx: float, f: int, ty: float) -> float | None:
@@ -508,7 +666,54 @@ def find_great_vessel_origin(scan: CTScan, lungs: Lungs | None = None) -> Landma
         from .anatomy import segment_airways_only
 
         lungs = segment_airways_only(scan)
-    return _great_vessel_origin(scan, lungs, _carina(scan, lungs))
+    return _great_vessel_origin(scan, lungs, _carina(scan, lungs, None))
+
+
+def image_noise_hu(scan: CTScan, lungs: Lungs, n_slices: int = 8) -> float:
+    """Robust estimate of the image noise (HU SD) inside the lungs: the median absolute difference of neighbouring
+    pixels (1.4826 MAD / sqrt 2) over up to ``n_slices`` lung slices. Lung texture adds little (vessels are rare
+    pixels); smooth kernels give less, as they have less noise."""
+    ks = np.nonzero(lungs.mask.any(axis=(1, 2)))[0]
+    if len(ks) == 0:
+        return 0.0
+    diffs = []
+    for k in ks[np.linspace(0, len(ks) - 1, min(n_slices, len(ks))).astype(int)]:
+        m = lungs.mask[k]
+        both = m[:, 1:] & m[:, :-1]
+        diffs.append(np.diff(scan.hu[k].astype(np.float32), axis=1)[both])
+    d = np.concatenate(diffs)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)) if d.size else 0.0
+
+
+def _quality_factor(scan: CTScan, noise: float) -> tuple[float, str]:
+    """Multiplier of every landmark's confidence for image noise and slice spacing, and why (empty when 1)."""
+    f, why = 1.0, []
+    if noise > NOISE_OK_HU:
+        f *= float(np.clip(NOISE_OK_HU / noise, 0.3, 1.0))
+        why.append(f"noisy image (about {noise:.0f} HU SD in the lungs)")
+    dz = abs(scan.spacing[0])
+    if dz > SPACING_OK_MM:
+        f *= float(np.clip(SPACING_OK_MM / dz, 0.4, 1.0))
+        why.append(f"{dz:.1f} mm slices: a level can be a slice off")
+    return f, "; ".join(why)
+
+
+def _checked(lm: dict[str, Landmark], scan: CTScan, noise: float) -> dict[str, Landmark]:
+    """The landmarks after the checks between them: carina to dome, carina to confluence, confluence to dome
+    (an implausible pair keeps both landmarks at low confidence, with the reason), then image quality."""
+    out = dict(lm)
+    for up, low in (("carina", "right_dome"), ("carina", "venous_confluence"), ("venous_confluence", "right_dome")):
+        why = _in_range((up, low), out[up].z_mm, out[low].z_mm)
+        if why:
+            for n in (up, low):
+                old = out[n]
+                out[n] = Landmark(old.z_mm, old.slice_index, min(old.confidence, IMPLAUSIBLE_CONFIDENCE),
+                                  f"{old.note}; implausible: {why}")
+    f, why = _quality_factor(scan, noise)
+    if f < 1.0:
+        out = {n: Landmark(v.z_mm, v.slice_index, v.confidence * f, f"{v.note}; confidence lowered: {why}")
+               if v.z_mm is not None else v for n, v in out.items()}
+    return out
 
 
 def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
@@ -523,6 +728,9 @@ def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
     Returns
     -------
     GohLevels
+        z_mm is the centre of the slice that is scored for each level; a level whose landmark is outside the scan
+        or the lungs, or is not found, is None with a note; the confidences fall where landmarks break the
+        distances of :data:`PLAUSIBLE_MM`, with image noise and with thick slices.
 
     Raises
     ------
@@ -531,9 +739,12 @@ def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
     """
     if not lungs.mask.any():
         raise NoLungsError("no lungs found: the Goh levels are defined on the lungs")
-    carina = _carina(scan, lungs)
+    zl = np.nonzero(lungs.mask.any(axis=(1, 2)))[0]
+    lung_z = tuple(sorted((scan.z_mm(zl.min()), scan.z_mm(zl.max()))))
+    apex_z = None if lungs.cut_off.get("apex", False) else lung_z[1] + 0.5 * abs(scan.spacing[0])
+    carina = _carina(scan, lungs, apex_z)
     dome = _right_dome(scan, lungs)
-    gvo = _great_vessel_origin(scan, lungs, carina)
+    gvo = _great_vessel_origin(scan, lungs, carina, apex_z)
     ven = _venous_confluence(scan, lungs, carina, dome)
     lm = {"great_vessel_origin": gvo, "carina": carina, "venous_confluence": ven, "right_dome": dome}
-    return levels_from_landmarks(scan, lm)
+    return levels_from_landmarks(scan, _checked(lm, scan, image_noise_hu(scan, lungs)), lung_z=lung_z)

@@ -1,0 +1,46 @@
+"""The five Goh levels on the shared real chest CTs against ranges annotated by eye (tests/data/real_levels.json).
+
+Each level must fall inside its annotated range (world z of the slice that is scored), a level whose landmark lies
+outside the scan must not be placed, and the placed levels keep their anatomical order inside the lungs' z-range.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_path
+from sscild.anatomy import segment_lungs
+from sscild.domain import LEVELS
+from sscild.levels import find_levels
+
+ANNOTATIONS = json.loads((Path(__file__).parent / "data" / "real_levels.json").read_text())["scans"]
+
+
+def _check_against_annotation(scan, lungs, g, annotation: dict) -> None:
+    for n in LEVELS:
+        want = annotation["levels"][n]
+        if want["z_mm"] is None:
+            assert g.z_mm[n] is None, (n, g.z_mm[n], "the annotation says: " + want["anatomy"])
+            assert g.notes[n]
+            continue
+        lo, hi = want["z_mm"]
+        assert g.z_mm[n] is not None, (n, g.notes[n])
+        assert lo - 1e-6 <= g.z_mm[n] <= hi + 1e-6, (n, g.z_mm[n], (lo, hi), want["anatomy"], g.notes[n])
+        k = scan.slice_at_z(g.z_mm[n])
+        assert abs(scan.z_mm(k) - g.z_mm[n]) < 1e-6           # the centre of the slice that is scored
+        assert g.slice_index[n] == scan.input_slice_index(k)
+        assert want["slices"][0] <= g.slice_index[n] <= want["slices"][1]
+    placed = [g.z_mm[n] for n in LEVELS if g.z_mm[n] is not None]
+    assert placed == sorted(placed, reverse=True) and len(set(placed)) == len(placed)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("relpath", sorted(ANNOTATIONS))
+def test_levels_within_annotated_ranges(relpath):
+    from sscild.io import load_ct
+
+    scan = load_ct(shared_path(*relpath.split("/")))
+    lungs = segment_lungs(scan)
+    _check_against_annotation(scan, lungs, find_levels(scan, lungs), ANNOTATIONS[relpath])
