@@ -38,3 +38,60 @@ def test_dicom_seg_round_trip_on_real_series(lung_series_dir, tmp_path):
     # the SEG references the source instances, so viewers show it beside the series
     refs = {r.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
     assert len(refs) == scan.shape[0]
+
+
+def _small_dicom_scan(tmp_path):
+    from sscild.io import load_ct
+    from sscild.phantom import write_dicom_series
+
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "badinput"))
+    from badinputs import small_scan  # the bad-input corpus's tiny chest
+
+    d = tmp_path / "ct"
+    write_dicom_series(small_scan(), d, patient_name="DOE^JANE",
+                       extra={"PatientID": "MRN-12345", "PatientBirthDate": "19610203", "AccessionNumber": "ACC9"})
+    return d, load_ct(d)
+
+
+def test_dicom_seg_carries_identifiers_unless_deidentified(tmp_path):
+    import pydicom
+
+    from sscild.dicomseg import deidentify_dataset
+
+    d, scan = _small_dicom_scan(tmp_path)
+    lungs = (scan.hu < -500).astype(np.uint8)
+    segs = lung_segments(lungs)
+    plain = pydicom.dcmread(write_dicom_seg(d, scan, segs, tmp_path / "seg.dcm"))
+    assert str(plain.PatientName) == "DOE^JANE" and plain.PatientID == "MRN-12345"  # made for PACS: identified
+    anon = pydicom.dcmread(write_dicom_seg(d, scan, segs, tmp_path / "anon.dcm", deidentify=True))
+    text = str(anon)
+    for phi in ("DOE", "JANE", "MRN-12345", "19610203", "ACC9", "20000101"):
+        assert phi not in text, phi
+    assert anon.PatientIdentityRemoved == "YES" and anon.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert anon.StudyInstanceUID != plain.StudyInstanceUID
+    # the segmentation itself is unchanged: same frames
+    assert np.array_equal(anon.pixel_array, plain.pixel_array) and anon.Modality == "SEG"
+    # the function other DICOM writers reuse leaves non-identifying attributes alone
+    ds = pydicom.Dataset()
+    ds.PatientName, ds.Modality, ds.SliceThickness = "X^Y", "SR", "1.5"
+    assert deidentify_dataset(ds).Modality == "SR" and str(ds.PatientName) != "X^Y"
+
+
+def test_dicom_seg_skips_a_localizer_inside_the_series(tmp_path):
+    import pydicom
+
+    d, _ = _small_dicom_scan(tmp_path)
+    ds = pydicom.dcmread(sorted(d.iterdir())[0])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(d / "scout.dcm")
+    from sscild.io import load_ct
+
+    scan = load_ct(d)
+    segs = lung_segments((scan.hu < -500).astype(np.uint8))
+    out = write_dicom_seg(d, scan, segs, tmp_path / "seg.dcm")
+    back = read_dicom_seg(out, d, scan)
+    assert masks_equal(back, {s.label: s.mask for s in segs})

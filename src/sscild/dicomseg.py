@@ -3,6 +3,14 @@
 Written with highdicom as a BINARY segmentation referencing the source CT instances. Masks are sscild arrays
 (z, y, x) in LPS; each source slice is matched through its own ImagePositionPatient and
 ImageOrientationPatient, so any axis-aligned storage order of the source series is handled.
+
+Privacy: like any DICOM object made for PACS, ``seg.dcm`` copies the source's patient and study attributes (name,
+id, birth date, study date, accession number...) so it files beside the series. With ``deidentify=True``
+(``--deidentify``) it is written with the DICOM PS3.15 Basic Application Level Confidentiality Profile applied by
+:func:`deidentify_dataset` (Kitware's ``dicom-anonymizer``, whose rules are generated from the standard's table
+E.1-1): identifiers removed or emptied, dates replaced, UIDs replaced consistently within the process (so the SEG
+then references the de-identified UIDs, not the original series). Other DICOM writers (e.g. ``sscild.sr``) call
+:func:`deidentify_dataset` the same way.
 """
 from __future__ import annotations
 
@@ -46,11 +54,62 @@ def lung_segments(lung_labels: np.ndarray, lesion_labels: np.ndarray | None = No
     return segs
 
 
-def _source_datasets(source_dir: str | os.PathLike, n_slices: int) -> list:
-    """The CT datasets of the series in ``source_dir`` with ``n_slices`` slices (the largest such series)."""
+def deidentify_dataset(ds):
+    """Apply the DICOM basic de-identification profile (PS3.15 E.1-1) to a pydicom dataset, in place.
+
+    The rules come from Kitware's ``dicom-anonymizer`` (generated from the standard's table, newest edition
+    shipped); private tags are removed; ``PatientIdentityRemoved`` is set to ``YES`` and the method recorded
+    (code 113100, Basic Application Confidentiality Profile). UIDs are replaced by the same new UID every time
+    within one process, so objects that reference each other stay consistent. Returns ``ds``.
+
+    Examples
+    --------
+    >>> from pydicom.dataset import Dataset
+    >>> ds = Dataset()
+    >>> ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "12345", "SEG"
+    >>> ds = deidentify_dataset(ds)
+    >>> str(ds.PatientName) != "Doe^Jane", ds.PatientIdentityRemoved, ds.Modality
+    (True, 'YES', 'SEG')
+    """
+    from dicomanonymizer import anonymize_dataset
+    from pydicom.dataset import Dataset
+
+    anonymize_dataset(ds, base_rules_gen=_basic_profile_rules, delete_private_tags=True)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (dicom-anonymizer)"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [code]
+    return ds
+
+
+def _basic_profile_rules() -> dict:
+    from dicomanonymizer import simpledicomanonymizer as sda
+    from dicomanonymizer.dicom_anonymization_databases import __path__ as dbs
+
+    newest = sorted(p.stem for p in Path(dbs[0]).glob("dicomfields_*.py"))[-1]
+    return sda.initialize_actions(newest)
+
+
+def deidentify_file(path: str | os.PathLike) -> Path:
+    """De-identify a DICOM file with :func:`deidentify_dataset`, replacing it atomically."""
+    import pydicom
+
+    path = Path(path)
+    ds = deidentify_dataset(pydicom.dcmread(path))
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp)
+    return path
+
+
+def _source_datasets(source_dir: str | os.PathLike, n_slices: int, sop_uids: Sequence[str] | None = None) -> list:
+    """The CT datasets the scan was read from: those with ``sop_uids`` (from ``scan.meta["sop_instance_uids"]``)
+    when given, else the series in ``source_dir`` with ``n_slices`` slices."""
     import pydicom
 
     groups: dict[str, list] = {}
+    wanted = set(sop_uids or ())
     for p in sorted(Path(source_dir).rglob("*")):
         if not p.is_file():
             continue
@@ -58,9 +117,11 @@ def _source_datasets(source_dir: str | os.PathLike, n_slices: int) -> list:
             ds = pydicom.dcmread(p)
         except Exception:  # not DICOM: ignore, as the reader does
             continue
-        if getattr(ds, "Modality", "") != "CT" or "PixelData" not in ds:
+        if ds.get("Modality", "") != "CT" or "PixelData" not in ds:
             continue
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+        if sop_uids is not None and str(ds.get("SOPInstanceUID", "")) not in wanted:
+            continue
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
     fitting = [g for g in groups.values() if len(g) == n_slices]
     for g in fitting:  # type-2 attributes some exports omit; highdicom copies them (in memory only)
         for ds in g:
@@ -95,12 +156,16 @@ def _pixel_map(ds, scan: CTScan) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def write_dicom_seg(source_dir: str | os.PathLike, scan: CTScan, segments: Sequence[Segment],
-                    path: str | os.PathLike, *, series_description: str = "sscild segmentation") -> Path:
-    """Write ``segments`` (LPS masks on ``scan``'s grid) as a DICOM-SEG referencing the series in ``source_dir``."""
+                    path: str | os.PathLike, *, series_description: str = "sscild segmentation",
+                    deidentify: bool = False) -> Path:
+    """Write ``segments`` (LPS masks on ``scan``'s grid) as a DICOM-SEG referencing the series in ``source_dir``.
+
+    With ``deidentify`` the SEG gets the DICOM basic de-identification profile (:func:`deidentify_dataset`).
+    """
     import highdicom as hd
     from pydicom.sr.coding import Code
 
-    datasets = _source_datasets(source_dir, scan.shape[0])
+    datasets = _source_datasets(source_dir, scan.shape[0], scan.meta.get("sop_instance_uids"))
     frames = np.zeros((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns), len(segments)), np.uint8)
     for i, ds in enumerate(datasets):
         k, y, x = _pixel_map(ds, scan)
@@ -121,6 +186,8 @@ def write_dicom_seg(source_dir: str | os.PathLike, scan: CTScan, segments: Seque
     with warnings.catch_warnings():  # highdicom's advice on the source's PatientName format
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         seg = _segmentation(hd, datasets, frames, descs, series_description)
+    if deidentify:
+        deidentify_dataset(seg)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
@@ -140,7 +207,7 @@ def read_dicom_seg(path: str | os.PathLike, source_dir: str | os.PathLike, scan:
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
-    datasets = _source_datasets(source_dir, scan.shape[0])
+    datasets = _source_datasets(source_dir, scan.shape[0], scan.meta.get("sop_instance_uids"))
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]

@@ -11,11 +11,9 @@ import traceback
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-import numpy as np
 import pytest
 
 from sscild.errors import SscildError
-from sscild.scan import CTScan
 
 KINDS = ("clear error", "correct + warning", "correct result")
 
@@ -123,30 +121,3 @@ def pytest_runtest_makereport(item, call):
     rep = (yield).get_result()
     if rep.when == "call" and rep.failed:
         item._sscild_failed = True  # the failure itself is the outcome; don't add a second one
-
-
-# --------------------------------------------------------------------------------------------
-# small generated inputs shared by the cases
-# --------------------------------------------------------------------------------------------
-def small_scan(nz: int = 12, n: int = 32, spacing: tuple[float, float, float] = (2.5, 1.5, 1.5),
-               seed: int = 0) -> CTScan:
-    """A tiny chest-like CT (air around a 40 HU body holding two -850 HU 'lungs'), LPS, z toward the head."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:n, :n]
-    c = (n - 1) / 2
-    body = ((yy - c) / (0.42 * n)) ** 2 + ((xx - c) / (0.47 * n)) ** 2 <= 1
-    lungs = (((yy - c) / (0.28 * n)) ** 2 + ((np.abs(xx - c) - 0.22 * n) / (0.16 * n)) ** 2) <= 1
-    sl = np.where(lungs, -850, np.where(body, 40, -1000)).astype(np.int16)
-    hu = np.repeat(sl[None], nz, axis=0) + rng.integers(-20, 21, (nz, n, n)).astype(np.int16)
-    return CTScan(hu.astype(np.int16), spacing=spacing, origin=(-c * spacing[2], -c * spacing[1], -100.0))
-
-
-def dicom_series(folder, scan: CTScan | None = None, **kw) -> "Path":
-    """Write ``scan`` (default :func:`small_scan`) as a CT DICOM series in ``folder``; ``kw`` go to
-    :func:`sscild.phantom.write_dicom_series` (``extra=`` tweaks each dataset)."""
-    from pathlib import Path
-
-    from sscild.phantom import write_dicom_series
-
-    write_dicom_series(scan if scan is not None else small_scan(), folder, **kw)
-    return Path(folder)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import dicom_series, small_scan
+from badinputs import dicom_series, small_scan
 
 from sscild.errors import GeometryError, NonAxialError, NotHUError
 from sscild.io import load_ct

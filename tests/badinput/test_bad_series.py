@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
-from conftest import dicom_series, small_scan
+from badinputs import dicom_series, small_scan
 
 from sscild.errors import CorruptFileError, MemoryLimitError, SeriesChoiceError
 from sscild.io import load_ct
