@@ -148,8 +148,9 @@ def _models(models: Sequence[Mapping[str, Any]], weights: str | os.PathLike | No
     for m in models:
         name = str(m.get("name", "?"))
         f = model_weights_file(name, weights)
-        sha = m.get("sha256") or (sha256_file(f) if f is not None else None)
-        out.append({"name": name, "weights_sha256": sha, "trained_on": public_text(m.get("trained_on"))})
+        sha = m.get("weights_sha256") or m.get("sha256") or (sha256_file(f) if f is not None else None)
+        d = {"name": name, "weights_sha256": sha, "trained_on": public_text(m.get("trained_on"))}
+        out.append({**d, "version": m["version"]} if m.get("version") else d)
     return out
 
 
@@ -162,9 +163,10 @@ def run_facts(analysis: Mapping[str, Any], *, weights: str | os.PathLike | None 
     analysis : mapping
         ``analysis.json`` content (``software``, ``timings_s``, ``density``, ``scores``, ``models``, ``input``).
     weights : path, optional
-        The ``--weights DIR`` the run used (default: the shipped models); a model entry's own ``sha256`` wins.
+        The ``--weights DIR`` the run used (default: ``settings.weights``, else the shipped models); a model
+        entry's own ``weights_sha256`` (or ``sha256``) wins over hashing the file.
     fvc_pct : float, optional
-        FVC % predicted given for the staging.
+        FVC % predicted given for the staging (default: ``settings.fvc_pct``).
 
     Returns
     -------
@@ -172,6 +174,9 @@ def run_facts(analysis: Mapping[str, Any], *, weights: str | os.PathLike | None 
         ``software``, ``libraries``, ``models`` (name, weights_sha256, trained_on), ``thresholds``, ``stages_ran``,
         ``input`` (non-identifying acquisition facts), ``fvc_pct``.
     """
+    settings = analysis.get("settings") or {}
+    weights = settings.get("weights") if weights is None else weights
+    fvc_pct = settings.get("fvc_pct") if fvc_pct is None else fvc_pct
     density = analysis.get("density") or {}
     scores = analysis.get("scores") or {}
     thresholds: dict[str, Any] = {
