@@ -102,3 +102,15 @@ def test_longitudinal_page_hides_dates_unless_asked(tmp_path):
     assert (tmp_path / "p1_goh_extent.png").exists()
     page2 = write_longitudinal(rows, tmp_path / "p2.html", measures=["goh_extent"], show_phi=True).read_text()
     assert "2021-01-01" in page2
+
+
+def test_citation_cff_names_this_version_and_the_staging_paper():
+    from pathlib import Path
+
+    import yaml
+
+    import sscild
+
+    cff = yaml.safe_load((Path(__file__).resolve().parents[1] / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == sscild.__version__.split("+")[0]
+    assert "10.1164/rccm.200706-877OC" in {r.get("doi") for r in cff["references"]}
