@@ -12,8 +12,8 @@ from .common import console
 
 @app.command("batch")
 def batch(
-    manifest: Path = typer.Argument(..., help="CSV with columns scan_id,path (+ patient_id, scan_date, clinical "
-                                              "columns carried into the cohort table)."),
+    manifest: Path = typer.Argument(..., help="CSV with columns scan_id,path (+ series_uid to pick a DICOM series; "
+                                              "patient_id, scan_date, clinical columns carried into the table)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: scans/<scan_id>/, status/, cohort.csv, "
                                                       "cohort.parquet, failures.csv."),
     workers: int = typer.Option(1, "--workers", help="Local worker processes (one thread each)."),
@@ -25,14 +25,24 @@ def batch(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
+    show_phi: bool = typer.Option(False, "--show-phi", help="Patient ids, dates and DICOM descriptions in the "
+                                                            "outputs and the longitudinal pages."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="Write each seg.dcm with the DICOM basic "
+                                                                "de-identification profile."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Analyse a cohort: one `sscild analyze` per manifest row; failures are recorded and the rest go on."""
+    """Analyse a cohort: one `sscild analyze` per manifest row; failures are recorded and the rest go on.
+
+    A rerun skips the scans already done with the same input, options, software and models; the cohort table is
+    rewritten after every finished scan; a second batch on the same output folder is refused while one runs.
+    """
     from ..cohort import run_batch
 
-    res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet,
-                    options={"heatmaps": heatmaps, "device": device, "lnet": lnet,
-                             "weights": str(weights) if weights else None})
+    options = {"heatmaps": heatmaps, "device": device, "lnet": lnet, "show_phi": show_phi,
+               "weights": str(weights) if weights else None}
+    if deidentify:
+        options["deidentify"] = True
+    res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet, options=options)
     console.print(f"{res.n_done} done, {res.n_failed} failed, {res.n_skipped} skipped (already done) of "
                   f"{res.n_total}; table: {out / 'cohort.csv'}")
     for r in res.failures.itertuples():
