@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -210,45 +209,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f"sscild.{moved[name]}"), name)
     raise AttributeError(f"module 'sscild.pipeline' has no attribute {name!r}")
-
-
-def cohort_row(analysis: Analysis) -> dict[str, Any]:
-    """One flat row of stable columns for the cohort table."""
-    row: dict[str, Any] = {f"lung_volume_{k}_ml": v for k, v in analysis.volumes_ml.items()}
-    whole = analysis.density.regions["whole"]
-    for k in ("MLA_HU", "SD_HU", "skewness", "kurtosis", "HAA_pct", "p10_HU", "p15_HU"):
-        row[f"density_{k}"] = whole.get(k)
-    if analysis.levels is not None:
-        for n in LEVELS:
-            row[f"{n}_z_mm"] = analysis.levels.z_mm[n]
-            row[f"{n}_confidence"] = analysis.levels.confidence[n]
-    for n, e in (analysis.extra.get("levels_lnet") or {}).items():
-        row[f"{n}_z_mm_lnet"] = e["z_mm"]
-    if analysis.scores:
-        for n, s in (analysis.scores.get("levels") or {}).items():
-            for p in ("TOT", "GG", "RET"):
-                row[f"{n}_{p}"] = s.get(p)
-        row["goh_extent"] = analysis.scores.get("goh_extent")
-        row["goh_stage"] = analysis.scores.get("goh_stage")
-    if analysis.lesions and "whole" in analysis.lesions:
-        for k, v in analysis.lesions["whole"].items():
-            if isinstance(v, (int, float)):
-                row[f"lesions_{k}"] = v
-    row["n_warnings"] = len(analysis.warnings)
-    for k, v in analysis.timings_s.items():
-        row[f"time_{k}_s"] = v
-    return row
-
-
-def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Batch worker: read, analyse, write the folder, return the cohort row (errors propagate to the caller)."""
-    from .io import load_ct
-
-    t0 = time.perf_counter()
-    scan = load_ct(path)
-    t_read = time.perf_counter() - t0
-    a = analyze(scan, device=options.get("device", "cpu"), options=options)
-    write_outputs(a, scan, outdir, show_phi=bool(options.get("show_phi", False)))
-    row = cohort_row(a)
-    row["time_read_s"] = round(t_read, 3)
-    return row
