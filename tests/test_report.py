@@ -68,11 +68,15 @@ def test_report_tables_render_zones_counts_models_and_methods(tmp_path):
     card = {"name": "lesion U-Net", "trained_on": "slices of ../shared/data/chest-ct-lung-pet-ct-dx-a0001 and "
             "src/sscild/models/lesions", "metrics": {"GG": 0.8307, "RET": 0.8139}}
     snet = {"name": "S-Net", "trained_on": "phantoms", "metrics": {"TOT": {"MAE": 1.396, "kappa": 0.958}}}
+    lnet = {"name": "L-Net", "version": "1.0.0", "weights": {"sha256": "ab" * 32},   # model-card schema 2
+            "training": {"data": "phantoms and ../shared/data/chest-ct-lidc-idri-0001", "label_kind": "synthetic"},
+            "metrics": [{"split": "test", "in_sample": False, "description": "24 phantoms", "n": 24,
+                         "values": {"L1": {"MAE_mm": 0.92}}}]}
     inp = ReportInput(scan, lungs, levels, density={"HAA_range_HU": [-600.0, -250.0],
                                                     "whole": {"n_voxels": 150643.0, "MLA_HU": -786.4}},
-                      lesion_summary=lesions, model_cards=[card, snet], timings={"lungs": 1.0, "lesions": 2.0})
+                      lesion_summary=lesions, model_cards=[card, snet, lnet], timings={"lungs": 1.0, "lesions": 2.0})
     page = write_report(inp, tmp_path).read_text()
-    assert "<td>zones: upper</td>" in page and "<td>1.2</td>" in page and "<td>31.8</td>" in page
+    assert "<td class='t'>zones: upper</td>" in page and "<td>1.2</td>" in page and "<td>31.8</td>" in page
     assert "<td>150643</td>" in page and "150643.0" not in page
     assert "shared/data" not in page and "src/sscild" not in page and "chest-ct-lung-pet-ct-dx-a0001" in page
     assert "{" not in page.split("<body>", 1)[1], "a raw Python dict leaked into the page"
@@ -82,6 +86,8 @@ def test_report_tables_render_zones_counts_models_and_methods(tmp_path):
     assert sha and sha in methods and "from -600 to -250 HU" in methods
     assert methods.index("lungs and airways") < methods.index("U-Net")   # stages in the order they ran
     assert "QILD-WL" in page and "QHC-WL" in page
+    assert "test, n = 24: 24 phantoms" in page and "<td>0.920</td>" in page and "label_kind: synthetic" in page
+    assert "L-Net weights: sha256 " + "ab" * 32 in methods and "L-Net 1.0.0" in page
 
 
 def test_level_images_are_large(tmp_path):

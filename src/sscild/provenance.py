@@ -148,8 +148,11 @@ def _models(models: Sequence[Mapping[str, Any]], weights: str | os.PathLike | No
     for m in models:
         name = str(m.get("name", "?"))
         f = model_weights_file(name, weights)
-        sha = m.get("weights_sha256") or m.get("sha256") or (sha256_file(f) if f is not None else None)
-        d = {"name": name, "weights_sha256": sha, "trained_on": public_text(m.get("trained_on"))}
+        w = m.get("weights") if isinstance(m.get("weights"), Mapping) else {}
+        sha = m.get("weights_sha256") or m.get("sha256") or w.get("sha256") or (sha256_file(f) if f else None)
+        trained = m.get("trained_on", m.get("training"))
+        d = {"name": name, "weights_sha256": sha,
+             "trained_on": public_text(trained) if isinstance(trained, str) else trained}
         out.append({**d, "version": m["version"]} if m.get("version") else d)
     return out
 
@@ -171,7 +174,8 @@ def run_facts(analysis: Mapping[str, Any], *, weights: str | os.PathLike | None 
     Returns
     -------
     dict
-        ``software``, ``libraries``, ``models`` (name, weights_sha256, trained_on), ``thresholds``, ``stages_ran``,
+        ``software``, ``libraries``, ``models`` (name, weights_sha256, trained_on, version), ``thresholds``,
+        ``stages_ran``,
         ``input`` (non-identifying acquisition facts), ``fvc_pct``.
     """
     settings = analysis.get("settings") or {}

@@ -171,7 +171,7 @@ def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
                   interpolation="nearest")
     draw_contour(ax, lungs[k] > 0, (sy, sx), colors="#00e5ff", linewidths=0.8)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=14)
     fig.tight_layout()
     _save(fig, path)
 
@@ -186,10 +186,10 @@ h1{font-size:1.5em;margin-bottom:0} .sub{color:#555;margin-top:4px}
 .card{border:1px solid #ddd;border-radius:8px;padding:12px 16px;min-width:170px}
 .card .v{font-size:1.6em;font-weight:600} .card .k{color:#555;font-size:.85em} .card .n{color:#555;font-size:.8em}
 .extensive{color:#b00020} .limited{color:#1b7f3b} .indeterminate{color:#a15c00}
-.levels{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:16px}
+.levels{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:16px}
 .level{border:1px solid #ddd;border-radius:8px;padding:8px} .level img{width:100%}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+th{background:#f4f4f4} td:first-child,th:first-child,td.t{text-align:left}
 .warn{background:#fff4e5;border-left:4px solid #ff9800;padding:8px 12px;margin:6px 0}
 .hm{display:flex;gap:4px} .hm img{width:32%} footer{color:#777;font-size:.85em;margin-top:24px}
 .methods{background:#f7f7f7;border-left:4px solid #888;padding:10px 14px;line-height:1.45}
@@ -212,9 +212,10 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], nd: int = 1) -> str:
+    """An HTML table; numbers right-aligned with ``nd`` decimals, text (beyond the first column) left-aligned."""
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, str) else _fmt(c, nd)}</td>" for c in r) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td class='t'>{c}</td>" if isinstance(c, str) else f"<td>{_fmt(c, nd)}</td>"
+                                    for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
@@ -358,17 +359,47 @@ def _sls2_table(lesions: Mapping[str, Any]) -> str:
                                                                   rows)
 
 
-def _metrics_table(metrics: Any) -> str:
-    """A card's metrics: {pattern: {metric: v}} as a pattern x metric table, {metric: v} as one row."""
-    if not isinstance(metrics, Mapping) or not metrics:
-        return f"<p>{html.escape(str(metrics))}</p>" if metrics else ""
-    if all(isinstance(v, Mapping) for v in metrics.values()):
+def _values_table(values: Any) -> str:
+    """{pattern: {metric: v}} as a pattern x metric table, {metric: v} as one row."""
+    if not isinstance(values, Mapping) or not values:
+        return _render(values)
+    if all(isinstance(v, Mapping) for v in values.values()):
         cols: list[str] = []
-        for v in metrics.values():
+        for v in values.values():
             cols += [c for c in v if c not in cols]
-        return _table(["", *cols], [[k] + [v.get(c) for c in cols] for k, v in metrics.items()], nd=3)
-    flat = {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
+        return _table(["", *cols], [[k] + [v.get(c) for c in cols] for k, v in values.items()], nd=3)
+    flat = {k: v for k, v in values.items() if not isinstance(v, Mapping)}
     return _table(list(flat), [list(flat.values())], nd=3)
+
+
+def _metrics_html(metrics: Any) -> str:
+    """A card's metrics: a dict of values (older cards) or a list of metric sets (split, in-sample, n, values)."""
+    if isinstance(metrics, Mapping):
+        return _values_table(metrics)
+    if not isinstance(metrics, (list, tuple)):
+        return _render(metrics)
+    out = []
+    for m in metrics:
+        if not isinstance(m, Mapping):
+            out.append(_render(m))
+            continue
+        n = f", n = {m['n']}" if m.get("n") is not None else ""
+        cap = f"{m.get('split', '?')}{' (in-sample)' if m.get('in_sample') else ''}{n}: " \
+              f"{public_text(m.get('description', ''))}"
+        out.append(f"<p><small class='h'>{html.escape(cap)}</small></p>" + _values_table(m.get("values")))
+    return "".join(out)
+
+
+def _render(v: Any) -> str:
+    """Any card value as HTML: text without repository paths, dicts and lists as nested lists, never a repr."""
+    if isinstance(v, Mapping):
+        return "<ul>" + "".join(f"<li>{html.escape(str(k))}: {_render(x)}</li>" for k, x in v.items()
+                                if x not in (None, "", [], {})) + "</ul>"
+    if isinstance(v, (list, tuple)):
+        return "<ul>" + "".join(f"<li>{_render(x)}</li>" for x in v) + "</ul>"
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return _fmt(v, 3)
+    return html.escape(public_text(v))
 
 
 def _models_section(inp: ReportInput, facts: Mapping[str, Any]) -> str:
@@ -379,11 +410,13 @@ def _models_section(inp: ReportInput, facts: Mapping[str, Any]) -> str:
     for c in inp.model_cards:
         name = str(c.get("name", "?"))
         h = sha.get(name)
-        items.append(f"<div class='model'><b>{html.escape(name)}</b>"
+        ver = f" {c['version']}" if c.get("version") else ""
+        trained = c.get("trained_on", c.get("training"))
+        items.append(f"<div class='model'><b>{html.escape(name + ver)}</b>"
                      + (f" <small class='h'>weights sha256 {html.escape(h[:16])}&hellip;</small>" if h else "")
-                     + f"<p><small class='h'>Trained on:</small> {html.escape(public_text(c.get('trained_on')))}</p>"
-                     + ("<p><small class='h'>Validation (held-out synthetic data):</small></p>"
-                        + _metrics_table(c.get("metrics")) if c.get("metrics") else "") + "</div>")
+                     + (f"<p><small class='h'>Trained on:</small> {_render(trained)}</p>" if trained else "")
+                     + ("<p><small class='h'>Measured on held-out data:</small></p>"
+                        + _metrics_html(c.get("metrics")) if c.get("metrics") else "") + "</div>")
     return "<h2>Models used</h2>" + "".join(items)
 
 
