@@ -158,3 +158,14 @@ def test_mha_without_spacing(tmp_path, outcome):
     f.write_bytes(head + b"ElementDataFile" + body)
     with outcome.error(GeometryError, match="ElementSpacing"):
         load_ct(f)
+
+
+def test_cli_coronal_series(tmp_path, outcome):
+    """sscild analyze on a coronal DICOM series: exit 2, 'slices are coronal ... resample', no 'no lungs found'"""
+    scan = small_scan(nz=32, n=32)
+    from sscild.scan import CTScan
+    cor = CTScan(scan.hu, scan.spacing, scan.origin, (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
+    d = dicom_series(tmp_path / "d", cor)
+    out = outcome.cli(["analyze", "-i", str(d), "-o", str(tmp_path / "out"), "--quiet"], exit_code=2,
+                      match="slices are coronal")
+    assert "no lungs" not in out
