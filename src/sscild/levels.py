@@ -275,7 +275,12 @@ def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     cols = np.arange(has.shape[1])[None, :]
     x_med = np.where(has.any(axis=1), has.shape[1] - 1 - np.argmax(has[:, ::-1], axis=1), -1)[:, None]
     lateral = cols <= x_med - 30.0 / scan.spacing[2]
-    cand = has & lateral & (bottom <= lo + 0.5 * (hi - lo))
+    # a column of real lung is filled from its lowest to its highest lung voxel and >= 20 mm tall; specks of
+    # noise let in at the chest wall are not
+    count = right.sum(axis=0)
+    top = right.shape[0] - 1 - _first_along_z(right[::-1])
+    solid = (count >= 0.7 * (top - bottom + 1)) & (count * abs(scan.spacing[0]) >= 20.0)
+    cand = has & lateral & solid & (bottom <= lo + 0.5 * (hi - lo))
     if cut:     # columns where the lung reaches the scan's last slice end below it: their surface is unknown
         cand &= bottom > 0
     if not cand.any():
@@ -748,3 +753,64 @@ def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
     ven = _venous_confluence(scan, lungs, carina, dome)
     lm = {"great_vessel_origin": gvo, "carina": carina, "venous_confluence": ven, "right_dome": dome}
     return levels_from_landmarks(scan, _checked(lm, scan, image_noise_hu(scan, lungs)), lung_z=lung_z)
+
+
+#: Levels of the two methods within this distance (mm) agree; agreement raises the confidence.
+AGREE_MM = 10.0
+#: Weight of the learned method's own confidence against the anatomical one when the two disagree: L-Net is
+#: trained on phantoms, its window spread is not calibrated on real scans (on the shared real scans it reported
+#: 1.0 for levels 20-80 mm off), while the anatomical confidence is checked (bench/bench_levels.py).
+LEARNED_WEIGHT = 0.6
+
+
+def _combine_one(name: str, a: tuple, b: tuple, agree_mm: float, learned_weight: float) -> tuple:
+    """(z, slice_index, confidence, note) of one level from the anatomical ``a`` and learned ``b`` entries."""
+    (za, ka, ca, na), (zb, kb, cb, nb) = a, b
+    if za is None and zb is None:
+        return None, None, 0.0, f"anatomy: {na}; L-Net: {nb}"
+    if zb is None:
+        return za, ka, ca, f"{na} (L-Net did not place {name}: {nb})"
+    if za is None:
+        c = min(cb * learned_weight, 0.5)
+        return zb, kb, c, f"L-Net only ({nb}); the anatomy did not place it: {na}"
+    d = abs(za - zb)
+    if d <= agree_mm:
+        c = 1.0 - (1.0 - ca) * (1.0 - cb * learned_weight) if d <= agree_mm / 2 else max(ca, cb * learned_weight)
+        pick = (za, ka) if ca >= cb * learned_weight else (zb, kb)
+        return (*pick, float(min(c, 0.95)), f"anatomy and L-Net agree within {d:.1f} mm ({na})")
+    if ca >= cb * learned_weight:
+        pick, who = (za, ka, ca), "anatomy"
+    else:
+        pick, who = (zb, kb, cb * learned_weight), "L-Net"
+    return (pick[0], pick[1], float(min(pick[2], 0.5) * 0.6),
+            f"anatomy ({za:.1f} mm, confidence {ca:.2f}: {na}) and L-Net ({zb:.1f} mm, confidence {cb:.2f}) "
+            f"disagree by {d:.0f} mm; {who} kept")
+
+
+def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM,
+                   learned_weight: float = LEARNED_WEIGHT) -> GohLevels:
+    """One set of levels from the anatomical method and a learned one (L-Net), confidence from their agreement.
+
+    Per level: both within ``agree_mm`` -> the more confident one's slice, confidence raised (both within half of
+    it: 1 - (1 - c_a)(1 - w c_l)); apart -> the more confident (L-Net's confidence weighted by ``learned_weight``)
+    at a low confidence (<= 0.3) with both positions in the note; one of them alone -> that one (L-Net alone at
+    most 0.5). The result keeps the anatomical landmarks and the anatomical order check.
+
+    Examples
+    --------
+    >>> a = GohLevels({n: -100.0 - 30 * i for i, n in enumerate(LEVELS)}, {n: i for i, n in enumerate(LEVELS)},
+    ...               {n: 0.6 for n in LEVELS}, {n: "" for n in LEVELS})
+    >>> b = GohLevels({n: -103.0 - 30 * i for i, n in enumerate(LEVELS)}, {n: i for i, n in enumerate(LEVELS)},
+    ...               {n: 0.9 for n in LEVELS}, {n: "" for n in LEVELS}, method="lnet")
+    >>> g = combine_levels(a, b)
+    >>> g.method, g.z_mm["L1"], round(g.confidence["L1"], 2)
+    ('anatomy+lnet', -100.0, 0.82)
+    """
+    entries = {n: _combine_one(n, (anatomical.z_mm[n], anatomical.slice_index[n], anatomical.confidence[n],
+                                   anatomical.notes[n]),
+                               (learned.z_mm.get(n), learned.slice_index.get(n), learned.confidence.get(n, 0.0),
+                                learned.notes.get(n, "")), agree_mm, learned_weight) for n in LEVELS}
+    entries = _enforce_order(entries)
+    return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
+                     {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS},
+                     dict(anatomical.landmarks), f"{anatomical.method}+{learned.method}")
