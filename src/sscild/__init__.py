@@ -20,7 +20,7 @@ The stages alone, on a synthetic scan with known truth:
 
 >>> from sscild import segment_lungs, find_levels, density_metrics
 >>> from sscild.phantom import make_phantom
->>> scan, truth = make_phantom(0, extent=10)
+>>> scan, truth = make_phantom(0, extent=10, shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
 >>> lungs = segment_lungs(scan)
 >>> levels = find_levels(scan, lungs)
 >>> abs(levels.z_mm["L2"] - truth.levels_z["L2"]) < 10

@@ -98,7 +98,8 @@ def check_output_dir(outdir: str | os.PathLike, input_path: str | os.PathLike | 
     warns: list[str] = []
     if out.exists() and not out.is_dir():
         raise OutputError(f"the output path {out} is a file, not a folder: give a folder name (it is created)")
-    if Path.cwd().resolve() in (out.resolve(), *out.resolve().parents) or out.resolve().parent == out.resolve():
+    cwd = Path.cwd().resolve()
+    if out.resolve() in (cwd, *cwd.parents):
         raise OutputError(f"the output folder {out} is the current folder or holds it; it is replaced as a whole: "
                           "give a new folder name, e.g. -o results")
     if input_path is not None:

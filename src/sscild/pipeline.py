@@ -10,7 +10,7 @@ Examples
 --------
 >>> from sscild.phantom import make_phantom
 >>> from sscild import analyze, AnalysisSettings
->>> scan, truth = make_phantom(0, extent=10)
+>>> scan, truth = make_phantom(0, extent=10, shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
 >>> a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
 >>> sorted(a.timings_s), a.levels.method
 (['density', 'levels', 'lungs'], 'anatomy')

@@ -1,0 +1,76 @@
+"""The public Python API: what `import sscild` offers, that it stays light, and every docstring example runs."""
+from __future__ import annotations
+
+import doctest
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "sscild"
+
+
+def _modules_with_examples() -> list[str]:
+    """Modules whose docstrings hold examples (found by reading the files: nothing is imported to collect)."""
+    names = []
+    for f in sorted(SRC.rglob("*.py")):
+        if ">>>" in f.read_text(encoding="utf-8"):
+            parts = ("sscild",) + f.relative_to(SRC).with_suffix("").parts
+            names.append(".".join(p for p in parts if p != "__init__"))
+    return names
+
+
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_docstring_examples_run(module):
+    """Every ``>>>`` example in the package is a doctest (numpy-style Examples sections included)."""
+    m = importlib.import_module(module)
+    res = doctest.testmod(m, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, report=True)
+    assert res.attempted > 0, f"{module}: no example found although the file holds '>>>'"
+    assert res.failed == 0, f"{module}: {res.failed} of {res.attempted} examples failed (see the output above)"
+
+
+def test_the_public_names_import_from_the_package():
+    r = subprocess.run([sys.executable, "-c", "from sscild import load_ct, analyze, AnalysisSettings; "
+                        "import sscild; print(sorted(sscild.__all__))"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    names = set(eval(r.stdout))
+    assert names >= {"load_ct", "save_like", "analyze", "write_outputs", "AnalysisSettings", "Analysis", "CTScan",
+                     "segment_lungs", "find_levels", "density_metrics", "GohLevels", "Lungs", "DensityMetrics",
+                     "LevelScores", "LesionMaps", "HeatMaps", "ModelSet", "__version__"}
+    import sscild
+
+    for n in sscild.__all__:
+        assert getattr(sscild, n) is not None, n
+
+
+def test_import_sscild_loads_nothing_heavy():
+    """``import sscild`` defers every stage: numpy, SimpleITK, torch and matplotlib load on first use."""
+    code = ("import sys, sscild; heavy = [m for m in ('numpy', 'SimpleITK', 'torch', 'matplotlib', 'scipy', "
+            "'pandas') if m in sys.modules]; print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_package_is_typed():
+    assert (SRC / "py.typed").exists()
+
+
+def test_settings_are_strict_and_frozen():
+    from dataclasses import FrozenInstanceError
+
+    from sscild import AnalysisSettings
+    from sscild.errors import ConfigError
+
+    s = AnalysisSettings()
+    with pytest.raises(FrozenInstanceError):
+        s.heatmaps = True  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="unknown analysis option.*stride_mm"):
+        AnalysisSettings.from_mapping({"strid_mm": 5})
+    with pytest.raises(ConfigError, match="patch_mm"):
+        AnalysisSettings(patch_mm=-1)
+    with pytest.raises(ConfigError, match="% predicted"):
+        AnalysisSettings(fvc_pct=0.7)
+    assert AnalysisSettings.from_mapping({"weights": "w"}).weights == Path("w")
