@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -148,3 +149,37 @@ def test_bad_seg_path_is_a_clear_error(case, tmp_path):
     with pytest.raises(SscildError, match="DICOM-SEG"):
         write_sr(case["analysis"], case["src"], bad, tmp_path / "sr.dcm")
     assert not (tmp_path / "sr.dcm").exists()
+
+
+def test_heat_maps_as_parametric_maps_keep_values_and_positions(case, tmp_path):
+    """Known maps (a ramp per level, a marked pixel) -> one Parametric Map per pattern, a frame per level slice
+    referencing that slice; values read back with highdicom at the right pixel; dciodvfy 0 errors."""
+    import highdicom as hd
+
+    from sscild.sr import write_parametric_maps
+
+    scan, a = case["scan"], case["analysis"]
+    ks = {n: a["scores"]["levels"][n]["slice"] for n in LEVELS}
+    ny, nx = scan.shape[1:]
+    ramp = (np.arange(ny)[:, None] * 0.01 + np.arange(nx)[None, :] * 0.001).astype(np.float32)
+    maps = {}
+    for i, n in enumerate(LEVELS):
+        m = ramp + i
+        m[20, 30] = -5.0 - i                              # (y, x) = (20, 30): 20 rows from anterior, 30 from right
+        maps[n] = {"slice": ks[n], "TOT": m, "GG": m / 2, "RET": -m}
+    out = write_parametric_maps(maps, scan, case["src"], tmp_path)
+    assert set(out) == {"TOT", "GG", "RET"}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True)
+                                                  for p in case["src"].iterdir())}
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(out["TOT"]))
+    px = pm.pixel_array
+    assert px.dtype == np.float32 and px.shape == (5, ny, nx)
+    for f, n in enumerate(LEVELS):
+        (ref,) = pm.PerFrameFunctionalGroupsSequence[f].DerivationImageSequence[0].SourceImageSequence
+        src = by_uid[str(ref.ReferencedSOPInstanceUID)]
+        assert abs(float(src.ImagePositionPatient[2]) - scan.z_mm(ks[n])) < 1e-3, n
+        # the phantom is stored in LPS order, so frame pixel (row, col) is array (y, x)
+        assert px[f, 20, 30] == pytest.approx(-5.0 - f) and px[f, 5, 7] == pytest.approx(ramp[5, 7] + f)
+    r = subprocess.run([_dciodvfy(), str(out["RET"])], capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == [], "\n".join(errors)

@@ -366,3 +366,66 @@ def read_sr(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             out["_segments"][label] = (str(rs.referenced_sop_instance_uid), int(rs.referenced_segment_numbers[0]))
         out[label] = d
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# heat maps as DICOM Parametric Maps
+# --------------------------------------------------------------------------------------------
+def build_parametric_map(frames: Sequence[np.ndarray], datasets: Sequence[Any], pattern: str, *,
+                         series_number: int = 903):
+    """A highdicom ``ParametricMap`` of one pattern's heat maps: one float frame per level slice, each on the
+    pixel grid of its source CT image (``datasets``, same order), values in % points of score change."""
+    import highdicom as hd
+
+    arr = np.stack([np.asarray(f, np.float32) for f in frames])
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    span = max(abs(lo), abs(hi), 1e-3)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=pattern, lut_explanation=f"S-Net {pattern} score change when the region is replaced (% points)",
+        unit=_code(UNITS["%"]), value_range=(lo, hi), slope=1.0, intercept=0.0)
+    pm = hd.pm.ParametricMap(
+        source_images=list(datasets), pixel_array=arr, series_instance_uid=hd.UID(), series_number=series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="sscild", manufacturer_model_name="sscild",
+        software_versions=__version__, device_serial_number="0", contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.0, window_width=2 * span)],
+        content_label=f"SNET_{pattern}"[:16], content_description=f"sscild S-Net {pattern} occlusion heat map")
+    # frame anatomy: the thorax, both sides (General Series Laterality is required for paired parts otherwise)
+    from pydicom.dataset import Dataset
+
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = [_code(("51185008", "SCT", "Thorax"))]
+    anatomy.FrameLaterality = "B"
+    pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
+    return pm
+
+
+def write_parametric_maps(heatmaps: Mapping[str, Mapping[str, np.ndarray]], scan, source_dir: str | os.PathLike,
+                          outdir: str | os.PathLike, *, prefix: str = "heatmap_") -> dict[str, Path]:
+    """Write one DICOM Parametric Map per pattern (``heatmap_TOT.dcm`` ...): a frame per level slice.
+
+    ``heatmaps`` maps level -> pattern -> (H, W) float map on ``scan``'s slice grid (LPS, as in
+    ``heatmap_<level>_<pattern>.nii.gz``) at the level's array slice ``heatmaps[level]["slice"]`` (an int).
+    Each frame is resampled onto its source image's own pixel order (any axis-aligned storage). Returns
+    pattern -> path.
+    """
+    from .dicomseg import _pixel_map, _source_datasets
+
+    datasets = _source_datasets(source_dir, scan.shape[0])
+    by_k = {}
+    for ds in datasets:
+        k, y, x = _pixel_map(ds, scan)
+        by_k[k] = (ds, y, x)
+    out: dict[str, Path] = {}
+    levels = [n for n in LEVELS if n in heatmaps and int(heatmaps[n]["slice"]) in by_k]
+    for p in PATTERNS:
+        if not levels or any(p not in heatmaps[n] for n in levels):
+            continue
+        src = [by_k[int(heatmaps[n]["slice"])] for n in levels]
+        frames = [np.asarray(heatmaps[n][p])[y, x] for n, (_, y, x) in zip(levels, src)]
+        pm = build_parametric_map(frames, [s[0] for s in src], p)
+        path = Path(outdir) / f"{prefix}{p}.dcm"
+        with atomic_path(path) as tmp:
+            pm.save_as(tmp, enforce_file_format=True)
+        out[p] = path
+    return out
