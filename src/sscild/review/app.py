@@ -222,3 +222,20 @@ def _routes(app: FastAPI, st: ReviewApp) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_host(host: str, *, tls: bool, behind_proxy: bool) -> None:
+    """Refuse to listen beyond this machine without HTTPS: tokens would cross the network in clear text.
+
+    A non-local ``host`` needs ``tls`` (``--ssl-certfile/--ssl-keyfile``) or ``behind_proxy`` (a TLS reverse proxy
+    in front, which should itself be the only thing reaching this port).
+    """
+    from .study import StudyError
+
+    if host not in LOCAL_HOSTS and not (tls or behind_proxy):
+        raise StudyError(f"--host {host} would expose the study beyond this machine without HTTPS: give "
+                         "--ssl-certfile and --ssl-keyfile, or put a TLS reverse proxy in front (listen on "
+                         "127.0.0.1 and pass --behind-proxy); see sscild review serve --help")
