@@ -28,6 +28,7 @@ from . import analyze_cmd  # noqa: E402,F401
 from . import train_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
 from . import outcome_cmd  # noqa: E402,F401
+from . import review_cmd  # noqa: E402,F401
 
 
 def main() -> None:
