@@ -105,14 +105,47 @@ def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     return out
 
 
-def _internal_air(hu: np.ndarray) -> np.ndarray:
-    """Air (< LUNG_THRESHOLD) not connected to the in-plane border of the image, per connected component in 3D."""
+def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The patient's body on the grid of ``hu``: tissue (> -500 HU) opened in-plane by ~3 mm so that thin
+    contacts (a table or cushion shell, clothes, blankets) let go, its largest 3D component, holes filled per
+    slice (so the lungs and airways are inside it). Worked out at ~3 mm in-plane and mapped back."""
+    g = max(1, int(round(3.0 / max(spacing[1], 1e-3))))
+    ny2, nx2 = hu.shape[1] // g * g, hu.shape[2] // g * g
+    # a coarse voxel is tissue when most of its block is (block mean above the threshold)
+    coarse = _downsample(hu[:, :ny2, :nx2], g) if g > 1 else hu
+    tissue = coarse > -500
+    cross = ndi.generate_binary_structure(2, 1)[None]
+    opened = ndi.binary_opening(tissue, structure=cross, iterations=2 if g == 1 else 1)
+    lab, n = cc3d.connected_components(opened, connectivity=6, return_N=True)
+    if n == 0:
+        return np.zeros(hu.shape, bool)
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    counts[0] = 0
+    body = lab == int(np.argmax(counts))
+    box = _bbox(body, margin=1)
+    for k in range(box[0].start, box[0].stop):
+        sl = body[k, box[1], box[2]]
+        if sl.any():
+            body[k, box[1], box[2]] = sl | _holes(sl)
+    # one coarse voxel of margin gives back what the opening took from the outline
+    body = ndi.binary_dilation(body, structure=cross)
+    out = np.zeros(hu.shape, bool)
+    out[:, :ny2, :nx2] = np.repeat(np.repeat(body, g, axis=1), g, axis=2) if g > 1 else body
+    return out
+
+
+def _internal_air(hu: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Air (< LUNG_THRESHOLD) inside the body: 3D components not connected to the in-plane border of the image
+    (the air around the patient) with most of their voxels inside the body outline (not a table or cushion)."""
     air = hu < LUNG_THRESHOLD
     lab, n = cc3d.connected_components(air, connectivity=6, return_N=True)
     border = np.unique(np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(),
                                        lab[:, :, -1].ravel()]))
+    ids = lab[air]
+    total = np.bincount(ids, minlength=n + 1)
+    in_body = np.bincount(lab[air & body], minlength=n + 1)
     # a lookup table by label is one gather per voxel (np.isin sorts and searches)
-    inside = np.ones(n + 1, bool)
+    inside = in_body >= 0.5 * np.maximum(total, 1)
     inside[0] = False
     inside[border] = False
     return inside[lab]
@@ -338,25 +371,51 @@ def _grow_markers(markers: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarr
     return lab[1:-1, 1:-1, 1:-1]
 
 
-def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Fill holes per slice and close the outline in 3D at ~4 mm resolution (radius ~10 mm), never into bone
-    (> 300 HU) or outside the body."""
+def _column_near(mask: np.ndarray, reach: int, up: bool) -> np.ndarray:
+    """Per voxel: is ``mask`` set within ``reach`` slices below (``up=False``) or above (``up=True``) it, in the
+    same column (the voxel's own slice excluded)."""
+    out = np.zeros(mask.shape, bool)
+    for d in range(1, reach + 1):
+        if up:
+            out[:-d] |= mask[d:]
+        else:
+            out[d:] |= mask[:-d]
+    return out
+
+
+def _fill_holes_from_below(lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Fill holes per slice, bottom up: small holes (< 10 cm^2: vessels, nodules) always; a larger hole only when
+    lung lies within 15 mm below most of it (a dense lesion inside the lung; the top of a diaphragm dome, the
+    stomach or the heart ringed by lung have abdomen or mediastinum below them)."""
     out = lung.copy()
-    if not lung.any():
-        return out
-    # a hole in an axial slice may be the top of a diaphragm dome (liver/spleen ringed by lung): only regions
-    # with lung below them in their column are filled; a dome has abdomen below it.
-    # Holes lie inside the lung's in-plane box; with one voxel of margin, the box's rim is background connected
-    # to the image border, so holes in the box are those of the whole slice.
     box = _bbox(lung, margin=1)
     ys, xs = box[1], box[2]
-    below = np.zeros(lung.shape[1:], bool)[ys, xs]      # lung in the slices below, per column of the box
+    px = spacing[1] * spacing[2]
+    reach = max(1, int(np.ceil(15.0 / spacing[0])))
     for k in range(box[0].start, box[0].stop):
-        sl = lung[k, ys, xs]
-        if sl.any():
-            out[k, ys, xs] |= _holes(sl) & below
-        below |= sl
-    # coarse 3D closing (dilation then erosion) with a ball of ~10 mm
+        sl = out[k, ys, xs]
+        if not sl.any():
+            continue
+        holes = _holes(sl)
+        if not holes.any():
+            continue
+        lab, n = cc3d.connected_components(holes, connectivity=4, return_N=True)
+        area = np.bincount(lab.ravel(), minlength=n + 1)
+        below = out[max(k - reach, 0):k, ys, xs].any(axis=0)
+        supported = np.bincount(lab[below], minlength=n + 1)
+        ok = (area * px <= 1000.0) | (supported >= 0.5 * area)
+        ok[0] = False
+        out[k, ys, xs] |= ok[lab]
+    return out
+
+
+def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Fill holes per slice (see ``_fill_holes_from_below``) and close the outline in 3D at ~4 mm resolution
+    (radius ~10 mm), never into bone (> 300 HU), and only where lung lies within 15 mm both above and below in the
+    same column (a concavity of the lung's surface, not the top of a dome or the apex)."""
+    if not lung.any():
+        return lung.copy()
+    out = _fill_holes_from_below(lung, spacing)
     f = [max(1, int(round(4.0 / s))) for s in spacing]
     coarse = out[:: f[0], :: f[1], :: f[2]]
     cs = [s * ff for s, ff in zip(spacing, f)]
@@ -364,27 +423,169 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     dilated = ndi.distance_transform_edt(~coarse, sampling=cs) <= r
     closed = (ndi.distance_transform_edt(dilated, sampling=cs) > r) | coarse
     added_c = closed & ~coarse
-    if added_c.any():
-        idx = [np.minimum(np.arange(n) // ff, c - 1) for n, ff, c in zip(out.shape, f, coarse.shape)]
-        # only the full-resolution box of the added coarse voxels, within the lung's columns and from its lowest
-        # slice up (elsewhere no lung is below); there 'lung below' is built slice by slice
-        cbox = _bbox(added_c, margin=0)
-        lim = [(box[0].start + 1, out.shape[0]), (ys.start, ys.stop), (xs.start, xs.stop)]
-        sel = []
-        for ax in range(3):
-            pos = np.nonzero((idx[ax] >= cbox[ax].start) & (idx[ax] < cbox[ax].stop))[0]
-            sel.append(slice(max(pos[0], lim[ax][0]), min(pos[-1] + 1, lim[ax][1])))
-        if all(s_.stop > s_.start for s_ in sel):
-            fb = tuple(sel)
-            z0 = fb[0].start
-            lung_below = np.empty(out[fb].shape, bool)
-            run = lung[:z0, fb[1], fb[2]].any(axis=0)
-            for j in range(lung_below.shape[0]):
-                lung_below[j] = run
-                run = run | lung[z0 + j, fb[1], fb[2]]
-            added = added_c[np.ix_(idx[0][fb[0]], idx[1][fb[1]], idx[2][fb[2]])] & (hu[fb] < 300) & lung_below
-            out[fb] |= added
+    if not added_c.any():
+        return out
+    idx = [np.minimum(np.arange(n) // ff, c - 1) for n, ff, c in zip(out.shape, f, coarse.shape)]
+    cbox = _bbox(added_c, margin=0)
+    sel = []
+    for ax in range(3):
+        pos = np.nonzero((idx[ax] >= cbox[ax].start) & (idx[ax] < cbox[ax].stop))[0]
+        sel.append(slice(pos[0], pos[-1] + 1))
+    reach = max(1, int(np.ceil(15.0 / spacing[0])))
+    fb = (slice(max(sel[0].start - reach, 0), min(sel[0].stop + reach, out.shape[0])), sel[1], sel[2])
+    sub = out[fb]
+    support = _column_near(sub, reach, up=False) & _column_near(sub, reach, up=True)
+    added = added_c[np.ix_(idx[0][fb[0]], idx[1][fb[1]], idx[2][fb[2]])] & (hu[fb] < 300) & support
+    out[fb] |= added
     return out
+
+
+DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
+
+
+def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The thoracic cavity per slice, seen from the lungs' centre: in each 5 degree direction it reaches the
+    first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the median
+    rib distance within +-15 degrees, and 2 mm short of it. Where no bone is in reach it ends at the aerated
+    lung."""
+    nz, ny, nx = hu.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    nb = 72
+    cav = np.zeros(hu.shape, bool)
+    margin = 2.0 / spacing[1]
+    for k in range(nz):
+        lk = lung[k]
+        if not lk.any():
+            continue
+        cy, cx = (float(v.mean()) for v in np.nonzero(lk))
+        ang = ((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * nb).astype(np.intp) % nb
+        rad = np.hypot(yy - cy, xx - cx)
+        r_lung = np.zeros(nb)
+        np.maximum.at(r_lung, ang[lk], rad[lk])
+        bone = (hu[k] > 200) & (rad > r_lung[ang] - 2.0)
+        r_bone = np.full(nb, np.inf)
+        np.minimum.at(r_bone, ang[bone], rad[bone])
+        # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
+        # the spine, nearer than its neighbours, keeps its own
+        window = np.median(np.stack([np.roll(r_bone, d) for d in range(-3, 4)]), axis=0)
+        r_cav = np.minimum(r_bone, window) - margin
+        r_cav = np.where(np.isfinite(r_cav), np.maximum(r_cav, r_lung), r_lung)
+        cav[k] = rad <= r_cav[ang]
+    return cav
+
+
+def _medial(aer: np.ndarray, right: bool) -> np.ndarray:
+    """The most medial aerated column per (slice, row) of one lung; -1 (right) or nx (left) where the row has none."""
+    nx = aer.shape[2]
+    cols = np.arange(nx)
+    if right:
+        return np.where(aer, cols, -1).max(axis=2)
+    return np.where(aer, cols, nx).min(axis=2)
+
+
+def _side_limits(aer: np.ndarray, other: np.ndarray, right: bool, x_mid: float) -> np.ndarray:
+    """The medial limit per (slice, row) of one lung: its most medial aerated column in the row; a row without
+    aerated lung takes the nearest row's or, when more medial, the other lung's medial column mirrored across
+    ``x_mid`` (behind the heart the mediastinum is about as wide on both sides of the spine). -1 (right) / nx (left) in a
+    slice without this lung."""
+    nz, ny, nx = aer.shape
+    none = -1 if right else nx
+    own = _medial(aer, right)
+    theirs = _medial(other, not right)
+    mirrored = np.clip(np.rint(2 * x_mid - theirs), 0, nx - 1).astype(np.int64)
+    has_other = (theirs >= 0) & (theirs < nx)
+    lim = np.full((nz, ny), none, np.int64)
+    for k in range(nz):
+        rows = np.nonzero(own[k] != none)[0]
+        if len(rows) == 0:
+            continue
+        near = np.clip(np.searchsorted(rows, np.arange(ny)), 0, len(rows) - 1)
+        prev = np.clip(near - 1, 0, len(rows) - 1)
+        use_prev = np.abs(rows[prev] - np.arange(ny)) < np.abs(rows[near] - np.arange(ny))
+        lim[k] = own[k][rows[np.where(use_prev, prev, near)]]
+        fill = (own[k] == none) & has_other[k]
+        pick = np.maximum if right else np.minimum
+        lim[k][fill] = pick(lim[k][fill], mirrored[k][fill])
+    return lim
+
+
+def _floor(aer: np.ndarray, other: np.ndarray | None = None, x_mid: float = 0.0) -> np.ndarray:
+    """The lowest aerated slice per column (y, x); a column without aerated lung takes the mirror column of the
+    ``other`` lung (across ``x_mid``) when that one has aerated lung, else the nearest column's floor."""
+    nz, ny, nx = aer.shape
+    has = aer.any(axis=0)
+    floor = np.where(has, np.argmax(aer, axis=0), nz)
+    if not has.any() or has.all():
+        return floor
+    _, (iy, ix) = ndi.distance_transform_edt(~has, return_indices=True)
+    near = floor[iy, ix]
+    if other is not None and other.any():
+        mx = np.clip(np.rint(2 * x_mid - np.arange(nx)).astype(np.intp), 0, nx - 1)
+        o = other[:, :, mx]
+        o_has = o.any(axis=0)
+        near = np.where(o_has, np.argmax(o, axis=0), near)
+    return np.where(has, floor, near)
+
+
+def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]
+                    ) -> tuple[np.ndarray, str]:
+    """Dense lung (``DENSE_RANGE``) that lies against the aerated lung inside the rib cage, added to that lung's
+    label: lateral to the lung's medial border row by row (so not the heart or mediastinum), above its floor column
+    by column (so not the liver or spleen under a dome), not behind the most posterior aerated lung of either side
+    (so not the back muscles), at most as large as the aerated part of that lung (up to half a lung).
+
+    Worked out at ~3 mm in-plane. Returns the labels with the dense regions added and a note saying how much was
+    added to which lung (empty when less than 20 mL each)."""
+    g = max(1, int(round(3.0 / spacing[1])))
+    ny2, nx2 = hu.shape[1] // g * g, hu.shape[2] // g * g
+    sp = (spacing[0], spacing[1] * g, spacing[2] * g)
+    hs = _downsample(hu[:, :ny2, :nx2], g) if g > 1 else hu
+    sides = [_downsample((labels[:, :ny2, :nx2] == v).astype(np.uint8), g) >= 0.5 if g > 1 else labels == v
+             for v in (1, 2)]
+    lc = sides[0] | sides[1]
+    if not sides[0].any() or not sides[1].any():
+        return labels, ""
+    cand = _rib_cavity(hs, lc, sp) & (hs >= DENSE_RANGE[0]) & (hs <= DENSE_RANGE[1]) & ~lc
+    # the posterior limit per slice: the most posterior aerated lung of either side in this or the next slices
+    # (+10 mm), so that one lung's dense back stays lung while the back muscles never do
+    rows_any = lc.any(axis=2)
+    y_post = np.where(rows_any.any(axis=1), rows_any.shape[1] - 1 - np.argmax(rows_any[:, ::-1], axis=1), -1)
+    y_post = ndi.maximum_filter1d(y_post, size=3) + int(round(10.0 / sp[1]))
+    cand &= np.arange(hs.shape[1])[None, :, None] <= y_post[:, None, None]
+    x_mid = (np.nonzero(sides[0].any(axis=(0, 1)))[0].mean() + np.nonzero(sides[1].any(axis=(0, 1)))[0].mean()) / 2
+    cols = np.arange(hs.shape[2])
+    out = labels.copy()
+    notes = []
+    vox = float(np.prod(sp)) / 1000.0
+    for i, name in enumerate(("right", "left")):
+        aer, other = sides[i], sides[1 - i]
+        side = (cols < x_mid) if i == 0 else (cols >= x_mid)
+        lim = _side_limits(aer, other, i == 0, x_mid)
+        ok = (cols[None, None, :] <= lim[:, :, None]) if i == 0 else (cols[None, None, :] >= lim[:, :, None])
+        ok &= np.arange(hs.shape[0])[:, None, None] >= _floor(aer, other, x_mid)[None]
+        region = cand & ok & side[None, None, :]
+        # only thick regions (an in-plane opening by ~6 mm): the thin layer of chest wall between the lung and the
+        # ribs is not dense lung (thin subpleural disease is the closing's); the opened region then takes back its
+        # own border up to ~9 mm within the candidates
+        it = max(1, int(round(6.0 / sp[1])))
+        cross = ndi.generate_binary_structure(2, 1)[None]
+        core = ndi.binary_opening(region, structure=cross, iterations=it)
+        region = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=region)
+        lab, n = cc3d.connected_components(region, connectivity=6, return_N=True)
+        touch = np.unique(lab[_dilate(aer, 1) & region])
+        grown = _select(lab, n, touch[touch > 0])
+        size = grown.sum() * vox
+        if grown.sum() > aer.sum():
+            notes.append(f"{name}: a dense region of {size:.0f} mL against the lung was larger than the aerated lung "
+                         "and was not added (check the lung outline)")
+            continue
+        if size >= 20:
+            notes.append(f"{name}: the envelope was closed over {size:.0f} mL of dense lung "
+                         f"({DENSE_RANGE[0]:.0f} to +{DENSE_RANGE[1]:.0f} HU)")
+        up = np.zeros(labels.shape, bool)
+        up[:, :ny2, :nx2] = np.repeat(np.repeat(grown, g, axis=1), g, axis=2) if g > 1 else grown
+        out[up & (out == 0) & (hu < 300)] = i + 1
+    return out, "; ".join(notes)
 
 
 def _holes(sl: np.ndarray) -> np.ndarray:
@@ -427,7 +628,8 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     lo = _downsample(scan.hu, f)
     sp = (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)
     vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
-    internal = _internal_air(lo)
+    body = _body_mask(lo, sp)
+    internal = _internal_air(lo, body)
     n_internal = int(internal.sum())
     lung = _lung_components(lo, internal, vox_ml)
     if lung.sum() * vox_ml < 100:
@@ -442,16 +644,24 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     lung_wo = lung & ~near_airway
     lung_wo = _close_envelope(lung_wo, lo, sp) & ~near_airway
     labels_lo, split_note = _right_left(lung_wo)
+    aerated_lo = labels_lo > 0
+    labels_lo, dense_note = _dense_envelope(labels_lo, lo, sp)
+    labels_lo[near_airway] = 0
 
     # back to full resolution, refined with the full-resolution threshold at the border
     labels = _upsample_labels(labels_lo, scan.shape, f)
     airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0 if f > 1 else airway_lo
     if f > 1:
+        dense = _upsample_labels(np.where(aerated_lo, 0, labels_lo).astype(np.uint8), scan.shape, f)
         labels = _refine(labels, scan.hu, airways)
+        # the dense regions stay whole (the refinement trims the border by the air threshold)
+        labels = np.where((dense > 0) & (labels == 0), dense, labels)
     labels[airways] = 0
     notes: dict[str, str] = {}
     if split_note:
         notes["split"] = split_note
+    if dense_note:
+        notes["dense"] = dense_note
     zs = np.nonzero(labels.any(axis=(1, 2)))[0]
     cut = {"apex": bool(zs.max() >= scan.shape[0] - 1), "base": bool(zs.min() <= 0)}
     if cut["apex"]:
