@@ -85,3 +85,105 @@ def test_great_vessel_origin_on_the_totalsegmentator_aorta_crop(aorta_crop_dir):
     assert lm.z_mm is not None, lm.note
     assert abs(lm.z_mm - reference) <= 10.0, (lm.z_mm, reference, lm.note)
     assert "brachiocephalic trunk" in lm.note
+
+
+@pytest.fixture(scope="module")
+def phantom44():
+    scan, truth = make_phantom(44, extent=20.0)
+    return scan, truth, segment_lungs(scan)
+
+
+def _crop(scan, k0, k1):
+    from sscild.scan import CTScan
+
+    o = (scan.origin[0], scan.origin[1], scan.z_mm(k0))
+    return CTScan(scan.hu[k0:k1].copy(), scan.spacing, o, scan.direction, dict(scan.meta), scan.source)
+
+
+def test_a_false_carina_near_the_apex_is_rejected_for_the_next_candidate(phantom44):
+    """The tracked split 20 mm below the apex (as cervical trachea mistaken for the carina) breaks the apex-carina
+    range (45-130 mm); the split seen in the airway mask is taken instead, at lower confidence, and says why."""
+    import dataclasses
+
+    scan, truth, lungs = phantom44
+    apex_k = int(np.nonzero(lungs.mask.any(axis=(1, 2)))[0].max())
+    fake = dataclasses.replace(lungs, carina_index=apex_k - 20.0 / scan.spacing[0])
+    g = find_levels(scan, fake)
+    assert g.z_mm["L2"] is not None and abs(g.z_mm["L2"] - truth.levels_z["L2"]) <= 4.0, g.notes["L2"]
+    assert "rejected higher" in g.notes["L2"] and "apex to carina" in g.notes["L2"]
+    assert g.confidence["L2"] < 0.8
+
+
+def test_a_scan_starting_below_the_carina_has_no_l1_or_l2(phantom44):
+    scan, truth, _ = phantom44
+    k_top = scan.slice_at_z(truth.landmarks_z["carina"] - 15.0)
+    cut = _crop(scan, 0, k_top + 1)
+    g = find_levels(cut, segment_lungs(cut))
+    assert g.z_mm["L1"] is None and g.z_mm["L2"] is None, (g.z_mm, g.notes)
+    assert g.z_mm["L5"] is not None and abs(g.z_mm["L5"] - truth.levels_z["L5"]) <= 4.0, g.notes["L5"]
+    assert "carina" in g.notes["L2"] and g.notes["L1"]
+
+
+def test_base_cut_just_below_the_dome_lowers_the_confidence(phantom44):
+    scan, truth, _ = phantom44
+    k0 = scan.slice_at_z(truth.landmarks_z["right_dome"] - 10.0)
+    cut = _crop(scan, k0, scan.shape[0])
+    g = find_levels(cut, segment_lungs(cut))
+    assert g.z_mm["L5"] is None or (abs(g.z_mm["L5"] - truth.levels_z["L5"]) <= 5.0 and g.confidence["L5"] < 0.8)
+
+
+def test_noise_lowers_the_confidence(phantom44):
+    scan, truth, _ = phantom44
+    rng = np.random.default_rng(0)
+    noisy = scan.with_hu(np.clip(scan.hu + rng.normal(0, 100, scan.shape), -1024, 3071).astype(np.int16))
+    g = find_levels(noisy, segment_lungs(noisy))
+    for n in LEVELS:
+        if g.z_mm[n] is not None:
+            assert g.confidence[n] < 0.8, (n, g.confidence[n], g.notes[n])
+            assert n == "L4" or "noisy image" in g.notes[n], g.notes[n]
+
+
+def test_thick_slices_score_slice_centres_at_lower_confidence(phantom44):
+    """8 mm slices (block means of 3 slices of 3 mm, with their partial volume): each level is the centre of a
+    slice, within a slice of the truth, with the confidence scaled down for the thickness."""
+    from sscild.scan import CTScan
+
+    scan, truth, _ = phantom44
+    nz = scan.shape[0] // 3 * 3
+    hu = scan.hu[:nz].astype(np.float32).reshape(nz // 3, 3, *scan.shape[1:]).mean(axis=1)
+    o = (scan.origin[0], scan.origin[1], scan.z_mm(1))
+    thick = CTScan(np.rint(hu).astype(np.int16), (9.0, *scan.spacing[1:]), o)
+    g = find_levels(thick, segment_lungs(thick))
+    for n in ("L2", "L5"):
+        assert g.z_mm[n] is not None, g.notes[n]
+        assert g.z_mm[n] == pytest.approx(thick.z_mm(thick.slice_at_z(g.z_mm[n])))
+        assert abs(g.z_mm[n] - truth.levels_z[n]) <= 9.0, (n, g.z_mm[n], truth.levels_z[n])
+        assert g.confidence[n] < 0.8 and "slices" in g.notes[n]
+
+
+def _levels(z, conf, method="anatomy"):
+    from sscild.levels import GohLevels
+
+    return GohLevels({n: z[i] for i, n in enumerate(LEVELS)}, {n: i for i, n in enumerate(LEVELS)},
+                     {n: conf[i] for i, n in enumerate(LEVELS)}, {n: f"{method} {n}" for n in LEVELS}, method=method)
+
+
+def test_combine_levels_confidence_from_agreement():
+    from sscild.levels import combine_levels
+
+    a = _levels([-100.0, -140.0, -180.0, None, -260.0], [0.75, 0.9, 0.5, 0.0, 0.9])
+    b = _levels([-103.0, -190.0, -182.0, -220.0, -262.0], [0.9, 0.9, 0.9, 0.9, 0.9], "lnet")
+    g = combine_levels(a, b)
+    assert g.method == "anatomy+lnet"
+    # agree within 5 mm: confidence above either alone
+    assert g.z_mm["L1"] == -100.0 and g.confidence["L1"] > 0.75
+    # 50 mm apart: the more confident anatomy kept, confidence low, both positions in the note
+    assert g.z_mm["L2"] == -140.0 and g.confidence["L2"] <= 0.3
+    assert "-140.0" in g.notes["L2"] and "-190.0" in g.notes["L2"] and "disagree" in g.notes["L2"]
+    # L-Net alone: placed at no more than 0.5
+    assert g.z_mm["L4"] == -220.0 and g.confidence["L4"] <= 0.5 and "L-Net only" in g.notes["L4"]
+    assert [g.z_mm[n] for n in LEVELS] == sorted([g.z_mm[n] for n in LEVELS], reverse=True)
+    # a learned level out of order with a more confident anatomical neighbour is dropped
+    c = combine_levels(_levels([-100.0, -140.0, None, None, -260.0], [0.9, 0.9, 0.0, 0.0, 0.9]),
+                       _levels([None, None, -90.0, None, None], [0.0, 0.0, 0.9, 0.0, 0.0], "lnet"))
+    assert c.z_mm["L3"] is None and "anatomical order" in c.notes["L3"]

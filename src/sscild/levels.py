@@ -424,6 +424,29 @@ def _follow(prev: np.ndarray, lab: np.ndarray, step_px: int) -> np.ndarray:
     return np.isin(lab, hit[hit > 0]) & near
 
 
+def _trunk_start(lab: np.ndarray, hu: np.ndarray, px: tuple[float, float], tr_mm: tuple[float, float],
+                 blood: float) -> tuple[int, int] | None:
+    """The brachiocephalic trunk's centre in a slice above the arch: of the vessel centres (peaks of the distance to
+    the vessels' edge; touching vessels keep a peak each, 2.5-12 mm thick), the nearest to the trachea (within 60
+    mm) on its right front whose blood (with contrast) is like the arch's."""
+    (sy, sx), (ty, tx) = px, tr_mm
+    edt = ndi.distance_transform_edt(lab > 0, sampling=(sy, sx))
+    yy, xx = np.indices(lab.shape)
+    best = None
+    for c in np.argwhere((edt == ndi.maximum_filter(edt, size=3)) & (edt >= 2.5) & (edt <= 12.0)):
+        y, x = c[0] * sy, c[1] * sx
+        d = float(np.hypot(y - ty, x - tx))
+        if x > tx + 5.0 or y > ty + 5.0 or d > 60.0:
+            continue
+        r = float(edt[tuple(c)])
+        med = float(np.median(hu[((yy - c[0]) * sy) ** 2 + ((xx - c[1]) * sx) ** 2 <= r * r]))
+        if blood > 150.0 and not 0.6 * blood <= med <= 1.6 * blood:     # contrast: veins differ from arteries
+            continue
+        if best is None or d < best[0]:
+            best = (d, (int(c[0]), int(c[1])))
+    return None if best is None else best[1]
+
+
 def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, float], k_top: int,
                             arch: np.ndarray, k_stop: int) -> float | None:
     """World z (mm) where the brachiocephalic trunk joins the aorta, or None when it cannot be followed.
@@ -466,24 +489,12 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     def disc(c, r):
         return ((yy - c[0]) * sy) ** 2 + ((xx - c[1]) * sx) ** 2 <= r * r
 
-    # vessel centres = peaks of the distance to the vessels' edge (touching vessels keep a peak each)
-    edt = ndi.distance_transform_edt(lab > 0, sampling=(sy, sx))
-    best = None
-    for c in np.argwhere((edt == ndi.maximum_filter(edt, size=3)) & (edt >= 2.5) & (edt <= 12.0)):
-        y, x = c[0] * sy, c[1] * sx
-        d = float(np.hypot(y - ty, x - tx))
-        if x > tx + 5.0 or y > ty + 5.0 or d > 60.0:
-            continue
-        med = float(np.median(hu[disc(c, edt[tuple(c)])]))
-        if blood > 150.0 and not 0.6 * blood <= med <= 1.6 * blood:     # contrast: veins differ from arteries
-            continue
-        if best is None or d < best[0]:
-            best = (d, tuple(c))
-    if best is None:
+    centre = _trunk_start(lab, hu, (sy, sx), (ty, tx), blood)
+    if centre is None:
         return None
+    edt = ndi.distance_transform_edt(lab > 0, sampling=(sy, sx))
     # follow the trunk's centre line: the thickest point near its last centre, so a neighbour it touches (a vein,
     # the left common carotid) cannot pull it far
-    centre = best[1]
     r_mm = float(edt[centre])
     trunk, aorta = (lab == lab[centre]) & disc(centre, r_mm), None
     for k in range(k0 - 1, k_stop, -1):
