@@ -1,7 +1,8 @@
 """Model-free density metrics of the lungs, established for SSc-ILD.
 
 For each region (``whole``, ``right``, ``left``, ``upper``, ``middle``, ``lower``: zones are thirds of the lung
-height, from the lowest to the highest lung slice) the metrics are computed on the lung voxels:
+height, from the lowest to the highest lung slice, as :func:`sscild.domain.zone_bounds` rounds them) the metrics
+are computed on the lung voxels:
 
 =================  ==========================================================================================
 key                meaning
@@ -27,12 +28,13 @@ import numpy as np
 from scipy import stats
 
 from .anatomy import Lungs
+from .domain import ZONES, LungLabel, zone_bounds
 from .scan import CTScan
 
 HIST_RANGE = (-1024.0, -200.0)
 HAA_RANGE = (-600.0, -250.0)
 PERCENTILES = (10, 15, 40, 80)
-REGIONS = ("whole", "right", "left", "upper", "middle", "lower")
+REGIONS = ("whole", "right", "left") + ZONES
 
 
 @dataclass(frozen=True)
@@ -101,22 +103,24 @@ def integer_percentiles(values: np.ndarray, percentiles) -> np.ndarray:
 
 
 def density_metrics(scan: CTScan, lungs: Lungs) -> DensityMetrics:
-    """Density metrics of the whole lung, each lung and each zone (thirds of lung height)."""
+    """Density metrics of the whole lung, each lung and each zone (:func:`sscild.domain.zone_bounds`).
+
+    Examples
+    --------
+    >>> from sscild.phantom import make_phantom
+    >>> scan, truth = make_phantom(0, extent=10, shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
+    >>> m = density_metrics(scan, Lungs(truth.lungs, truth.airways))
+    >>> sorted(m.regions) == sorted(REGIONS), m.regions["whole"]["n_voxels"] == float((truth.lungs > 0).sum())
+    (True, True)
+    """
     lab = lungs.labels
     vox = scan.voxel_volume_ml
-    regions: dict[str, dict[str, float | None]] = {}
-    regions["whole"] = metrics_of(scan.hu[lab > 0], vox)
-    regions["right"] = metrics_of(scan.hu[lab == 1], vox)
-    regions["left"] = metrics_of(scan.hu[lab == 2], vox)
-    zs = np.nonzero((lab > 0).any(axis=(1, 2)))[0]
-    if len(zs):
-        lo, hi = zs.min(), zs.max() + 1
-        edges = np.linspace(lo, hi, 4)
-        # z index grows toward the head: the lowest third is "lower"
-        for name, (a, b) in zip(("lower", "middle", "upper"), zip(edges[:-1], edges[1:])):
-            a, b = int(round(a)), int(round(b))
-            regions[name] = metrics_of(scan.hu[a:b][lab[a:b] > 0], vox)
-    else:
-        for name in ("upper", "middle", "lower"):
-            regions[name] = metrics_of(np.array([]), vox)
+    regions: dict[str, dict[str, float | None]] = {
+        "whole": metrics_of(scan.hu[lab > 0], vox),
+        "right": metrics_of(scan.hu[lab == LungLabel.RIGHT], vox),
+        "left": metrics_of(scan.hu[lab == LungLabel.LEFT], vox)}
+    zones = zone_bounds(lab > 0)
+    for name in ZONES:
+        a, b = zones.get(name, (0, 0))
+        regions[name] = metrics_of(scan.hu[a:b][lab[a:b] > 0], vox)
     return DensityMetrics({k: regions[k] for k in REGIONS})

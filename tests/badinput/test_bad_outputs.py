@@ -44,6 +44,11 @@ def test_empty_output_name(tmp_path, outcome):
     outcome.cli(["analyze", "-i", str(tmp_path / "ct.nii.gz"), "-o", ""], exit_code=2, match="name is empty")
 
 
+def test_empty_phantom_output_name(outcome):
+    """sscild phantom -o "": exit 2, 'output folder name is empty' (nothing written into the current folder)"""
+    outcome.cli(["phantom", "-o", ""], exit_code=2, match="name is empty")
+
+
 def test_output_is_a_file(tmp_path, outcome):
     """Output path is an existing file: exit 2 before reading the scan, 'is a file, not a folder'"""
     (tmp_path / "out").write_text("not a folder")

@@ -12,7 +12,7 @@ from .common import console
 
 @app.command("phantom")
 def phantom(
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (scan + truth.json + truth masks)."),
+    out: str = typer.Option(..., "-o", "--out", help="Output folder (scan + truth.json + truth masks)."),
     seed: int = typer.Option(0, "--seed", help="Anatomy, disease and noise are fixed by the seed."),
     extent: Optional[float] = typer.Option(None, "--extent", help="ILD extent, % of lung volume (0 = healthy; "
                                                                   "default drawn from the seed)."),
@@ -24,6 +24,8 @@ def phantom(
     from ..errors import ConfigError
     from ..phantom import SIZES, make_phantom, write_phantom
 
+    if not out.strip():
+        raise ConfigError("the output folder name is empty: give one with -o, e.g. -o phantom")
     if size not in SIZES:
         raise ConfigError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
     if fmt not in ("dicom", "nifti"):
@@ -31,7 +33,7 @@ def phantom(
     if extent is not None and not 0 <= extent <= 90:
         raise ConfigError(f"--extent must be within 0..90 (% of lung), got {extent}")
     scan, truth = make_phantom(seed, size=size, extent=extent)
-    files = write_phantom(scan, truth, out, fmt=fmt)
+    files = write_phantom(scan, truth, Path(out), fmt=fmt)
     console.print(f"phantom seed {seed}: {scan.shape[2]}x{scan.shape[1]}x{scan.shape[0]} voxels, extent "
                   f"{truth.extent['TOT']:.1f} % (GG {truth.extent['GG']:.1f}, RET {truth.extent['RET']:.1f}); "
                   f"scan: {files['scan']}")
