@@ -87,7 +87,7 @@ def test_report_tables_render_zones_counts_models_and_methods(tmp_path):
     assert methods.index("lungs and airways") < methods.index("U-Net")   # stages in the order they ran
     assert "QILD-WL" in page and "QHC-WL" in page
     assert "test, n = 24: 24 phantoms" in page and "<td>0.920</td>" in page and "label_kind: synthetic" in page
-    assert "L-Net weights: sha256 " + "ab" * 32 in methods and "L-Net 1.0.0" in page
+    assert "L-Net weights: sha256 " + "ab" * 32 in methods and "L-Net (version 1.0.0)" in page
 
 
 def test_level_images_are_large(tmp_path):

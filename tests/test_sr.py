@@ -183,3 +183,32 @@ def test_heat_maps_as_parametric_maps_keep_values_and_positions(case, tmp_path):
     r = subprocess.run([_dciodvfy(), str(out["RET"])], capture_output=True, text=True, timeout=300)
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
     assert errors == [], "\n".join(errors)
+
+
+def test_deidentified_sr_files_with_the_deidentified_seg_and_keeps_the_numbers(case, tmp_path):
+    from sscild.dicomseg import lung_segments, write_dicom_seg
+    from sscild.errors import SscildError
+    from sscild.sr import read_sr, write_sr
+
+    with pytest.raises(SscildError, match="not de-identified"):     # an identified SEG: refuse, do not guess
+        write_sr(case["analysis"], case["src"], case["seg"], tmp_path / "x.dcm", deidentify=True)
+    from sscild.dicomseg import read_dicom_seg
+
+    scan = case["scan"]
+    lab = np.zeros(scan.shape, np.uint8)
+    masks = read_dicom_seg(case["seg"], case["src"], scan)
+    lab[masks["Right lung"]], lab[masks["Left lung"]] = 1, 2
+    les = np.where(lab > 0, 1, 0).astype(np.uint8)
+    les[masks["Ground glass opacity"]], les[masks["Reticulation/fibrosis"]] = 2, 3
+    dseg = write_dicom_seg(case["src"], scan, lung_segments(lab, les), tmp_path / "seg.dcm", deidentify=True)
+    out = write_sr(case["analysis"], case["src"], dseg, tmp_path / "sr.dcm", fvc_pct=65.0, deidentify=True)
+    raw = out.read_bytes()
+    assert b"PHANTOM" not in raw and b"20000101" not in raw      # the phantom's name, id and study date
+    ds, sd = pydicom.dcmread(out), pydicom.dcmread(dseg)
+    assert ds.PatientIdentityRemoved == "YES" and ds.StudyInstanceUID == sd.StudyInstanceUID
+    assert ds.PatientID == sd.PatientID
+    back, ident = read_sr(out), read_sr(case["sr"])
+    for group in ("Right lung", "Both lungs", "Goh staging"):
+        assert back[group] == ident[group]
+    assert {v for v, _ in back["_segments"].values()} == {str(sd.SOPInstanceUID)}
+    assert back["_images"] == ident["_images"]     # the level slices: the source CT instances, as in the plain SR

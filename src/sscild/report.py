@@ -410,7 +410,7 @@ def _models_section(inp: ReportInput, facts: Mapping[str, Any]) -> str:
     for c in inp.model_cards:
         name = str(c.get("name", "?"))
         h = sha.get(name)
-        ver = f" {c['version']}" if c.get("version") else ""
+        ver = f" (version {c['version']})" if c.get("version") not in (None, "") else ""
         trained = c.get("trained_on", c.get("training"))
         items.append(f"<div class='model'><b>{html.escape(name + ver)}</b>"
                      + (f" <small class='h'>weights sha256 {html.escape(h[:16])}&hellip;</small>" if h else "")

@@ -20,6 +20,7 @@ modifier as its first child (OHIF treats a first INFERRED FROM child as a graphi
 from __future__ import annotations
 
 import os
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -298,12 +299,13 @@ def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_pat
     path : path
         Where to write the SR (atomically).
     deidentify : bool
-        De-identify the SR as the DICOM-SEG is (``sscild.dicomseg.deidentify`` when present).
+        De-identify the SR's header (DICOM basic profile, ``sscild.dicomseg.deidentify_dataset``) and file it in
+        the de-identified ``seg.dcm``'s pseudonymous patient and study (the SEG must be de-identified already).
 
     Raises
     ------
     InputError
-        When the SEG cannot be read or the series is not found.
+        When the SEG cannot be read, the series is not found, or ``deidentify`` is asked for an identified SEG.
     """
     import highdicom as hd
 
@@ -320,23 +322,51 @@ def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_pat
         raise InputError(f"cannot read the DICOM-SEG {Path(seg_path).name} ({err}): write seg.dcm first") from None
     n = int((analysis.get("input") or {}).get("shape_zyx", [len(seg.ReferencedSeriesSequence[0]
                                                                   .ReferencedInstanceSequence)])[0])
-    sr = build_sr(analysis, _source_datasets(source_dir, n), seg, fvc_pct=fvc_pct, weights=weights)
-    if deidentify:
-        sr = _deidentify(sr)
+    datasets = _source_datasets(source_dir, n)
+    if deidentify and str(seg.get("PatientIdentityRemoved", "")).upper() != "YES":
+        raise InputError("--deidentify: seg.dcm is not de-identified; write it with write_dicom_seg(..., "
+                         "deidentify=True) before the SR")
+    if deidentify:      # one study while building (the de-identified SEG has a new study UID); fixed after
+        build_seg = deepcopy(seg)
+        build_seg.StudyInstanceUID = datasets[0].StudyInstanceUID
+        sr = _deidentify_header(build_sr(analysis, datasets, build_seg, fvc_pct=fvc_pct, weights=weights), seg)
+    else:
+        sr = build_sr(analysis, datasets, seg, fvc_pct=fvc_pct, weights=weights)
     with atomic_path(path) as tmp:
         sr.save_as(tmp, enforce_file_format=True)
     return Path(path)
 
 
-def _deidentify(ds):
-    """The reliability stage's de-identification (as for ``seg.dcm``); an error when it is not available."""
-    from . import dicomseg
+#: Patient and study attributes the SR takes from the de-identified SEG, so both file as the same pseudonymous study.
+_STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+               "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
-    fn = getattr(dicomseg, "deidentify", None)
-    if fn is None:
-        raise InputError("de-identification of DICOM outputs is not available in this version: write the SR "
-                         "without --deidentify or de-identify the folder with your site's tool")
-    return fn(ds)
+
+def _deidentify_header(sr, seg):
+    """De-identify the SR's header as the SEG's was, keeping its content tree.
+
+    The basic profile as ``sscild.dicomseg.deidentify_dataset`` applies it replaces every value inside an SR
+    content tree (codes and numbers included), so the header is de-identified without the content, which holds
+    no patient data (our codes, numbers and tracking labels, and the instance UIDs the de-identified SEG keeps
+    referencing). Patient and study attributes are then copied from the de-identified SEG.
+    """
+    from .dicomseg import deidentify_dataset
+
+    keep = {k: sr[k].value for k in ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence",
+                                      "PertinentOtherEvidenceSequence") if k in sr}
+    for k in keep:
+        del sr[k]
+    deidentify_dataset(sr)
+    for k, v in keep.items():
+        setattr(sr, k, v)
+    for k in _STUDY_KEYS:
+        if k in seg:
+            setattr(sr, k, seg[k].value)
+        elif k in sr:
+            setattr(sr, k, "")
+    for item in sr.get("CurrentRequestedProcedureEvidenceSequence", []):
+        item.StudyInstanceUID = seg.StudyInstanceUID
+    return sr
 
 
 def read_sr(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
