@@ -30,6 +30,9 @@ def batch(
     deidentify: bool = typer.Option(False, "--deidentify", help="Write each seg.dcm with the DICOM basic "
                                                                 "de-identification profile."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    overrides: Optional[Path] = typer.Option(None, "--overrides", help="A reviewer's overrides CSV from index.html "
+                                             "(scan_id,action,level,slice,reason,reviewer); default OUT/overrides.csv "
+                                             "when present."),
 ) -> None:
     """Analyse a cohort: one `sscild analyze` per manifest row; failures are recorded and the rest go on.
 
@@ -42,8 +45,10 @@ def batch(
                "weights": str(weights) if weights else None}
     if deidentify:
         options["deidentify"] = True
-    res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet, options=options)
+    res = run_batch(manifest, out, workers=workers, scheduler=scheduler, force=force, quiet=quiet, options=options,
+                    overrides=overrides)
     console.print(f"{res.n_done} done, {res.n_failed} failed, {res.n_skipped} skipped (already done) of "
                   f"{res.n_total}; table: {out / 'cohort.csv'}")
+    console.print(f"QA gallery: {out / 'index.html'} (a reviewer's overrides.csv in OUT is honoured on the next run)")
     for r in res.failures.itertuples():
         console.print(f"  [red]failed[/] {r.scan_id}: {r.reason}")
