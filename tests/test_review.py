@@ -2,8 +2,8 @@
 hand-computed values, export to the S-Net training layout.
 
 Analysed folders are made from small phantoms (48 x 64 x 64 voxels) in the layout ``sscild demo`` writes
-(``phantom/ct.nii.gz``, ``levels.json``, ``scores.json``, ``heatmap_<level>_<pattern>.nii.gz``), with the phantom's
-true levels and scores standing in for the tool's, so the tests do not wait for S-Net.
+(:func:`sscild.review.simulate.phantom_folder`: the phantom's true levels and scores stand in for the tool's, heat
+maps mark the true lesions), so the tests do not wait for S-Net.
 """
 from __future__ import annotations
 
@@ -20,31 +20,12 @@ from sscild.domain import LEVELS, PATTERNS
 SEEDS = (21, 24, 23)   # seed 22 at this size: segment_lungs finds no lungs (anatomy, not the study)
 
 
-def analysed_folder(out: Path, seed: int, extent: float) -> Path:
-    """A phantom written like ``sscild demo`` output: ``phantom/ct.nii.gz``, levels.json, scores.json and heat
-    maps (score drop = -5 on the true lesions of each level slice). Returns the folder."""
-    import SimpleITK as sitk
-
-    from sscild.phantom import make_phantom, write_phantom
-    from sscild.util import write_json
-
-    scan, truth = make_phantom(seed, shape=(48, 64, 64), spacing=(7.0, 5.6, 5.6), extent=extent)
-    write_phantom(scan, truth, out / "phantom", fmt="nifti")
-    write_json(out / "levels.json", {"method": "truth", "levels": [
-        {"name": n, "z_mm": truth.levels_z[n], "slice_index": scan.slice_at_z(truth.levels_z[n])} for n in LEVELS]})
-    write_json(out / "scores.json", {"levels": {n: {p: truth.level_scores[n][p] for p in PATTERNS} for n in LEVELS}})
-    for n in LEVELS:
-        k = scan.slice_at_z(truth.levels_z[n])
-        les = truth.lesions[k]
-        for p, cls in (("TOT", (2, 3)), ("GG", (2,)), ("RET", (3,))):
-            dp = -5.0 * np.isin(les, cls).astype(np.float32)
-            sitk.WriteImage(sitk.GetImageFromArray(dp[None]), str(out / f"heatmap_{n}_{p}.nii.gz"))
-    return out
-
-
 def make_sources(root: Path) -> list[Path]:
     """Three analysed phantom folders (extent 10, 30, 50 %)."""
-    return [analysed_folder(root / f"scan{s}", s, e) for s, e in zip(SEEDS, (10.0, 30.0, 50.0))]
+    from sscild.review.simulate import phantom_folder
+
+    return [phantom_folder(root / f"scan{s}", s, e, shape=(48, 64, 64), spacing=(7.0, 5.6, 5.6))
+            for s, e in zip(SEEDS, (10.0, 30.0, 50.0))]
 
 
 def new_study(root: Path, folders, readers=("ana", "ben"), **kw):
@@ -201,3 +182,61 @@ def test_a_reader_cannot_see_or_change_another_readers_answers(client):
     r = c.get("/api/answers", headers={"Authorization": f"Bearer {tokens['ben']}"})
     assert [(a["level"], a["TOT"]) for a in r.json()] == [("L1", 20)]
     assert c.get("/api/answers", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+
+
+def test_simulated_readers_noise_is_recovered_and_consensus_nears_truth(tmp_path, folders):
+    """4 readers = truth + N(0, 4.5) in 5 % steps through the API: the pair-based noise estimate is 4.5 +- 1.5
+    (15 level slices, 6 pairs; rounding adds ~1.4 in quadrature, clipping at 0 removes some), and the consensus of
+    4 is closer to the truth than any single reader."""
+    from fastapi.testclient import TestClient
+
+    from sscild.review.app import create_app
+    from sscild.review.simulate import case_truth, read_all, reader_cases
+    from sscild.review.stats import compute_stats
+    from sscild.review.study import open_study
+
+    root = tmp_path / "sim"
+    tokens = new_study(root, folders, readers=["r1", "r2", "r3", "r4"], heatmaps=False, repeat=0.0)
+    truth, cases = case_truth(root), reader_cases(root)
+    with TestClient(create_app(root)) as c:
+        n = [read_all(c, tok, name, truth, cases, 4.5, np.random.default_rng(i)) for i, (name, tok) in
+             enumerate(tokens.items())]
+    assert n == [15, 15, 15, 15]
+    st = compute_stats(open_study(root))
+    allp = st.inter_pairs[st.inter_pairs["level"] == "all"]
+    assert len(allp) == 6 * 3
+    est = float(np.sqrt((allp["reader_SD_est"] ** 2).mean()))
+    assert 3.0 < est < 6.0, est
+    cons = st.consensus_vs_tool[st.consensus_vs_tool["level"] == "all"].set_index("pattern")["MAE"]
+    single = st.vs_tool[st.vs_tool["level"] == "all"].groupby("pattern")["MAE"].min()
+    assert (cons.sort_index() < single.sort_index()).all(), (cons, single)
+
+
+def test_non_local_host_needs_tls_or_a_proxy():
+    from sscild.review.app import check_host
+    from sscild.review.study import StudyError
+
+    check_host("127.0.0.1", tls=False, behind_proxy=False)
+    check_host("0.0.0.0", tls=True, behind_proxy=False)
+    check_host("10.0.0.5", tls=False, behind_proxy=True)
+    with pytest.raises(StudyError, match="without HTTPS"):
+        check_host("0.0.0.0", tls=False, behind_proxy=False)
+
+
+def test_cli_create_prints_tokens_once_and_export_needs_answers(tmp_path, folders):
+    from typer.testing import CliRunner
+
+    from sscild.cli import app
+    from sscild.review.study import StudyError
+
+    r = CliRunner().invoke(app, ["review", "create", str(tmp_path / "s"), "--from", str(folders[0]), "--from",
+                                 str(folders[1]), "--readers", "ana,ben", "--quiet"])
+    assert r.exit_code == 0, r.output
+    toks = dict(line.split("\t") for line in r.stdout.splitlines() if "\t" in line)
+    assert sorted(toks) == ["ana", "ben"]
+    assert all(t not in (tmp_path / "s" / "study.json").read_text() for t in toks.values())
+    r = CliRunner().invoke(app, ["review", "export", str(tmp_path / "s"), "-o", str(tmp_path / "l.csv")])
+    assert isinstance(r.exception, StudyError) and "no answers yet" in str(r.exception)
+    r = CliRunner().invoke(app, ["review", "create", str(tmp_path / "s"), "--from", str(folders[0]), "--readers",
+                                 "ana"])
+    assert isinstance(r.exception, StudyError) and "already holds a study" in str(r.exception)

@@ -169,7 +169,17 @@ def misplaced_summary(first: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_stats(study: Study, db_url: str | None = None) -> StudyStats:
-    """All tables of a study."""
+    """All tables of a study. Statistics undefined on few or constant answers (e.g. kappa of one level of one
+    repeated case) are NaN, shown as "-"; the libraries' warnings about them are silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*cohen_kappa_score.*")
+        return _compute_stats(study, db_url)
+
+
+def _compute_stats(study: Study, db_url: str | None) -> StudyStats:
     ans = load_answers(study, db_url)
     first = ans[ans["replicate"] == 0]
     tool = tool_scores(study)
