@@ -535,7 +535,7 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     (so not the back muscles), at most as large as the aerated part of that lung (up to half a lung).
 
     Worked out at ~3 mm in-plane. Returns the labels with the dense regions added and a note saying how much was
-    added to which lung (empty when less than 20 mL each)."""
+    added to which lung (when 100 mL or more)."""
     g = max(1, int(round(3.0 / spacing[1])))
     ny2, nx2 = hu.shape[1] // g * g, hu.shape[2] // g * g
     sp = (spacing[0], spacing[1] * g, spacing[2] * g)
@@ -563,6 +563,11 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         lim = _side_limits(aer, other, i == 0, x_mid)
         ok = (cols[None, None, :] <= lim[:, :, None]) if i == 0 else (cols[None, None, :] >= lim[:, :, None])
         ok &= np.arange(hs.shape[0])[:, None, None] >= _floor(aer, other, x_mid)[None]
+        # not toward the apex where the lung narrows (< 30 % of its widest slice): the apex sits among the neck's
+        # muscles and vessels, and apical consolidation is not the pattern this envelope is for
+        area = np.count_nonzero(aer, axis=(1, 2))
+        narrow = (np.arange(len(area)) > int(np.argmax(area))) & (area < 0.3 * area.max())
+        ok &= ~narrow[:, None, None]
         region = cand & ok & side[None, None, :]
         # only thick regions (an in-plane opening by ~6 mm): the thin layer of chest wall between the lung and the
         # ribs is not dense lung (thin subpleural disease is the closing's); the opened region then takes back its
@@ -579,7 +584,7 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
             notes.append(f"{name}: a dense region of {size:.0f} mL against the lung was larger than the aerated lung "
                          "and was not added (check the lung outline)")
             continue
-        if size >= 20:
+        if size >= 100:
             notes.append(f"{name}: the envelope was closed over {size:.0f} mL of dense lung "
                          f"({DENSE_RANGE[0]:.0f} to +{DENSE_RANGE[1]:.0f} HU)")
         up = np.zeros(labels.shape, bool)
@@ -627,6 +632,33 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     f = _inplane_factor(scan)
     lo = _downsample(scan.hu, f)
     sp = (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)
+    labels_lo, aerated_lo, airway_lo, carina_lo, notes = _segment_coarse(lo, sp)
+    # back to full resolution, refined with the full-resolution threshold at the border
+    labels = _upsample_labels(labels_lo, scan.shape, f)
+    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0 if f > 1 else airway_lo
+    if f > 1:
+        dense = _upsample_labels(np.where(aerated_lo, 0, labels_lo).astype(np.uint8), scan.shape, f)
+        labels = _refine(labels, scan.hu, airways)
+        # the dense regions stay whole (the refinement trims the border by the air threshold)
+        labels = np.where((dense > 0) & (labels == 0), dense, labels)
+    # the airway lumen and a rim of two voxels around it are never lung (no slivers of trachea as lung)
+    labels[_dilate(airways, iterations=2)] = 0
+    zs = np.nonzero(labels.any(axis=(1, 2)))[0]
+    cut = {"apex": bool(zs.max() >= scan.shape[0] - 1), "base": bool(zs.min() <= 0)}
+    if cut["apex"]:
+        notes["apex"] = "the lungs reach the top slice: the apex may be cut off by the scan range"
+    if cut["base"]:
+        notes["base"] = "the lungs reach the bottom slice: the bases may be cut off by the scan range"
+    if carina_lo is None:
+        notes["airways"] = "the trachea was not found in the upper lung slices"
+    pos = str(scan.meta.get("patient_position", "") or "")
+    if pos.upper().startswith("FF"):
+        notes["position"] = notes.get("position", "") + "; feet first (from the header; the image is reoriented to LPS)"
+    return Lungs(labels, airways, notes, cut, carina_lo)
+
+
+def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
+    """The coarse-grid stages: body, internal air, lungs, airways, envelope, right/left, dense envelope, notes."""
     vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
     body = _body_mask(lo, sp)
     internal = _internal_air(lo, body)
@@ -647,30 +679,64 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     aerated_lo = labels_lo > 0
     labels_lo, dense_note = _dense_envelope(labels_lo, lo, sp)
     labels_lo[near_airway] = 0
-
-    # back to full resolution, refined with the full-resolution threshold at the border
-    labels = _upsample_labels(labels_lo, scan.shape, f)
-    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0 if f > 1 else airway_lo
-    if f > 1:
-        dense = _upsample_labels(np.where(aerated_lo, 0, labels_lo).astype(np.uint8), scan.shape, f)
-        labels = _refine(labels, scan.hu, airways)
-        # the dense regions stay whole (the refinement trims the border by the air threshold)
-        labels = np.where((dense > 0) & (labels == 0), dense, labels)
-    labels[airways] = 0
     notes: dict[str, str] = {}
     if split_note:
         notes["split"] = split_note
     if dense_note:
         notes["dense"] = dense_note
+    notes["position"] = _position(lo, body, aerated_lo)
+    side_note = _heart_side(lo, labels_lo, sp)
+    if side_note:
+        notes["right_left"] = side_note
+    return labels_lo, aerated_lo, airway_lo, carina_lo, notes
+
+
+def _position(hu: np.ndarray, body: np.ndarray, lung: np.ndarray) -> str:
+    """Supine or prone, from the table's side (dense material outside the body, behind or in front of it) or,
+    without a table in view, from the dependent lung (the lower side is denser)."""
+    rows = np.arange(hu.shape[1])
+    body_rows = np.count_nonzero(body, axis=(0, 2))
+    y_body = float((body_rows * rows).sum() / max(body_rows.sum(), 1))
+    table = (hu > -300) & ~_dilate(body, 3)
+    t_rows = np.count_nonzero(table, axis=(0, 2))
+    if t_rows.sum() > 0.01 * body_rows.sum():
+        y_table = float((t_rows * rows).sum() / t_rows.sum())
+        if y_table > y_body:
+            return "supine (the table is behind the patient)"
+        return "prone (the table is in front of the patient); right and left follow the image's LPS orientation"
+    ys = np.nonzero(lung.any(axis=(0, 2)))[0]
+    if len(ys) < 6:
+        return "unknown"
+    third = (ys.max() - ys.min()) / 3
+    front = hu[:, : int(ys.min() + third)][lung[:, : int(ys.min() + third)]]
+    back = hu[:, int(ys.max() - third):][lung[:, int(ys.max() - third):]]
+    if front.size and back.size and float(np.mean(front)) > float(np.mean(back)) + 15:
+        return "prone (no table in view; the anterior lung is the denser, dependent one)"
+    return "supine (no table in view; judged from the dependent, denser posterior lung)"
+
+
+def _heart_side(hu: np.ndarray, labels: np.ndarray, sp: tuple[float, float, float]) -> str:
+    """A note when the heart lies on the image's right (situs inversus or a mirrored image): the soft tissue
+    between the lungs in the lower half of the lung height, left or right of the lungs' midline."""
     zs = np.nonzero(labels.any(axis=(1, 2)))[0]
-    cut = {"apex": bool(zs.max() >= scan.shape[0] - 1), "base": bool(zs.min() <= 0)}
-    if cut["apex"]:
-        notes["apex"] = "the lungs reach the top slice: the apex may be cut off by the scan range"
-    if cut["base"]:
-        notes["base"] = "the lungs reach the bottom slice: the bases may be cut off by the scan range"
-    if carina_lo is None:
-        notes["airways"] = "the trachea was not found in the upper lung slices"
-    return Lungs(labels, airways, notes, cut, carina_lo)
+    if len(zs) < 4 or not (labels == 1).any() or not (labels == 2).any():
+        return ""
+    k0, k1 = int(zs.min() + 0.2 * (zs.max() - zs.min())), int(zs.min() + 0.5 * (zs.max() - zs.min())) + 1
+    sub, lab = hu[k0:k1], labels[k0:k1]
+    cols = np.arange(hu.shape[2])
+    xr = np.nonzero((lab == 1).any(axis=(0, 1)))[0]
+    xl = np.nonzero((lab == 2).any(axis=(0, 1)))[0]
+    x_mid = (xr.mean() + xl.mean()) / 2
+    between = (cols > xr.mean()) & (cols < xl.mean())
+    soft = (sub > -200) & (sub < 300) & (lab == 0) & between[None, None, :]
+    n = np.count_nonzero(soft, axis=(0, 1))
+    if n.sum() == 0:
+        return ""
+    offset = (float((n * cols).sum() / n.sum()) - x_mid) * sp[2]
+    if offset < -10:
+        return (f"the heart lies {abs(offset):.0f} mm to the image's right of the midline: situs inversus or a "
+                "mirrored image; right and left lung labels follow the image's LPS orientation, check them")
+    return ""
 
 
 def _upsample_labels(lab: np.ndarray, shape: tuple[int, int, int], f: int) -> np.ndarray:
