@@ -231,12 +231,11 @@ def _tint(lung: np.ndarray, dorsal: np.ndarray, sub: np.ndarray) -> np.ndarray:
 
 
 def _views(rm: RegionMap, les: np.ndarray | None) -> tuple[int, int]:
-    """Axial slice of the lower zone to show (where most lesion is, else its middle) and the sagittal column (the
+    """Axial slice of the lower zone to show (where most lesion is, else most lung) and the sagittal column (the
     right lung's centre)."""
     lower = rm.zone == 3
     sick = lower & (les >= LesionClass.GG) if les is not None else np.zeros_like(lower)
-    zs = (sick if sick.any() else lower).sum(axis=(1, 2))
-    k = int(np.argmax(zs)) if sick.any() else int(np.flatnonzero(zs)[len(np.flatnonzero(zs)) // 2])
+    k = int(np.argmax((sick if sick.any() else lower).sum(axis=(1, 2))))
     xs = (rm.side == LungLabel.RIGHT).sum(axis=(0, 1))
     return k, int(round(np.average(np.arange(len(xs)), weights=xs))) if xs.any() else len(xs) // 2
 
