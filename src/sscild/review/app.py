@@ -9,6 +9,26 @@ the reply is sent.
 API (JSON): ``POST /api/login``, ``POST /api/logout``, ``GET /api/task[?position=&level=]``,
 ``PUT /api/answer/{position}/{level}``, ``GET /api/answers``, ``GET /api/image/{position}/{level}/{offset}/{window}``,
 ``GET /api/heatmap/{position}/{level}/{pattern}``.
+
+Deployment
+----------
+By default the server listens on 127.0.0.1 only: readers on the same machine, or over an SSH tunnel
+(``ssh -L 8000:127.0.0.1:8000 host``). A non-local ``--host`` is refused unless the traffic is encrypted, since the
+token travels with every request:
+
+- HTTPS directly: ``sscild review serve STUDY --host 0.0.0.0 --port 8443 --ssl-certfile cert.pem --ssl-keyfile
+  key.pem`` (the cookie is then Secure);
+- or a TLS reverse proxy on the same machine (nginx, caddy) in front of ``sscild review serve STUDY --port 8000
+  --behind-proxy`` (still on 127.0.0.1); for nginx::
+
+      server { listen 443 ssl; server_name reading.example.org;
+               ssl_certificate /etc/ssl/reading.pem; ssl_certificate_key /etc/ssl/reading.key;
+               location / { proxy_pass http://127.0.0.1:8000; proxy_set_header Host $host;
+                            proxy_set_header X-Forwarded-Proto https; proxy_set_header X-Forwarded-For $remote_addr; } }
+
+Tokens are random 128-bit strings, stored only as SHA-256 hashes; give each reader their own, over a separate
+channel. The study folder holds no patient identifiers; ``key.csv`` (the link to the source scans) stays with the
+study's creator and is never served.
 """
 from __future__ import annotations
 

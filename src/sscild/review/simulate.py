@@ -108,7 +108,9 @@ def read_all(client, token: str, reader: str, truth: Mapping, cases: Mapping, sd
         t = client.get("/api/task", headers=hdr).json()
         if t["done"]:
             return n
-        s = simulated_answer(truth[cases[(reader, t["position"])]][t["level"]], sd, rng)
+        s: dict = simulated_answer(truth[cases[(reader, t["position"])]][t["level"]], sd, rng)
+        if t["heatmaps"]:                      # a study with heat maps wants every one rated (here at random, 2-5)
+            s["likert"] = {p: int(rng.integers(2, 6)) for p in t["heatmaps"]}
         r = client.put(f"/api/answer/{t['position']}/{t['level']}", headers=hdr, json=s)
         r.raise_for_status()
         n += 1

@@ -234,6 +234,21 @@ def _html_table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-", border=0, classes="t")
 
 
+def summary(st: StudyStats) -> pd.DataFrame:
+    """One row per comparison and pattern over all levels (pairs and readers averaged): the page's first table."""
+    rows = []
+    for name, df in (("inter-reader (mean over pairs)", st.inter_pairs), ("intra-reader (mean over readers)", st.intra),
+                     ("readers vs tool (mean over readers)", st.vs_tool), ("consensus vs tool", st.consensus_vs_tool)):
+        if df is None or df.empty:
+            continue
+        a = df[df["level"] == "all"].groupby("pattern", sort=False)[["n", "MAE", "kappa", "ICC"]].mean()
+        rows += [{"comparison": name, "pattern": p, **a.loc[p].to_dict()} for p in PATTERNS if p in a.index]
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["n"] = out["n"].round().astype(int)
+    return out
+
+
 SECTIONS = (("inter_pairs", "Inter-reader agreement (first readings), each pair of readers",
              "MAE +- SD in % points, linearly weighted kappa on 5 % categories, ICC(2,1); reader_SD_est = SD of the "
              "differences / sqrt 2, each reader's own scatter if both scatter alike."),
@@ -265,9 +280,12 @@ def write_results(study_dir: str | Path, out: str | Path | None = None, db_url: 
     with atomic_path(out / "bland_altman.csv") as tmp:
         ba.to_csv(tmp, index=False)
     n_read = st.answers.groupby("reader").size().to_dict() if len(st.answers) else {}
-    body = [f"<h1>Reader study: agreement</h1><p>{len(study.settings['cases'])} cases, readers "
+    n_cases = len(study.settings["cases"])
+    body = [f"<h1>Reader study: agreement</h1><p>{n_cases} case{'s' if n_cases != 1 else ''}, readers "
             f"{html.escape(', '.join(study.settings['readers']))}; answers given: "
             f"{html.escape(', '.join(f'{k} {v}' for k, v in n_read.items())) or 'none'}.</p>"]
+    body.append("<h2>Summary (all levels)</h2><p class=n>MAE in % points; kappa linearly weighted on 5 % "
+                "categories; ICC(2,1).</p>" + _html_table(summary(st)))
     for name, title, note in SECTIONS:
         body.append(f"<h2>{html.escape(title)}</h2><p class=n>{html.escape(note)}</p>{_html_table(getattr(st, name))}")
     body.append("<h2>Bland-Altman</h2><p class=n>first minus second, % points; limits of agreement = mean +- 1.96 "
