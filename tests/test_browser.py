@@ -1,4 +1,5 @@
-"""The demo patient's report opens in headless Chromium: images load, no console errors, not blank.
+"""The demo patient's report opens in headless Chromium: images load, no console errors, not blank; the Goh stage
+is the first card, level slices are large, the methods paragraph closes the page.
 
 Chromium comes from Debian's ``chromium`` package; the test installs it when missing (as root with apt) and
 skips with the reason when that is impossible. Playwright drives it (no browser download: the system
@@ -59,6 +60,9 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(demo_report.resolve().as_uri(), wait_until="load")
         n_images = page.evaluate("document.images.length")
+        first_card = page.evaluate("document.querySelector('.summary .card').innerText")
+        level_px = page.evaluate("document.querySelector(\"img[src='report_L3.png']\").getBoundingClientRect().width")
+        methods = page.evaluate("(document.querySelector('p.methods') || {}).innerText || ''")
         broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                                ".map(i => i.getAttribute('src'))")
         shot = tmp_path / "report.png"
@@ -67,6 +71,10 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     assert n_images >= 6, "the report should show the overview and the level panels"
     assert broken == [], f"images that did not load: {broken}"
     assert errors == [], f"console errors: {errors}"
+    # what a reader sees first is the Goh stage; level slices are shown large; the page ends with the methods
+    assert first_card.startswith("Goh stage"), first_card
+    assert level_px >= 450, f"level slice shown {level_px:.0f} px wide"
+    assert "sha256" in methods and "Goh et al." in methods
     from PIL import Image
 
     px = np.asarray(Image.open(shot).convert("L"), float)

@@ -285,7 +285,7 @@ def build_sr(analysis: Mapping[str, Any], datasets: Sequence[Any], seg, *, fvc_p
 
 def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_path: str | os.PathLike,
              path: str | os.PathLike, *, fvc_pct: float | None = None, weights: str | os.PathLike | None = None,
-             deidentify: bool = False) -> Path:
+             deidentify: bool = False, sop_uids: Sequence[str] | None = None) -> Path:
     """Write ``sr.dcm``: the TID 1500 measurement report of ``analysis`` (the ``analysis.json`` dict).
 
     Parameters
@@ -298,6 +298,9 @@ def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_pat
         ``seg.dcm`` written by :func:`sscild.dicomseg.write_dicom_seg` for the same series.
     path : path
         Where to write the SR (atomically).
+    sop_uids : sequence of str, optional
+        The SOP instance UIDs the scan was read from (``scan.meta["sop_instance_uids"]``); default: the instances
+        ``seg.dcm`` references, else the series of the scan's slice count.
     deidentify : bool
         De-identify the SR's header (DICOM basic profile, ``sscild.dicomseg.deidentify_dataset``) and file it in
         the de-identified ``seg.dcm``'s pseudonymous patient and study (the SEG must be de-identified already).
@@ -320,9 +323,11 @@ def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_pat
         seg = hd.seg.segread(str(seg_path))
     except (OSError, ValueError, AttributeError, KeyError, InvalidDicomError) as err:
         raise InputError(f"cannot read the DICOM-SEG {Path(seg_path).name} ({err}): write seg.dcm first") from None
-    n = int((analysis.get("input") or {}).get("shape_zyx", [len(seg.ReferencedSeriesSequence[0]
-                                                                  .ReferencedInstanceSequence)])[0])
-    datasets = _source_datasets(source_dir, n)
+    refs = [str(r.get("ReferencedSOPInstanceUID", "")) for s in seg.get("ReferencedSeriesSequence", [])
+            for r in s.get("ReferencedInstanceSequence", [])]
+    sop_uids = sop_uids or (refs if refs and all(refs) else None)
+    n = int((analysis.get("input") or {}).get("shape_zyx", [len(refs)])[0])
+    datasets = _source_datasets(source_dir, n, sop_uids)
     if deidentify and str(seg.get("PatientIdentityRemoved", "")).upper() != "YES":
         raise InputError("--deidentify: seg.dcm is not de-identified; write it with write_dicom_seg(..., "
                          "deidentify=True) before the SR")
@@ -441,7 +446,7 @@ def write_parametric_maps(heatmaps: Mapping[str, Mapping[str, np.ndarray]], scan
     """
     from .dicomseg import _pixel_map, _source_datasets
 
-    datasets = _source_datasets(source_dir, scan.shape[0])
+    datasets = _source_datasets(source_dir, scan.shape[0], scan.meta.get("sop_instance_uids"))
     by_k = {}
     for ds in datasets:
         k, y, x = _pixel_map(ds, scan)
