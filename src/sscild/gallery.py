@@ -408,6 +408,7 @@ def _rules_html() -> str:
 
 def gallery_rows(out: Path, table: pd.DataFrame, overrides: Overrides) -> tuple[pd.DataFrame, dict[str, list]]:
     """The cohort table joined with what each scan's folder holds, in gallery order, and the issues per scan."""
+    table = table.reset_index(drop=True)
     info = pd.DataFrame([_scan_info(out, str(s)) for s in table["scan_id"]], index=table.index)
     df = pd.concat([table.drop(columns=[c for c in info.columns if c in table.columns]), info], axis=1)
     df["_rejected"] = [overrides.rejected.get(str(s)) for s in df["scan_id"]]
@@ -426,14 +427,16 @@ def write_gallery(out: str | os.PathLike, table: pd.DataFrame, overrides: Overri
     out = Path(out)
     ov = overrides or Overrides()
     df, issues = gallery_rows(out, table, ov)
-    n_flag = sum(1 for s in df["scan_id"] if issues[str(s)])
+    rej = df["_rejected"].notna()
+    n_rej, done = int(rej.sum()), (df["status"] == "done")[~rej]
+    n_flag = sum(1 for s in df.loc[~rej, "scan_id"] if issues[str(s)])
     body = "".join(_row_html(r, issues[str(r["scan_id"])], lazy=i >= 30)
                    for i, r in enumerate(df.to_dict("records")))
     init = json.dumps({"rejected": ov.rejected, "moves": ov.moves}).replace("</", "<\\/")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sscild cohort QA</title>"
             f"<style>{_CSS}</style></head><body><h1>Cohort QA gallery</h1>"
-            f"<p class='sub'>{len(df)} scans: {int((df['status'] == 'done').sum())} done, "
-            f"{int((df['status'] != 'done').sum())} not done, {n_flag} flagged, {len(ov.rejected)} rejected. "
+            f"<p class='sub'>{len(df)} scans: {n_rej} rejected; of the others {int(done.sum())} done, "
+            f"{int((~done).sum())} not done (failed or pending), {n_flag} flagged. "
             "Rows with problems first. Reject a scan or move a level, then download overrides.csv into this folder "
             "and run <code>sscild batch</code> again: only the changed scans are recomputed.</p>"
             f"{_rules_html()}<div class='bar'><input id='search' placeholder='filter: scan id, issue text'> "
@@ -467,8 +470,8 @@ def dataset_description(out: str | os.PathLike, table: pd.DataFrame) -> Path:
             break
     models = facts.get("models") or []
     gen = {"Name": "sscild", "Version": (facts.get("software") or {}).get("version", __version__),
-           "Description": "SSc-ILD measurements from chest CT: lungs, Goh levels, density, S-Net level scores, "
-                          "lesion segmentation" + ("; models: " + ", ".join(
+           "Description": "SSc-ILD measurements from chest CT; stages: " + ", ".join(
+               facts.get("stages_ran") or ["none finished"]) + ("; models: " + ", ".join(
                               f"{m['name']} (sha256 {m.get('weights_sha256')})" for m in models) if models else ""),
            "Models": models}
     doc = {"Name": "sscild cohort analysis", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
