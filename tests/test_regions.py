@@ -100,6 +100,10 @@ def test_lesions_only_in_the_dorsal_subpleural_base_are_found_there():
     assert r["lower"]["lesion_ml"] == pytest.approx(sick.sum() * scan.voxel_volume_ml, rel=1e-9)
     assert m.measure == "involvement_pct" and m.pattern == ["basal", "dorsal", "subpleural"]
     assert m.contrasts["dorsal"]["difference_pp"] == pytest.approx(r["dorsal"]["involvement_pct"], abs=tol)
+    row = m.row()
+    assert row["regions_pattern"] == "basal+dorsal+subpleural" and row["regions_ventral_involvement_pct"] == 0.0
+    assert row["regions_lower_RET_pct"] == pytest.approx(r["lower"]["RET_pct"]) and "regions_whole_MLA_HU" not in row
+    assert [t[0] for t in m.table_rows()][:3] == ["whole", "right", "left"] and m.table_rows()[0][-1] == 100.0
     d = m.to_dict()
     assert d["subpleural_mm"] == SUBPLEURAL_MM and "midpoint" in d["definitions"]["ventral_dorsal"]
 

@@ -61,7 +61,11 @@ MEASURES: dict[str, str] = {
     "density_kurtosis": "density kurtosis", "goh_extent": "Goh extent (mean TOT, %)",
     "fibrotic_extent": "fibrotic extent (mean RET of the levels, %)",
     "lesions_involvement_pct": "lesion involvement (% of lung volume)", "lesions_GG_pct": "ground glass (% of lung)",
-    "lesions_RET_pct": "reticulation (% of lung)", "fvc_pct": "FVC (% predicted)", "dlco_pct": "DLCO (% predicted)"}
+    "lesions_RET_pct": "reticulation (% of lung)",
+    "regions_lower_involvement_pct": "lower-zone involvement (%)",
+    "regions_dorsal_involvement_pct": "dorsal involvement (%)",
+    "regions_subpleural_involvement_pct": "subpleural involvement (%)",
+    "fvc_pct": "FVC (% predicted)", "dlco_pct": "DLCO (% predicted)"}
 YEAR_DAYS = 365.25
 WINDOW_TOLERANCE = 1.10
 FIBROSIS_UP_PP = 1.0

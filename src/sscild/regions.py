@@ -105,6 +105,21 @@ class RegionalMetrics:
     measure: str
     pattern: list[str]
 
+    def row(self) -> dict[str, Any]:
+        """Flat cohort-table columns: ``regions_<region>_<key>`` for the zones and the two splits (involvement,
+        GG, RET, HAA, MLA where measured), ``regions_<contrast>_pp`` and ``regions_pattern``."""
+        keys = ("involvement_pct", "GG_pct", "RET_pct", "HAA_pct", "MLA_HU")
+        out: dict[str, Any] = {f"regions_{r}_{k}": self.regions[r][k] for r in REGIONS[3:] for k in keys
+                               if k in self.regions[r]}
+        out.update({f"regions_{c}_pp": v["difference_pp"] for c, v in self.contrasts.items()})
+        out["regions_pattern"] = "+".join(self.pattern) or "none"
+        return out
+
+    def table_rows(self) -> list[list[Any]]:
+        """Report table rows: region, volume mL, MLA, HAA %, GG %, RET %, involvement %, share of all lesion %."""
+        keys = ("volume_ml", "MLA_HU", "HAA_pct", "GG_pct", "RET_pct", "involvement_pct", "lesion_share_pct")
+        return [[r] + [self.regions[r].get(k) for k in keys] for r in REGIONS]
+
     def to_dict(self) -> dict[str, Any]:
         return {"subpleural_mm": SUBPLEURAL_MM,
                 "definitions": {"zones": "thirds of the lung height",
