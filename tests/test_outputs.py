@@ -48,13 +48,48 @@ def test_written_twice_gives_identical_folders_and_the_analysis_is_unchanged(ana
     assert [p.name for p in tmp_path.iterdir()] in (["one", "two"], ["two", "one"])   # no temporary leftovers
 
 
-def test_analysis_json_is_written_last_and_holds_the_dicom_seg_failure(tmp_path, monkeypatch):
-    scan0, truth = make_phantom(54, extent=10, **SMALL)
-    write_phantom(scan0, truth, tmp_path / "ph", fmt="dicom")
+@pytest.fixture(scope="module")
+def analysed_dicom(tmp_path_factory):
     from sscild.io import load_ct
 
-    scan = load_ct(tmp_path / "ph" / "dicom")
-    a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
+    d = tmp_path_factory.mktemp("dicom")
+    scan0, truth = make_phantom(54, extent=10, **SMALL)
+    write_phantom(scan0, truth, d / "ph", fmt="dicom")
+    scan = load_ct(d / "ph" / "dicom")
+    return scan, analyze(scan, AnalysisSettings(scores=False, lesions=False))
+
+
+def _without_uids_and_times(path):
+    """A DICOM file's content with what must differ between two writings (UIDs, dates, times) taken out."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+
+    def strip(d):
+        for elem in list(d):
+            if elem.VR in ("UI", "DA", "TM", "DT"):
+                del d[elem.tag]
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    strip(item)
+
+    strip(ds)
+    return ds
+
+
+def test_dicom_input_written_twice_differs_only_in_the_seg_uids_and_times(analysed_dicom, tmp_path):
+    scan, a = analysed_dicom
+    write_outputs(a, scan, tmp_path / "one")
+    write_outputs(a, scan, tmp_path / "two")
+    one, two = _folder(tmp_path / "one"), _folder(tmp_path / "two")
+    assert sorted(one) == sorted(two) and "seg.dcm" in one
+    assert [k for k in one if one[k] != two[k]] in ([], ["seg.dcm"])
+    s1, s2 = (_without_uids_and_times(tmp_path / d / "seg.dcm") for d in ("one", "two"))
+    assert s1 == s2 and s1.PixelData == s2.PixelData
+
+
+def test_analysis_json_is_written_last_and_holds_the_dicom_seg_failure(analysed_dicom, tmp_path, monkeypatch):
+    scan, a = analysed_dicom
 
     def broken(*args, **kwargs):
         raise ValueError("no frame of reference")
