@@ -53,12 +53,16 @@ def _level_slices(scan, lungs):
     return ks
 
 
-def _snet_scores(snet, hu, lung, ks, pixel_mm):
+def _snet_scores(snet, hu, lung, ks, pixel_mm, spread: bool = False):
+    """S-Net TOT/GG/RET at slices ``ks`` (and, with ``spread``, the test-time-augmentation SD of each)."""
+    from sscild.consensus import tta_scores
     from sscild.scoring.snet import SNetScorer
 
     model, cfg, _ = snet
     scorer = SNetScorer(model, cfg, "cpu", pixel_mm=pixel_mm)
-    return np.array([scorer(hu[k][None].astype(np.float32), lung[k][None])[0] for k in ks])
+    res = [tta_scores(scorer, hu[k], lung[k]) for k in ks]
+    sc, sd = np.array([r[0] for r in res]), np.array([r[1] for r in res])
+    return (sc, sd) if spread else sc
 
 
 def _truth_scores(labels, ks):
@@ -142,27 +146,31 @@ def _measure_case(kind, scan_like, lab, lung, ks, snet, unet) -> dict:
     pred = _lesions(unet, scan_like, lung)
     t = np.where(lung, lab, 0)
     n = max(1, int(lung.sum()))
-    sc = _snet_scores(snet, scan_like.hu, lung, ks, float(scan_like.spacing[1]))
-    return {"kind": kind, "pred": sc, "truth": _truth_scores(t, ks),
+    sc, sd = _snet_scores(snet, scan_like.hu, lung, ks, float(scan_like.spacing[1]), spread=True)
+    return {"kind": kind, "pred": sc, "sd": sd, "truth": _truth_scores(t, ks), "unet": _truth_scores(pred, ks),
             "dice": {"GG": dice(pred == 2, t == 2), "RET": dice(pred == 3, t == 3), "total": dice(pred >= 2, t >= 2)},
             "inv_err": abs(100.0 * (pred >= 2).sum() / n - 100.0 * (t >= 2).sum() / n),
             "ret_vs_gg": (int((pred == 3).sum()), int((pred == 2).sum()))}
 
 
 def _per_scan_lines(name, src, spec, rows) -> list[str]:
-    from sscild.evaluate import mae, weighted_kappa
+    from sscild.evaluate import mae, spearman, weighted_kappa
 
     P = np.concatenate([r["pred"] for r in rows]); T = np.concatenate([r["truth"] for r in rows])
     m = [mae(P[:, i], T[:, i])[0] for i in range(3)]
     k = [weighted_kappa(P[:, i], T[:, i]) for i in range(3)]
     dice = {c: np.mean([r["dice"][c] for r in rows]) for c in ("GG", "RET", "total")}
     inv = np.mean([r["inv_err"] for r in rows])
+    U = np.concatenate([r["unet"] for r in rows])
+    mu = [mae(U[:, i], T[:, i])[0] for i in range(3)]
+    S = np.concatenate([r["sd"] for r in rows])
+    rho = spearman(S[:, 0], np.abs(P[:, 0] - T[:, 0]))[0]
     fib = [r for r in rows if r["kind"].startswith("fibrotic")]
     fib_txt = "; ".join(f"{r['kind']}: RET {r['ret_vs_gg'][0]} vs GG {r['ret_vs_gg'][1]} voxels" for r in fib)
     return [f"| {name} | {src} | {spec['involvement']:.1f} | {spec['slices_100']} | "
             f"{spec['goh']:.1f} | {spec['stage']} | {m[0]:.1f} / {m[1]:.1f} / {m[2]:.1f} | "
             f"{k[0]:.2f} / {k[1]:.2f} / {k[2]:.2f} | {dice['GG']:.2f} / {dice['RET']:.2f} / {dice['total']:.2f} | "
-            f"{inv:.1f} | {fib_txt} |"]
+            f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {rho:.2f} | {fib_txt} |"]
 
 
 def main() -> None:
@@ -176,11 +184,12 @@ def main() -> None:
              ">= 0.85; involvement error <= 3 points.", "",
              "| scan | models | involvement % (healthy) | slices at 100 % | Goh extent % | stage | "
              "S-Net MAE TOT / GG / RET | kappa TOT / GG / RET | Dice GG / RET / total | involvement error | "
-             "fibrotic: RET vs GG |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "lesion-map area ratio at the same slices: MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
+             "fibrotic: RET vs GG |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for j, (name, rel) in enumerate(REAL):
         p = SHARED_DATA / rel
         if not p.exists():
-            lines.append(f"| {name} | not available at {rel} | | | | | | | | | |")
+            lines.append(f"| {name} | not available at {rel} |" + " |" * 11)
             continue
         scan = load_ct(p)
         lungs = segment_lungs(scan)

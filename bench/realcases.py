@@ -96,13 +96,24 @@ def _cysts(region, lung, spacing, rng):
             drawn_lumen[sl] |= (d <= r) & region[sl]
             drawn_wall[sl] |= (d > r) & (d <= r + 1.2) & region[sl]
             c = c + rng.normal(0, 1, 3) * (2 * r) / sp        # next cyst beside this one
+            if np.any(c < 0) or np.any(c >= np.asarray(region.shape) - 1):
+                break
     return drawn_lumen, drawn_wall & ~drawn_lumen
 
 
 def make_case(hu, lung, spacing, rng, *, kind: str, extent: float) -> tuple[np.ndarray, np.ndarray]:
     """Insert one pattern mix; ``kind``: ``gg`` (NSIP-like haze), ``fibrotic`` (UIP-like reticulation with
-    honeycombing, little GG) or ``mixed``."""
+    honeycombing, little GG) or ``mixed``. Work happens in the lungs' bounding box."""
     lung = np.asarray(lung, bool)
+    idx = np.argwhere(lung)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
+    out = np.asarray(hu, np.float32).copy()
+    labels = np.where(lung, 1, 0).astype(np.uint8)
+    out[box], labels[box] = _make_case_box(out[box], lung[box], spacing, rng, kind, extent)
+    return out, labels
+
+
+def _make_case_box(hu, lung, spacing, rng, kind, extent):
     out = np.asarray(hu, np.float32).copy()
     labels = np.where(lung, 1, 0).astype(np.uint8)
     if kind == "gg":
@@ -116,6 +127,8 @@ def make_case(hu, lung, spacing, rng, *, kind: str, extent: float) -> tuple[np.n
     paren = out < -600
     if gg.any():
         t, a = rng.uniform(-650, -450), rng.uniform(0.45, 0.75)
+        mod = ndi.uniform_filter(rng.random(out.shape).astype(np.float32), 5)      # patchy density, not flat
+        a = np.clip(a * (0.6 + 0.8 * (mod - mod.min()) / (np.ptp(mod) + 1e-6)), 0.1, 0.95)
         out = np.where(gg & paren, out * (1 - a) + t * a, out)
     if ret.any():
         walls = _voronoi_walls(ret, spacing, rng)
