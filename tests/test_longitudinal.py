@@ -120,5 +120,8 @@ def test_pages_hide_identity_and_name_the_definitions(tmp_path):
     assert (tmp_path / "patients" / "patient_1_goh_extent.png").exists()
     js = json.loads((tmp_path / "patients" / "patient_1.json").read_text())
     assert "dates" not in js and {f["name"]: f["met"] for f in js["flags"]}["inbuild_fvc"] is True
+    # the patient loses a scan (rejected): its page and figures from the earlier run go
+    assert longitudinal_pages(table.iloc[1:], tmp_path) == []
+    assert list((tmp_path / "patients").iterdir()) == []
     shown = write_longitudinal(table.iloc[:2], tmp_path / "p.html", show_phi=True).read_text()
     assert "2020-12-31" in shown

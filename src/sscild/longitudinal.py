@@ -402,4 +402,16 @@ def longitudinal_pages(table: pd.DataFrame, out: str | os.PathLike, *, show_phi:
         page = Path(out) / "patients" / f"patient_{i}.html"
         pages.append(write_longitudinal(rows, page, patient_label=label, show_phi=show_phi))
         write_json(page.with_suffix(".json"), patient_trend(rows, label=label).to_dict(show_phi))
+    _remove_stale(Path(out) / "patients", {p.stem for p in pages})
     return pages
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Remove the files of patient pages an earlier run wrote that this run did not (a patient now with fewer than
+    two scans, e.g. after a rejection): their numbers would be stale."""
+    import re
+
+    for f in folder.glob("patient_*") if folder.is_dir() else []:
+        m = re.match(r"(patient_\d+)(?:_|\.)", f.name)
+        if m and m.group(1) not in keep:
+            f.unlink()
