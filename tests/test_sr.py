@@ -212,3 +212,23 @@ def test_deidentified_sr_files_with_the_deidentified_seg_and_keeps_the_numbers(c
         assert back[group] == ident[group]
     assert {v for v, _ in back["_segments"].values()} == {str(sd.SOPInstanceUID)}
     assert back["_images"] == ident["_images"]     # the level slices: the source CT instances, as in the plain SR
+
+
+def test_groups_of_a_partial_analysis_skip_what_did_not_run():
+    """Without the learned stages only the lung groups remain; a level not scored has no group; NaN is left out."""
+    from sscild.sr import sr_groups, sr_values
+
+    a = {"lungs": {"volumes_ml": {"right": 1500.0, "left": 1400.0, "total": 2900.0}},
+         "density": {"right": {"MLA_HU": -850.0, "SD_HU": 90.0, "HAA_pct": float("nan")}, "whole": {"MLA_HU": -840.0}}}
+    groups = sr_groups(a, ["Right lung", "Left lung"])
+    assert [g.label for g in groups] == ["Right lung", "Left lung", "Both lungs"]
+    v = sr_values(groups)
+    assert v["Right lung"] == {"Volume": 1500.0, "Attenuation Coefficient (Mean)": -850.0,
+                               "Attenuation Coefficient (Standard Deviation)": 90.0}
+    a["scores"] = {"levels": {"L1": {"TOT": 12.0, "GG": 8.0, "RET": 4.0}, "L2": {"TOT": None, "GG": None, "RET": None},
+                              "L3": {"TOT": 20.0, "GG": 10.0, "RET": 10.0}, "L4": {"TOT": 16.0, "GG": 8.0, "RET": 8.0}}}
+    v = sr_values(sr_groups(a, ["Right lung"], fvc_pct=75.0))
+    assert not any(k.startswith("Goh level L2") for k in v) and any(k.startswith("Goh level L4") for k in v)
+    assert v["Goh staging"]["Goh extent (mean TOT of the Goh levels) (Mean)"] == pytest.approx(16.0)
+    assert v["Goh staging"]["Goh stage"] == "limited"          # 16 % in the band, FVC 75 % >= 70 %
+    assert v["Goh staging"]["Fibrotic extent (mean RET of the Goh levels) (Mean)"] == pytest.approx(22 / 3)
