@@ -249,6 +249,7 @@ def _agreement_screenshot(page: Path, png: Path) -> None:
         shutil.copy(png, Path(keep) / "review_agreement.png")
 
 
+@pytest.mark.slow
 def test_export_then_train_scoring_fine_tunes(env):
     import yaml
 

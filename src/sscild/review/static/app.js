@@ -168,20 +168,23 @@ async function save(ev) {
 }
 
 function keys(ev) {
-  const tag = ev.target.tagName, typing = tag === "TEXTAREA" || (tag === "INPUT" && ev.target.type !== "checkbox"
-                                                                  && ev.target.type !== "radio");
+  const tag = ev.target.tagName, type = ev.target.type;
+  const inText = tag === "TEXTAREA" || (tag === "INPUT" && (type === "text" || type === "password"));
+  const inNumber = tag === "INPUT" && type === "number";
   if ($("read-view").hidden) return;
   if (ev.key === "Enter" && !(tag === "TEXTAREA" && !ev.ctrlKey) && tag !== "BUTTON") { save(ev); return; }
-  if (typing) return;
-  const k = ev.key.toLowerCase(), act = {
+  if (inText || ev.ctrlKey || ev.altKey || ev.metaKey) return;
+  const k = ev.key.toLowerCase();
+  if (inNumber && !"tgrnwm".includes(k)) return;     // digits and arrows keep their meaning in a score field
+  const act = {
     t: () => $("TOT").select(), g: () => $("GG").select(), r: () => $("RET").select(),
-    n: () => { for (const p of PATTERNS) $(p).value = 0; },
+    n: () => { for (const p of PATTERNS) $(p).value = 0; $("save").focus(); },
     w: () => { win = win === "lung" ? "mediastinal" : "lung"; applyView(); },
     m: () => { $("misplaced").click(); },
     arrowup: () => scroll(1), arrowdown: () => scroll(-1), pageup: () => scroll(1), pagedown: () => scroll(-1),
     "+": () => setZoom(1.25), "=": () => setZoom(1.25), "-": () => setZoom(0.8), "0": () => setZoom(0),
   }[k];
-  if (act) { ev.preventDefault(); act(); }
+  if (act && k.length > 0) { ev.preventDefault(); act(); }
 }
 
 function wire() {
