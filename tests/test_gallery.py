@@ -179,6 +179,8 @@ def test_overrides_file_errors_and_round_trip(tmp_path):
         with pytest.raises(ConfigError, match=msg):
             read_overrides(f, ["a", "b"])
     assert read_overrides(tmp_path / "absent.csv") == Overrides()
+    with pytest.raises(ConfigError, match="every scan"):
+        Overrides({"a": "x", "b": "y"}).kept(pd.DataFrame({"scan_id": ["a", "b"]}))
 
 
 def test_relevel_scores_the_moved_slice():

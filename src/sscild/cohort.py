@@ -439,7 +439,7 @@ def run_batch(manifest: pd.DataFrame | str | os.PathLike, outdir: str | os.PathL
         from .gallery import read_overrides, review_outputs
 
         ov = read_overrides(overrides if overrides is not None else out / "overrides.csv", df["scan_id"])
-        full, df = df, df[~df["scan_id"].isin(list(ov.rejected))]
+        full, df = df, ov.kept(df)
         jobs, keys, skipped = [], {}, 0
         for rec in df.to_dict("records"):
             sid, path = str(rec["scan_id"]), str(rec["path"])

@@ -86,6 +86,14 @@ class Overrides:
             opts["level_moves"] = dict(sorted(self.moves[scan_id].items()))
         return opts
 
+    def kept(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """The manifest rows not rejected; ``ConfigError`` when the reviewer rejected every scan."""
+        keep = manifest[~manifest["scan_id"].astype(str).isin(list(self.rejected))]
+        if keep.empty:
+            raise ConfigError(f"every scan of the manifest is rejected in {self.source}: nothing to analyse; "
+                              "remove some reject rows")
+        return keep
+
     def rows(self) -> list[dict[str, Any]]:
         out = [{"scan_id": s, "action": "reject", "level": "", "slice": "", "reason": r}
                for s, r in self.rejected.items()]
@@ -250,9 +258,9 @@ def qa_issues(table: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
 
 def _scan_info(out: Path, sid: str) -> dict[str, Any]:
     """What the gallery reads from a scan's folder: levels, warnings, spacing and which images exist."""
-    from .cohort import _folder_name
+    from .cohort import folder_name
 
-    folder = f"scans/{_folder_name(sid)}"
+    folder = f"scans/{folder_name(sid)}"
     d = out / folder
     lv = read_json(d / "levels.json") if (d / "levels.json").exists() else {}
     an = read_json(d / "analysis.json") if (d / "analysis.json").exists() else {}
@@ -458,13 +466,13 @@ def dataset_description(out: str | os.PathLike, table: pd.DataFrame) -> Path:
     GeneratedBy (sscild with its version, the models and their weights' sha256), and the run facts of
     :func:`sscild.provenance.run_facts` from the first finished scan's ``analysis.json``."""
     from . import __version__
-    from .cohort import _folder_name
+    from .cohort import folder_name
     from .provenance import methods_paragraph, run_facts
 
     out = Path(out)
     facts: dict[str, Any] = {}
     for sid in table.loc[table["status"] == "done", "scan_id"]:
-        f = out / "scans" / _folder_name(str(sid)) / "analysis.json"
+        f = out / "scans" / folder_name(str(sid)) / "analysis.json"
         if f.exists():
             facts = run_facts(read_json(f))
             break
