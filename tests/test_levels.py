@@ -177,13 +177,19 @@ def test_combine_levels_confidence_from_agreement():
     assert g.method == "anatomy+lnet"
     # agree within 5 mm: confidence above either alone
     assert g.z_mm["L1"] == -100.0 and g.confidence["L1"] > 0.75
-    # 50 mm apart: the more confident anatomy kept, confidence low, both positions in the note
+    # 50 mm apart: the anatomy kept (L-Net's own confidence is not calibrated on real scans), confidence low, both
+    # positions in the note
     assert g.z_mm["L2"] == -140.0 and g.confidence["L2"] <= 0.3
     assert "-140.0" in g.notes["L2"] and "-190.0" in g.notes["L2"] and "disagree" in g.notes["L2"]
-    # L-Net alone: placed at no more than 0.5
+    # L-Net alone inside a gap of the anatomical levels: placed at no more than 0.5
     assert g.z_mm["L4"] == -220.0 and g.confidence["L4"] <= 0.5 and "L-Net only" in g.notes["L4"]
+    # L-Net alone beyond the anatomical levels (the landmark may be outside the scan): not placed
+    e = combine_levels(_levels([-100.0, -140.0, -180.0, None, None], [0.9, 0.9, 0.5, 0.0, 0.0]), b)
+    assert e.z_mm["L5"] is None and e.z_mm["L4"] is None and "beyond" in e.notes["L5"]
     assert [g.z_mm[n] for n in LEVELS] == sorted([g.z_mm[n] for n in LEVELS], reverse=True)
-    # a learned level out of order with a more confident anatomical neighbour is dropped
-    c = combine_levels(_levels([-100.0, -140.0, None, None, -260.0], [0.9, 0.9, 0.0, 0.0, 0.9]),
-                       _levels([None, None, -90.0, None, None], [0.0, 0.0, 0.9, 0.0, 0.0], "lnet"))
-    assert c.z_mm["L3"] is None and "anatomical order" in c.notes["L3"]
+    # levels out of order are dropped, the less confident one
+    from sscild.levels import _enforce_order
+
+    out = _enforce_order({"L1": (-100.0, 0, 0.9, ""), "L2": (-140.0, 1, 0.9, ""), "L3": (-90.0, 2, 0.3, ""),
+                          "L4": (None, None, 0.0, ""), "L5": (-260.0, 4, 0.9, "")})
+    assert out["L3"][0] is None and "anatomical order" in out["L3"][3] and out["L1"][0] == -100.0

@@ -187,21 +187,30 @@ def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> np.ndarr
     return out
 
 
-def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str]]:
-    """Array z indices (continuous) where the airways split, top first: the tracked carina of
+def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, float]]:
+    """(array z index (continuous), note, confidence) where the airways split, top first: the tracked carina of
     :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each) begin and stay apart
-    (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice above."""
-    out = []
-    if lungs.carina_index is not None:
-        out.append((float(lungs.carina_index), "first slice where the trachea is split into two bronchi"))
+    (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice above. A split is a
+    carina only under a single trachea: most of the slices up to 15 mm above it (at least one, within the scan) show
+    one airway, not two (a scan starting below the carina shows the lobar bronchi splitting off the main ones)."""
     strict = _split_slices(scan, lungs.airways, 30.0)
     loose = _split_slices(scan, lungs.airways, 5.0) | strict
-    run = max(2, int(np.ceil(12.0 / abs(scan.spacing[0]))))
+    single = lungs.airways.any(axis=(1, 2)) & ~loose
+    dz = abs(scan.spacing[0])
+    run = max(2, int(np.ceil(12.0 / dz)))
+    cands = []
+    if lungs.carina_index is not None:
+        cands.append((float(lungs.carina_index), "first slice where the trachea is split into two bronchi", 0.9))
     for k in range(len(strict) - 2, run - 2, -1):
         if strict[k] and not loose[k + 1] and loose[max(0, k - run + 1):k + 1].mean() >= 2 / 3:
-            if all(abs(k + 0.5 - c) > run for c, _ in out):
-                out.append((k + 0.5, "first slice where the airways show two main bronchi (candidate from the "
-                                     "airway mask)"))
+            if all(abs(k + 0.5 - c[0]) > run for c in cands):
+                cands.append((k + 0.5, "first slice where the airways show two main bronchi (candidate from the "
+                                       "airway mask)", 0.7))
+    out = []
+    for idx, note, conf in cands:
+        above = single[int(np.ceil(idx)):int(np.ceil(idx)) + max(1, int(round(15.0 / dz)))]
+        if len(above) and above.mean() >= 2 / 3:
+            out.append((idx, note, conf))
     return out
 
 
@@ -209,16 +218,17 @@ def _carina(scan: CTScan, lungs: Lungs, apex_z: float | None) -> Landmark:
     """The carina: the first candidate (top down) whose distance below the lung apex is plausible."""
     cands = _carina_candidates(scan, lungs)
     if not cands:
-        why = lungs.notes.get("airways", "the trachea was not seen splitting into two main bronchi")
+        why = lungs.notes.get("airways", "the trachea was not seen splitting into two main bronchi under a single "
+                              "trachea (the scan may start below the carina)")
         return Landmark(None, None, 0.0, why)
     rejected = []
-    for idx, note in cands:
+    for idx, note, conf in cands:
         z = scan.z_mm(idx)
         why = _in_range(("apex", "carina"), apex_z, z)
         if apex_z is not None and not why and z > apex_z:
             why = "above the lung apex"
         if not why:
-            conf = 0.9 if not rejected else 0.6
+            conf = conf if not rejected else min(conf, 0.6)
             return _mk(scan, z, conf, note + ("" if not rejected else "; rejected higher: " + "; ".join(rejected)))
         rejected.append(f"z = {z:.1f} mm ({why})")
     return Landmark(None, None, 0.0, "no plausible carina: " + "; ".join(rejected))
@@ -768,44 +778,58 @@ def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
 
 #: Levels of the two methods within this distance (mm) agree; agreement raises the confidence.
 AGREE_MM = 10.0
-#: Weight of the learned method's own confidence against the anatomical one when the two disagree: L-Net is
-#: trained on phantoms, its window spread is not calibrated on real scans (on the shared real scans it reported
-#: 1.0 for levels 20-80 mm off), while the anatomical confidence is checked (bench/bench_levels.py).
-LEARNED_WEIGHT = 0.6
+#: Weight of the learned method's own confidence: where the two agree (corroboration) and where they disagree.
+#: L-Net is trained on phantoms and its window spread is not calibrated on real scans: on the five shared real
+#: scans it reported 0.95-1.0 for levels 20-80 mm off and placed levels whose landmarks are outside the scan
+#: (bench/results/levels.md), so against the checked anatomy it wins only over priors and fallbacks.
+LEARNED_WEIGHT_AGREE = 0.6
+LEARNED_WEIGHT_DISAGREE = 0.2
 
 
-def _combine_one(name: str, a: tuple, b: tuple, agree_mm: float, learned_weight: float) -> tuple:
-    """(z, slice_index, confidence, note) of one level from the anatomical ``a`` and learned ``b`` entries."""
+def _combine_one(name: str, a: tuple, b: tuple, interior: bool, agree_mm: float) -> tuple:
+    """(z, slice_index, confidence, note) of one level from the anatomical ``a`` and learned ``b`` entries;
+    ``interior``: the learned z lies between two levels the anatomy placed (a gap, not beyond the anatomy's span)."""
     (za, ka, ca, na), (zb, kb, cb, nb) = a, b
     if za is None and zb is None:
         return None, None, 0.0, f"anatomy: {na}; L-Net: {nb}"
     if zb is None:
         return za, ka, ca, f"{na} (L-Net did not place {name}: {nb})"
     if za is None:
-        c = min(cb * learned_weight, 0.5)
-        return zb, kb, c, f"L-Net only ({nb}); the anatomy did not place it: {na}"
+        if not interior:
+            return None, None, 0.0, (f"{na} (L-Net's {zb:.1f} mm not used: it lies beyond the levels the anatomy "
+                                     "placed, where the landmark may be outside the scan)")
+        return zb, kb, min(cb * LEARNED_WEIGHT_AGREE, 0.5), f"L-Net only ({nb}); the anatomy did not place it: {na}"
     d = abs(za - zb)
     if d <= agree_mm:
-        c = 1.0 - (1.0 - ca) * (1.0 - cb * learned_weight) if d <= agree_mm / 2 else max(ca, cb * learned_weight)
-        pick = (za, ka) if ca >= cb * learned_weight else (zb, kb)
+        w = cb * LEARNED_WEIGHT_AGREE
+        c = 1.0 - (1.0 - ca) * (1.0 - w) if d <= agree_mm / 2 else max(ca, w)
+        pick = (za, ka) if ca >= w else (zb, kb)
         return (*pick, float(min(c, 0.95)), f"anatomy and L-Net agree within {d:.1f} mm ({na})")
-    if ca >= cb * learned_weight:
-        pick, who = (za, ka, ca), "anatomy"
-    else:
-        pick, who = (zb, kb, cb * learned_weight), "L-Net"
+    w = cb * LEARNED_WEIGHT_DISAGREE
+    pick, who = ((za, ka, ca), "anatomy") if ca >= w else ((zb, kb, w), "L-Net")
     return (pick[0], pick[1], float(min(pick[2], 0.5) * 0.6),
             f"anatomy ({za:.1f} mm, confidence {ca:.2f}: {na}) and L-Net ({zb:.1f} mm, confidence {cb:.2f}) "
             f"disagree by {d:.0f} mm; {who} kept")
 
 
-def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM,
-                   learned_weight: float = LEARNED_WEIGHT) -> GohLevels:
+def _between_anatomical(anatomical: GohLevels, name: str, z: float | None) -> bool:
+    """Whether ``z`` lies below a level the anatomy placed above ``name`` and above one it placed below."""
+    if z is None:
+        return False
+    i = LEVELS.index(name)
+    above = [anatomical.z_mm[n] for n in LEVELS[:i] if anatomical.z_mm[n] is not None]
+    below = [anatomical.z_mm[n] for n in LEVELS[i + 1:] if anatomical.z_mm[n] is not None]
+    return bool(above and below and min(above) > z > max(below))
+
+
+def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM) -> GohLevels:
     """One set of levels from the anatomical method and a learned one (L-Net), confidence from their agreement.
 
-    Per level: both within ``agree_mm`` -> the more confident one's slice, confidence raised (both within half of
-    it: 1 - (1 - c_a)(1 - w c_l)); apart -> the more confident (L-Net's confidence weighted by ``learned_weight``)
-    at a low confidence (<= 0.3) with both positions in the note; one of them alone -> that one (L-Net alone at
-    most 0.5). The result keeps the anatomical landmarks and the anatomical order check.
+    Per level: both within ``agree_mm`` -> the more confident one's slice (L-Net's confidence weighted by
+    :data:`LEARNED_WEIGHT_AGREE`), confidence raised (both within half of it: 1 - (1 - c_a)(1 - w c_l)); apart ->
+    the more confident (L-Net weighted by :data:`LEARNED_WEIGHT_DISAGREE`) at a low confidence (<= 0.3) with both
+    positions in the note; L-Net alone -> used only inside a gap of the anatomical levels (never beyond them, where
+    the landmark may be outside the scan), at most 0.5. The anatomical landmarks and the order check are kept.
 
     Examples
     --------
@@ -820,7 +844,8 @@ def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float
     entries = {n: _combine_one(n, (anatomical.z_mm[n], anatomical.slice_index[n], anatomical.confidence[n],
                                    anatomical.notes[n]),
                                (learned.z_mm.get(n), learned.slice_index.get(n), learned.confidence.get(n, 0.0),
-                                learned.notes.get(n, "")), agree_mm, learned_weight) for n in LEVELS}
+                                learned.notes.get(n, "")),
+                               _between_anatomical(anatomical, n, learned.z_mm.get(n)), agree_mm) for n in LEVELS}
     entries = _enforce_order(entries)
     return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
                      {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS},
