@@ -240,3 +240,13 @@ def test_cli_create_prints_tokens_once_and_export_needs_answers(tmp_path, folder
     r = CliRunner().invoke(app, ["review", "create", str(tmp_path / "s"), "--from", str(folders[0]), "--readers",
                                  "ana"])
     assert isinstance(r.exception, StudyError) and "already holds a study" in str(r.exception)
+
+
+def test_corrected_level_needs_a_majority_of_readers():
+    import pandas as pd
+
+    from sscild.review.export import corrected_offset
+
+    assert corrected_offset(pd.DataFrame({"misplaced": [True, True, False], "corrected_offset": [-1, -1, None]})) == -1
+    assert corrected_offset(pd.DataFrame({"misplaced": [True, False], "corrected_offset": [2, None]})) == 0
+    assert corrected_offset(pd.DataFrame({"misplaced": [True, True], "corrected_offset": [1, 3]})) == 2

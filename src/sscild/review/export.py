@@ -7,7 +7,8 @@ Writes, beside each other:
   L1..L5`` (world z in mm of the slice the readers scored) and ``L1_TOT, L1_GG, L1_RET, ..., L5_RET`` (the
   consensus, % of lung), plus ``n_readers``.
 - ``labels_levels.csv``: the level positions for L-Net (``data: {dataset_csv: ...}`` of ``sscild train levels``):
-  where most readers marked a level misplaced, the median of the slices they picked; else the tool's slice.
+  where most readers marked a level misplaced, the median of the slices they picked; else the tool's slice (scans
+  with a level out of view are left out: L-Net learns the five together).
 - ``labels_snet.yaml``: a fine-tuning config (start from the shipped S-Net, a few hundred steps on these labels).
 
 ``scan_path`` comes from the study's ``key.csv`` (the link to the source scans, kept apart from what readers see).
@@ -113,7 +114,8 @@ def export_labels(study_dir: str | Path, out: str | Path, *, how: str = "mean", 
         raise StudyError(f"{study.root}: no answers yet; nothing to export")
     scores, levels = label_tables(study, answers, how)
     out = Path(out)
-    lv_path = _write_csv(levels, out.with_name(f"{out.stem}_levels.csv"))
+    # L-Net learns all five levels of a scan together: scans with a level out of view are left out there
+    lv_path = _write_csv(levels.dropna(subset=list(LEVELS)), out.with_name(f"{out.stem}_levels.csv"))
     _write_csv(scores, out)
     cfg = out.with_name(f"{out.stem}_snet.yaml")
     with atomic_path(cfg) as tmp:
