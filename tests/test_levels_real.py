@@ -44,3 +44,15 @@ def test_levels_within_annotated_ranges(relpath):
     scan = load_ct(shared_path(*relpath.split("/")))
     lungs = segment_lungs(scan)
     _check_against_annotation(scan, lungs, find_levels(scan, lungs), ANNOTATIONS[relpath])
+
+
+@pytest.mark.realdata
+def test_no_great_vessel_origin_when_the_arch_reaches_the_top_of_the_crop():
+    """The TotalSegmentator pulmonary crop starts in the aortic arch (its first slice cuts the arch left of the
+    trachea, by eye): the branches arise above the crop, so no origin may be placed."""
+    from sscild.io import load_ct
+    from sscild.levels import find_great_vessel_origin
+
+    scan = load_ct(shared_path("totalsegmentator-chest-crops", "pulmonary", "ct_cropped.nii.gz"))
+    lm = find_great_vessel_origin(scan)
+    assert lm.z_mm is None and "top of the scan" in lm.note, (lm.z_mm, lm.note)

@@ -590,9 +590,9 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: f
                           if (a := _arch_component(scan, lungs, j, f, tr)) is not None), (None, None))
         if top is None:
             break
-        if top >= top_k - 1:
-            return Landmark(None, None, 0.0, "the aortic arch reaches the top of the scan: the origin of the "
-                            "great vessels is out of range")
+        if (top_k - top) * dz < 10.0:
+            return Landmark(None, None, 0.0, "the aortic arch reaches within 10 mm of the top of the scan: the "
+                            "origin of the great vessels may lie above it")
         lm = _origin_below_apex(scan, lungs, f, tr, top, arch, kc)
         why = (_in_range(("great_vessel_origin", "carina"), lm.z_mm, carina.z_mm)
                or _in_range(("apex", "great_vessel_origin"), apex_z, lm.z_mm))
