@@ -45,8 +45,9 @@ def main():
         inv_err.append(abs(pi - ti))
         rows.append((ext, ti, pi))
     pooled = {k: 2 * inter[k] / sums[k] if sums[k] else float("nan") for k in inter}
-    lines = [f"Shipped U-Net (`src/sscild/models/lesions`; {card.get('train_slices')} training slices, "
-             f"{card.get('steps')} steps of batch {card.get('batch_size')}, {card.get('training_seconds')} s on this "
+    tr = card["training"]
+    lines = [f"Shipped U-Net (`src/sscild/models/lesions`; {tr.get('train_slices')} training slices, "
+             f"{tr.get('steps')} steps of batch {tr.get('batch_size')}, {tr.get('training_seconds')} s on this "
              f"CPU; {cfg.size} px on the scan's lung box). Held-out phantoms: {len(SEEDS)} seeds "
              f"({SEEDS.start}-{SEEDS.stop - 1}), 128x128 px, 3 mm slices, extent 0-70 %, truth lung masks.", "",
              "| class | Dice (pooled over all voxels) | Dice (median per phantom) | acceptance |", "|---|---|---|---|",

@@ -31,12 +31,14 @@ def main():
         t_inf.append(dt)
         g = find_levels(scan, segment_lungs(scan))
         truth.append([tr.levels_z[n] for n in LEVELS])
-        lnet.append([np.nan if out[n]["z_mm"] is None else out[n]["z_mm"] for n in LEVELS])
+        lnet.append([np.nan if out.z_mm[n] is None else out.z_mm[n] for n in LEVELS])
         anat.append([np.nan if g.z_mm[n] is None else g.z_mm[n] for n in LEVELS])
     truth, lnet, anat = (np.array(a, float) for a in (truth, lnet, anat))
-    lines += [f"Shipped weights `src/sscild/models/lnet` ({card.get('train_cases')} training phantoms, "
-              f"{card.get('steps')} steps of batch {card.get('batch_size', 4)}, {cfg.head} head, {cfg.z_mm:g} mm slices, "
-              f"windows of {cfg.window} slices, {card.get('loss', 'mse')} loss; {card.get('training_seconds')} s on this "
+    tr_card = card["training"]
+    lines += [f"Shipped weights `src/sscild/models/lnet` ({tr_card.get('train_cases')} training phantoms, "
+              f"{tr_card.get('steps')} steps of batch {tr_card.get('batch_size', 4)}, {cfg.head} head, {cfg.z_mm:g} mm "
+              f"slices, windows of {cfg.window} slices, {tr_card.get('loss', 'mse')} loss; "
+              f"{tr_card.get('training_seconds')} s on this "
               f"CPU). Held-out phantoms: "
               f"{len(SEEDS)} seeds ({SEEDS.start}-{SEEDS.stop - 1}), 128x128 px, 3 mm slices, ILD extent 0-70 %.", "",
               "| level | L-Net MAE (mm) | L-Net max (mm) | L-Net ICC(2,1) | anatomy MAE (mm) | anatomy max (mm) | "
@@ -60,7 +62,7 @@ def main():
         out, dt, _ = measure(lambda: predict_levels(model, s, cfg))
         g = find_levels(s, segment_lungs(s))
         lines += ["", f"Real series A0001 (no labels; inference {dt:.2f} s): L-Net vs anatomical method (world z mm): " +
-                  "; ".join(f"{n} {out[n]['z_mm']:.1f} vs {g.z_mm[n]:.1f}" if out[n]["z_mm"] is not None and
+                  "; ".join(f"{n} {out.z_mm[n]:.1f} vs {g.z_mm[n]:.1f}" if out.z_mm[n] is not None and
                             g.z_mm[n] is not None else f"{n} -" for n in LEVELS) +
                   ". L-Net has seen phantoms only: on real anatomy it is not to be trusted yet."]
     write_section("lnet", "L-Net beside the anatomical method (issue: learned scoring)", "python bench/run_all.py lnet",

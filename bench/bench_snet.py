@@ -105,11 +105,13 @@ def main():
               "60 %)." if REAL.exists() else " (real series absent: no real backgrounds)."), ""]
     pred, dt, _ = measure(lambda: predict_prepared(model, test, cfg))
     tab = evaluation_table(pred, test.scores)
-    lines += [f"**Shipped S-Net** (`src/sscild/models/snet`, {card.get('backbone', cfg.backbone)} width {cfg.width}, "
-              f"{cfg.size} px, {card.get('steps')} steps, {card.get('train_slices')} training slices of which "
-              f"{card.get('synthetic_slices')} synthetic; training took {card.get('training_seconds')} s" +
+    tr = card["training"]
+    lines += [f"**Shipped S-Net** (`src/sscild/models/snet`, {cfg.backbone} width {cfg.width}, "
+              f"{cfg.size} px, {tr.get('steps')} steps, {tr.get('train_slices')} training slices of which "
+              f"{tr.get('synthetic_slices')} synthetic; training took {tr.get('training_seconds')} s" +
               ("; outputs calibrated by the line fitted on " +
-               str(card.get("calibration", {}).get("fitted_on", "validation slices")) if cfg.calibration else "") +
+               str(card["notes"].get("calibration", {}).get("fitted_on", "validation slices")) if cfg.calibration
+               else "") +
               "):", "",
               "| subset | n | MAE TOT | MAE GG | MAE RET | kappa TOT | kappa GG | kappa RET | ICC TOT | ICC GG | ICC RET |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -58,7 +58,7 @@ def test_segment_lesions_on_the_scan_grid_and_round_trip(tmp_path):
     truth = np.where(lung, 1, 0)
     truth[:, 12:24, 8:18] = 2
     assert dice_table(lab, truth)["GG"] > 0.85
-    save_unet(build := __import__("sscild.lesions", fromlist=["build_unet"]).build_unet(cfg), cfg, tmp_path / "u", {})
+    save_unet(build := __import__("sscild.lesions", fromlist=["build_unet"]).build_unet(cfg), cfg, tmp_path / "u")
     m2, cfg2, card = load_unet(tmp_path / "u")
     assert cfg2 == cfg and card["name"] == "lesion U-Net"
     del model, build
@@ -150,7 +150,7 @@ def test_train_from_config_with_patient_grouped_folds(tmp_path):
     torch.set_num_threads(1)
     cfg = {"out": str(tmp_path / "out"), "config": {"size": 32, "channels": [8, 16, 32]},
            "data": {"phantoms": {"n": 4, "seed0": 31, "size": "small", "every": 8}},
-           "synthetic": {"n": 8, "source": "procedural"}, "folds": 2,
+           "synthetic": {"n": 8, "source": "procedural"}, "cv": {"folds": 2},
            "train": {"steps": 4, "batch_size": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = train_from_config(tmp_path / "c.yaml", quiet=True)

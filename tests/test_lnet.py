@@ -9,7 +9,9 @@ torch = pytest.importorskip("torch")
 from sscild.errors import ModelError
 from sscild.scan import CTScan
 from sscild.scoring.lnet import (LEVELS, LevelCase, LNetConfig, build_lnet, load_lnet, predict_levels,
-                                 predict_positions, prepare, save_lnet, train_lnet)
+                                 lnet_card, predict_positions, prepare, save_lnet,
+                                 train_lnet)
+from sscild.levels import GohLevels
 
 CFG = LNetConfig(in_plane=16, z_mm=4.0, window=32, channels=(8, 16, 16))
 OFFSETS = np.array([40.0, 28.0, 16.0, 8.0, 0.0])  # level z above a structure's base, mm
@@ -46,13 +48,15 @@ def test_lnet_learns_on_toy_volumes_and_round_trips(tmp_path):
     # sliding-window inference on a held-out case lands near the truth (toy tolerance: 3 slices = 12 mm)
     scan, truth = _toy_case(99)
     out = predict_levels(model, scan, CFG)
-    errs = [abs(out[n]["z_mm"] - truth[n]) for n in LEVELS]
+    assert isinstance(out, GohLevels) and out.method == "lnet"
+    errs = [abs(out.z_mm[n] - truth[n]) for n in LEVELS]
     assert np.mean(errs) < 12.0, errs
-    assert all(0 < out[n]["confidence"] <= 1 for n in LEVELS)
+    assert all(0 < out.confidence[n] <= 1 for n in LEVELS)
+    assert out.to_dict()["method"] == "lnet"
 
-    save_lnet(model, CFG, tmp_path / "lnet", {"trained_on": "toy"})
+    save_lnet(model, CFG, tmp_path / "lnet", lnet_card(CFG, description="toy"))
     model2, cfg2, card = load_lnet(tmp_path / "lnet")
-    assert cfg2 == CFG and card["trained_on"] == "toy"
+    assert cfg2 == CFG and card["training"]["description"] == "toy" and card["kind"] == "lnet"
     prep = prepare(scan, CFG)
     np.testing.assert_allclose(predict_positions(model, prep, CFG)[0], predict_positions(model2, prep, CFG)[0],
                                atol=1e-4)
@@ -64,7 +68,7 @@ def test_missing_weights_error_says_what_to_do(tmp_path):
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path):
-    save_lnet(build_lnet(CFG), CFG, tmp_path / "a", {})
+    save_lnet(build_lnet(CFG), CFG, tmp_path / "a")
     import json
     card = json.loads((tmp_path / "a" / "card.json").read_text())
     card["config"]["channels"] = [4, 8, 8]
@@ -87,9 +91,9 @@ def test_train_from_config_resumes_and_analyze_reports_both_level_sets(tmp_path)
 out: {weights / 'lnet'}
 description: test
 config: {{in_plane: 16, z_mm: 6.0, window: 32, channels: [4, 8, 8]}}
-phantoms: {{n: 3, seed0: 900}}
+data: {{phantoms: {{n: 3, seed0: 900}}}}
 validation: {{phantoms: {{n: 2, seed0: 950}}}}
-train: {{steps: 10, batch_size: 2, checkpoint_every: 5}}
+train: {{steps: 10, batch_size: 2, checkpoint_every: 5, log_every: 5}}
 """)
     runner = CliRunner()
     r = runner.invoke(app, ["train", "levels", "--config", str(cfg_file), "--quiet"])
@@ -97,7 +101,7 @@ train: {{steps: 10, batch_size: 2, checkpoint_every: 5}}
     log = [json.loads(x) for x in (weights / "lnet" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [5, 10]
     card = json.loads((weights / "lnet" / "card.json").read_text())
-    assert card["train_cases"] == 3 and set(card["metrics"]) == set(LEVELS)
+    assert card["training"]["train_cases"] == 3 and set(card["metrics"][0]["values"]) == set(LEVELS)
     # resume: more steps continue from the checkpoint, the log goes on
     cfg_file.write_text(cfg_file.read_text().replace("steps: 10", "steps: 15"))
     r = runner.invoke(app, ["train", "levels", "--config", str(cfg_file), "--resume", "--quiet"])
@@ -114,7 +118,9 @@ train: {{steps: 10, batch_size: 2, checkpoint_every: 5}}
                             str(weights), "--quiet"])
     assert r.exit_code == 0, r.output
     a = json.loads((out / "analysis.json").read_text())
-    assert set(a["levels_lnet"]) == set(LEVELS) and a["levels"]["levels"][0]["name"] == "L1"
+    # L-Net's levels are a GohLevels like the anatomical ones: the levels.json schema, method "lnet"
+    assert a["levels_lnet"]["method"] == "lnet" and a["levels"]["levels"][0]["name"] == "L1"
+    assert [e["name"] for e in a["levels_lnet"]["levels"]] == list(LEVELS)
     assert a["models"][0]["name"] == "L-Net" and "levels_lnet" in a["timings_s"]
 
 
@@ -125,7 +131,7 @@ def test_cards_without_a_head_load_as_the_dense_head(tmp_path):
 
     dense = replace(CFG, head="dense")
     model = build_lnet(dense)
-    save_lnet(model, dense, tmp_path / "old", {})
+    save_lnet(model, dense, tmp_path / "old")
     card = json.loads((tmp_path / "old" / "card.json").read_text())
     for k in ("head", "z_pools"):
         card["config"].pop(k)

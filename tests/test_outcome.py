@@ -227,7 +227,7 @@ def test_tiny_deep_training_learns_and_weights_round_trip(tmp_path):
     save_deep(model, cfg, tmp_path / "m", horizons=(1,))
     m2, cfg2, card = load_deep(tmp_path / "m")
     np.testing.assert_allclose(predict_proba(m2, vols)[:, 0], p, rtol=1e-5, atol=1e-6)
-    assert cfg2 == cfg and card["horizons_years"] == [1]
+    assert cfg2 == cfg and card["training"]["horizons_years"] == [1] and card["kind"] == "outcome-deep"
     # the other two encoders run on the same crops (no einops needed) and give pooled features
     for arch in ("densenet121", "swin"):
         c = DeepConfig(arch=arch, input_shape=(32, 32, 32), width=0.25)

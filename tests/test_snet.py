@@ -216,7 +216,7 @@ def test_snet_learns_on_tiny_inputs_and_round_trips(tmp_path):
     base = np.abs(test.scores - data.scores.mean(0)).mean()
     assert np.abs(pred - test.scores).mean() < 0.6 * base
     assert np.all(pred[:, 0] >= np.maximum(pred[:, 1], pred[:, 2]) - 1e-6)
-    save_snet(model, TINY, tmp_path / "snet", {"trained_on": "toy"})
+    save_snet(model, TINY, tmp_path / "snet")
     m2, cfg2, card = load_snet(tmp_path / "snet")
     assert cfg2 == TINY and card["name"] == "S-Net"
     np.testing.assert_allclose(predict_prepared(m2, test, cfg2), pred, atol=1e-4)
@@ -227,6 +227,22 @@ def test_snet_learns_on_tiny_inputs_and_round_trips(tmp_path):
               tmp_path / "other", {})
     with pytest.raises(ModelError, match="fit"):
         load_init(build_snet(TINY), tmp_path / "other")
+
+
+def test_snet_training_resumed_equals_uninterrupted(tmp_path):
+    """S-Net on the engine: 6 + 6 steps from a checkpoint give the weights of 12 steps in one go (1e-5)."""
+    torch.set_num_threads(1)
+    data = _tiny_set(n_syn=40)
+    kw = dict(cfg=TINY, steps=12, batch_size=4, lr=2e-3, checkpoint_every=3)
+    torch.manual_seed(0)
+    ref, _ = train_snet(data, model=build_snet(TINY), out=tmp_path / "a", **kw)
+    torch.manual_seed(0)
+    train_snet(data, model=build_snet(TINY), out=tmp_path / "b", stop_after=6, **kw)
+    torch.manual_seed(1)                                       # another start: the checkpoint must replace it
+    res, log = train_snet(data, model=build_snet(TINY), out=tmp_path / "b", resume=True, **kw)
+    assert log.start_step == 6 and log.step == 12
+    for (k, a), b in zip(ref.state_dict().items(), res.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
 
 
 def test_scorer_for_heatmaps_marks_the_lesion():
@@ -278,11 +294,16 @@ def test_train_from_config_resume_and_evaluate_cli(tmp_path):
     out = train_from_config(path, quiet=True)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and (out / "validation.json").exists()
+    assert not (out / "checkpoint.pt").exists() and (out / "checkpoint.json").exists()     # no pickle
     cfg["train"]["steps"] = 30
     path.write_text(yaml.safe_dump(cfg))
     train_from_config(path, resume=True, quiet=True)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and '"step": 30' in lines[-1]
+    with pytest.raises(ConfigError, match="known keys"):                  # a typo is refused, not trained around
+        cfg["train"]["stpes"] = 5
+        path.write_text(yaml.safe_dump(cfg))
+        train_from_config(path, quiet=True)
 
     # evaluate scores: MAE by hand
     truth = pd.DataFrame({"scan_id": ["a", "a", "b"], "level": ["L1", "L2", "L1"], "TOT": [10, 20, 30],
@@ -327,10 +348,19 @@ def test_calibration_fits_the_validation_line_and_is_stored(tmp_path):
     with pytest.raises(ConfigError, match="20"):
         fit_calibration(pred[:5], truth[:5])
     # stored in saved weights' card from their validation.json; predictions then use it
-    save_snet(build_snet(TINY), TINY, tmp_path / "w", {"trained_on": "toy"})
-    write_json(tmp_path / "w" / "validation.json", {"pred": pred, "truth": truth})
+    save_snet(build_snet(TINY), TINY, tmp_path / "w")
+    write_json(tmp_path / "w" / "validation.json", {"sets": {"validation": {"pred": pred, "truth": truth}}})
     notes = calibrate_weights(tmp_path / "w")
     _, cfg, card = load_snet(tmp_path / "w")
     np.testing.assert_allclose(cfg.calibration, cal, atol=1e-6)
-    assert card["validation_metrics"]["GG"]["MAE"] < 1e-6 < notes["validation_metrics_uncalibrated"]["GG"]["MAE"]
-    assert "calibration" in (tmp_path / "w" / "card.md").read_text()
+    assert notes["validation_metrics"]["GG"]["MAE"] < 1e-6 < notes["validation_metrics_uncalibrated"]["GG"]["MAE"]
+    # the calibrated figures are flagged in-sample and are not the headline; both recompute from validation.json
+    from sscild.bundle import headline_metrics, recompute_metrics
+
+    insample = [m for m in card["metrics"] if m["in_sample"]]
+    assert len(insample) == 1 and insample[0]["values"]["GG"]["MAE"] < 1e-6
+    assert headline_metrics(card)["in_sample"] is False
+    for stored, again in recompute_metrics(tmp_path / "w"):
+        assert again["GG"]["MAE"] == pytest.approx(stored["GG"]["MAE"], abs=1e-9)
+    md = (tmp_path / "w" / "card.md").read_text()
+    assert "IN-SAMPLE" in md and "calibration" in md

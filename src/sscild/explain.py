@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from .domain import PATTERNS
 from .errors import ConfigError
 
-PATTERNS = ("TOT", "GG", "RET")
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -405,16 +405,14 @@ def slice_geometry_image(scan, k: int, array2d: np.ndarray):
 def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *, title: str = "",
                 vmax: float | None = None, spacing_yx: tuple[float, float] = (1.0, 1.0)):
     """Heat-map overlay: lung window underneath, diverging colours centred on 0, legend in % points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     from .util import atomic_path, draw_contour
 
     lim = vmax if vmax is not None else max(float(np.abs(dp[lung]).max()) if lung.any() else 0.0, 0.5)
-    fig, ax = plt.subplots(figsize=(5, 5.4), dpi=110)
+    fig = Figure(figsize=(5, 5.4), dpi=110)
+    ax = fig.subplots()
     extent = (0, image_hu.shape[1] * spacing_yx[1], image_hu.shape[0] * spacing_yx[0], 0)
     ax.imshow(image_hu, cmap="gray", vmin=-1350, vmax=150, extent=extent)
     shown = np.ma.masked_where(~lung | (dp == 0), dp)
@@ -427,7 +425,6 @@ def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *,
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def write_heatmap_outputs(maps: Mapping[str, HeatMap], scan, slice_index: Mapping[str, int], outdir,
@@ -483,25 +480,37 @@ def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small",
     return out
 
 
-def calibrate_thresholds(weights_dir, seeds: Iterable[int] = range(7600, 7615), quiet: bool = True) -> ThresholdFit:
-    """Fit the heat-map thresholds of an S-Net on validation phantoms and store them in its card.json
-    (``heatmap_thresholds``, ``heatmap_r2``), where ``sscild analyze --heatmaps`` reads them."""
-    import json
+def calibrate_thresholds(weights_dir=None, seeds: Iterable[int] = range(7600, 7615), quiet: bool = True, *,
+                         out=None, patch_mm: float = 45.0, stride_mm: float = 11.0,
+                         allow_package: bool = False) -> ThresholdFit:
+    """Fit the heat-map thresholds of an S-Net (``weights_dir``, default the shipped one) on validation phantoms
+    and store them, with the patch and stride they were fitted for, in the card (``heatmap``) of ``out``: the
+    bundle is copied there first when ``out`` is another folder; ``out`` defaults to ``weights_dir``. The
+    installed package (the shipped S-Net) is only changed with ``allow_package``."""
+    import shutil
     from pathlib import Path
 
-    from .scoring.snet import load_snet
-    from .util import write_json
+    from .bundle import PREDICTIONS_FILE, WEIGHTS_FILE, read_predictions, save_bundle
+    from .errors import ConfigError
+    from .scoring.snet import DEFAULT_DIR, load_snet
 
-    model, cfg, card = load_snet(weights_dir)
-    maps = [m for m, _ in phantom_level_maps(model, cfg, seeds, quiet=quiet)]
+    src = Path(weights_dir) if weights_dir else DEFAULT_DIR
+    dst = Path(out) if out else (Path(weights_dir) if weights_dir else None)
+    if dst is None:
+        raise ConfigError("give --out DIR: thresholds of the shipped S-Net are written to a copy of it, not into "
+                          "the installed package")
+    model, cfg, card = load_snet(src)
+    seeds = list(seeds)
+    maps = [m for m, _ in phantom_level_maps(model, cfg, seeds, quiet=quiet, patch_mm=patch_mm,
+                                             stride_mm=stride_mm)]
     fit = fit_thresholds(maps)
-    d = Path(weights_dir) if weights_dir else Path(__file__).resolve().parent / "models" / "snet"
-    card = json.loads((d / "card.json").read_text())
-    card["heatmap_thresholds"] = fit.thresholds
-    card["heatmap_r2_validation"] = fit.r2
-    card["heatmap_validation"] = f"{len(maps)} level slices of phantoms seeds {min(seeds)}-{max(seeds)}"
-    write_json(d / "card.json", card)
-    from .scoring.weights import write_card_md
-
-    write_card_md(d)
+    heat = {"thresholds": fit.thresholds, "patch_mm": patch_mm, "stride_mm": stride_mm, "r2_validation": fit.r2,
+            "fitted_on": f"{len(maps)} level slices of phantoms seeds {min(seeds)}-{max(seeds)}"}
+    if dst.resolve() != src.resolve():
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
+        if (src / PREDICTIONS_FILE).exists():
+            shutil.copy2(src / PREDICTIONS_FILE, dst / PREDICTIONS_FILE)
+    save_bundle(None, dst, {**card, "heatmap": heat}, predictions=read_predictions(src) or None,
+                allow_package=allow_package)
     return fit

@@ -52,105 +52,20 @@ def train_outcome(
 ) -> None:
     """Cross-validate mortality models per horizon (radiomics + clinical, optional deep model and late fusion);
     write results.csv, predictions.csv, cindex.csv, ROC/calibration/Kaplan-Meier PNGs and summary.json."""
-    import numpy as np
-    import yaml
+    from ..outcome.models import results_markdown
+    from ..outcome.workflow import outcome_run, train_outcome as run_outcome
 
-    from ..errors import ConfigError
-    from ..outcome.cohort import feature_columns, read_cohort
-    from ..outcome.models import OutcomeConfig, cross_validate_outcome, km_by_goh_stage, plot_calibration, \
-        plot_roc, results_markdown
-    from ..outcome.radiomics import extract_cohort, feature_groups
-    from ..util import pick_device, write_json
-
-    conf: dict = {}
-    if config is not None:
-        if not config.exists():
-            raise ConfigError(f"config {config} does not exist")
-        conf = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(conf, dict):
-            raise ConfigError(f"config {config} must be a YAML mapping with sections cohort, outcome, deep, clinical")
-    cohort_path = cohort or (Path(config.parent / conf["cohort"]) if config is not None and conf.get("cohort") else None)
-    if cohort_path is None:
-        raise ConfigError("give --cohort C.csv (or `cohort:` in the --config YAML)")
-    ocfg = dict(conf.get("outcome") or {})
-    if horizons is not None:
-        ocfg["horizons"] = _floats(horizons)
-    if folds is not None:
-        ocfg["n_splits"] = folds
-    if seed is not None:
-        ocfg["seed"] = seed
-    if n_boot is not None:
-        ocfg["n_boot"] = n_boot
-    if deep != "none":
-        ocfg.setdefault("fusion", ["radiomics/logistic"])
-    cfg = OutcomeConfig.from_dict(ocfg)
-    clin = [c.strip() for c in clinical.split(",") if c.strip()] if clinical else conf.get("clinical")
-
-    df = read_cohort(cohort_path)
-    out.mkdir(parents=True, exist_ok=True)
-    feats, status = extract_cohort(df, out / "cache" / "radiomics", workers=workers, extra_images=extra_images,
-                                   params_path=radiomics_params, quiet=quiet)
-    failed = status[status["status"] != "done"]
-    if len(failed):
-        failed.to_csv(out / "failures.csv", index=False)
-        for r in failed.itertuples():
-            console.print(f"  [red]failed[/] {r.scan_id}: {r.reason}")
-    table = df.merge(feats, left_on="scan_id", right_index=True, how="inner")
-    if table.empty:
-        raise ConfigError("no scan gave features; see failures.csv")
-    groups = feature_groups(feats.columns)
-    sets = {"radiomics": groups["radiomics"] + groups["density"] + groups["lesion"]}
-    cl = feature_columns(table, clin)
-    if cl:
-        sets["clinical"] = cl
-        sets["radiomics+clinical"] = sets["radiomics"] + cl
-
-    deep_probs = None
-    folds_arr = None
-    if deep != "none":
-        from ..outcome.cohort import grouped_folds, label_column, label_horizons
-        from ..outcome.deep import DeepConfig, deep_out_of_fold, prepare_volumes, save_deep, train_deep
-
-        dcfg = DeepConfig.from_dict({**(conf.get("deep") or {}), "arch": deep, "device": pick_device(device),
-                                     "seed": cfg.seed})
-        lab, _ = label_horizons(table, cfg.horizons)
-        strata = lab[label_column(max(cfg.horizons))].fillna(lab["event"]).astype(int)
-        folds_arr = grouped_folds(lab["patient_id"], strata, cfg.n_splits, cfg.seed)
-        vols, vstat = prepare_volumes(table, dcfg, out / "cache" / "volumes", quiet=quiet)
-        Y = lab[[label_column(h) for h in cfg.horizons]].to_numpy(float)
-        oof, _ = deep_out_of_fold(vols, Y, folds_arr, dcfg, quiet=quiet)
-        deep_probs = {f"deep/{deep}": oof}
-        ok = np.isfinite(vols.reshape(len(vols), -1)).all(axis=1)
-        final, hist = train_deep(vols[ok], Y[ok], dcfg, quiet=quiet)
-        save_deep(final, dcfg, out / f"deep_{deep}", cfg.horizons,
-                  {"trained_on": f"{int(ok.sum())} scans of {cohort_path.name}", "final_loss": hist[-1]["loss"]})
-
-    res = cross_validate_outcome(table, sets, cfg, deep=deep_probs, folds=folds_arr, keep=cl)
-    res.table.to_csv(out / "results.csv", index=False)
-    res.predictions.to_csv(out / "predictions.csv", index=False)
-    res.cindex.to_csv(out / "cindex.csv", index=False)
-    res.counts.to_csv(out / "counts.csv", index=False)
-    if "note" in res.table.columns:
-        for r in res.table[res.table["note"].notna()].itertuples():
-            console.print(f"[yellow]{r.horizon_years:g} y[/]: {r.note}")
-    for h in cfg.horizons:
-        p = res.predictions[res.predictions["horizon_years"] == h] if len(res.predictions) else res.predictions
-        if p.empty:
-            continue
-        curves = {m: (g["y"].to_numpy(), g["p"].to_numpy()) for m, g in p.groupby("model", sort=False)}
-        plot_roc(curves, out / f"roc_{h:g}y.png", f"death within {h:g} years")
-        plot_calibration(curves, out / f"calibration_{h:g}y.png", f"death within {h:g} years")
-    km = None
-    ext_col = "goh_extent" if "goh_extent" in table.columns else \
-        ("lesion_extent_pct" if "lesion_extent_pct" in table.columns else None)
-    if ext_col is not None:
-        km = km_by_goh_stage(table, ext_col, out / "km_goh_stage.png", horizons=cfg.horizons)
-    else:
-        console.print("no goh_extent column and no lesion maps: Kaplan-Meier by Goh stage skipped")
-    write_json(out / "summary.json", {"cohort": str(cohort_path), "config": cfg.__dict__,
-                                      "feature_sets": {k: len(v) for k, v in sets.items()},
-                                      "counts": res.counts.to_dict("records"), "cindex": res.cindex.to_dict("records"),
-                                      "failed_scans": int(len(failed)), "kaplan_meier": km})
+    run = outcome_run(cohort=cohort, config=config, out=out, deep=deep,
+                      overrides={"horizons": _floats(horizons), "n_splits": folds, "seed": seed, "n_boot": n_boot},
+                      clinical=[c.strip() for c in clinical.split(",") if c.strip()] if clinical else None,
+                      extra_images=extra_images, radiomics_params=radiomics_params, workers=workers, device=device,
+                      quiet=quiet)
+    done = run_outcome(run)
+    for r in done.failed.itertuples():
+        console.print(f"  [red]failed[/] {r.scan_id}: {r.reason}")
+    for note in done.notes:
+        console.print(f"[yellow]{note}[/]")
+    res = done.results
     console.print(res.counts.to_string(index=False))
     _print_table(results_markdown(res.table))
     console.print(res.cindex.to_string(index=False))

@@ -49,6 +49,7 @@ def train_scoring(
 @train_app.command("lesions")
 def train_lesions(
     config: Path = typer.Option(..., "--config", help="YAML config (see configs/lesions_phantoms.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -59,7 +60,7 @@ def train_lesions(
 
     if not config.exists():
         raise ConfigError(f"config {config} does not exist")
-    out = train_from_config(config, device=pick_device(device), quiet=quiet)
+    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet)
     console.print(f"lesion U-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
 
 
@@ -81,10 +82,13 @@ def train_scoring_calibration(
 @train_app.command("heatmap-thresholds")
 def train_heatmap_thresholds(
     weights: Path = typer.Option(None, "--weights", help="S-Net folder (default: the shipped S-Net)."),
+    out: Path = typer.Option(None, "--out", help="Folder for the S-Net with the new thresholds (a copy of --weights; "
+                             "default: --weights itself, updated in place). Needed for the shipped S-Net."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Choose the heat-map thresholds (-4..0 % points) of an S-Net on validation phantoms; stored in its card."""
+    """Choose the heat-map thresholds (-4..0 % points) of an S-Net on validation phantoms; stored in its card with
+    the patch and stride they were fitted for. The installed package is never changed."""
     from ..explain import calibrate_thresholds
 
-    fit = calibrate_thresholds(weights, quiet=quiet)
-    console.print(f"thresholds {fit.thresholds}; R^2 derived vs S-Net {fit.r2}")
+    fit = calibrate_thresholds(weights, quiet=quiet, out=out)
+    console.print(f"thresholds {fit.thresholds}; R^2 derived vs S-Net {fit.r2}; written to {out or weights}/")

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, ModelError, SscildError
+from ..errors import ConfigError, SscildError
 from ..scan import CTScan
 
 ARCHS = ("resnet18", "densenet121", "swin")
@@ -271,14 +271,20 @@ def class_weights(labels) -> np.ndarray:
 
 
 def train_deep(volumes: np.ndarray, labels, cfg: DeepConfig = DeepConfig(), *, quiet: bool = True,
-               model=None) -> tuple[Any, list[dict[str, float]]]:
-    """Train a network on volumes (N, z, y, x) and labels (N,) or (N, horizons) with NaN = censored.
+               model=None, out: str | os.PathLike | None = None,
+               resume: bool = False) -> tuple[Any, list[dict[str, float]]]:
+    """Train a network on volumes (N, z, y, x) and labels (N,) or (N, horizons) with NaN = censored, with
+    :func:`sscild.engine.fit` (AdamW, warm-up over the first 20 % of the steps, then a cosine decay to 0; one
+    epoch = one pass over the scans in an order drawn per epoch). ``out``/``resume``: checkpoints and
+    ``metrics.jsonl`` there, continued when ``resume``.
 
-    Returns (model in eval mode, history: one dict per epoch with the mean masked, class-weighted loss).
+    Returns (model in eval mode, history: one dict per epoch trained in this call with the mean masked,
+    class-weighted loss).
     """
     import torch
 
-    from ..util import progress
+    from ..config import TrainSettings
+    from ..engine import fit
 
     x_all = np.asarray(volumes, np.float32)
     y_all = _as_2d(labels)
@@ -289,37 +295,32 @@ def train_deep(volumes: np.ndarray, labels, cfg: DeepConfig = DeepConfig(), *, q
     if len(x_all) < 2:
         raise ConfigError("fewer than 2 labelled scans with a volume: nothing to train on")
     dev = torch.device(cfg.device)
-    model = (model or build_network(cfg, y_all.shape[1])).to(dev)
     pw = torch.from_numpy(class_weights(y_all)).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * int(np.ceil(len(x_all) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    history = []
-    for ep in progress(range(cfg.epochs), f"train {cfg.arch}", quiet=quiet):
-        model.train()
-        order = rng.permutation(len(x_all))
-        losses = []
-        for b in range(0, len(order), cfg.batch_size):
-            ib = order[b:b + cfg.batch_size]
-            if len(ib) < 2 and len(order) > 1:      # BatchNorm needs 2 samples
-                ib = np.r_[ib, order[0]]
-            xb = torch.from_numpy(_augment(x_all[ib], rng) if cfg.augment else x_all[ib])[:, None].to(dev)
-            yb = torch.from_numpy(y_all[ib]).to(dev)
-            mask = ~torch.isnan(yb)
-            logit = model(xb)
-            loss_el = torch.nn.functional.binary_cross_entropy_with_logits(
-                logit, torch.nan_to_num(yb), pos_weight=pw, reduction="none")
-            loss = (loss_el * mask).sum() / mask.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        history.append({"epoch": ep + 1, "loss": float(np.mean(losses))})
-    model.eval()
-    return model, history
+    nb = int(np.ceil(len(x_all) / cfg.batch_size))
+    steps = max(cfg.epochs * nb, 1)
+    s = TrainSettings(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      warmup_steps=int(0.2 * steps), final_lr_fraction=0.0, seed=cfg.seed, optimizer="adamw",
+                      checkpoint_every=nb, log_every=nb)
+
+    def step_fn(m, step, rng):
+        ep, b = divmod(step, nb)
+        order = np.random.default_rng([cfg.seed, ep]).permutation(len(x_all))   # the epoch's order, resumable
+        ib = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        if len(ib) < 2 and len(order) > 1:      # BatchNorm needs 2 samples
+            ib = np.r_[ib, order[0]]
+        xb = torch.from_numpy(_augment(x_all[ib], rng) if cfg.augment else x_all[ib])[:, None].to(dev)
+        yb = torch.from_numpy(y_all[ib]).to(dev)
+        mask = ~torch.isnan(yb)
+        loss_el = torch.nn.functional.binary_cross_entropy_with_logits(
+            m(xb), torch.nan_to_num(yb), pos_weight=pw, reduction="none")
+        return (loss_el * mask).sum() / mask.sum().clamp(min=1)
+
+    log = fit(model or build_network(cfg, y_all.shape[1]), step_fn, s, out=out, resume=resume, device=cfg.device,
+              quiet=quiet, desc=f"train {cfg.arch}")
+    first = log.start_step // nb
+    history = [{"epoch": first + e + 1, "loss": float(np.mean(log.losses[e * nb:(e + 1) * nb]))}
+               for e in range(int(np.ceil(len(log.losses) / nb)))]
+    return log.model, history
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -380,39 +381,30 @@ def deep_out_of_fold(volumes: np.ndarray, labels, folds: np.ndarray, cfg: DeepCo
 # weights and card
 # --------------------------------------------------------------------------------------------
 def save_deep(model, cfg: DeepConfig, outdir: str | os.PathLike, horizons: Sequence[float],
-              card: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``card.json`` (config, horizons, input description, ``card`` extras)."""
-    from safetensors.torch import save_file
+              card: dict[str, Any] | None = None, *, label_kind: str = "clinical outcome") -> Path:
+    """Write the model as a bundle (:func:`sscild.bundle.save_bundle`): ``model.safetensors``, ``card.json`` (config,
+    horizons, input description; ``card`` extras go to the training section), ``card.md``."""
+    from ..bundle import new_card, save_bundle
 
-    from ..util import atomic_path, write_json
-
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(out / "card.json", {"model": f"sscild outcome {cfg.arch}", "config": asdict(cfg),
-                                   "horizons_years": list(horizons),
-                                   "input": "lung-cropped CT, HU window scaled to 0..1, outside lung 0, area-resampled "
-                                            f"to {cfg.input_shape} (z, y, x)",
-                                   **(card or {})})
-    return out
+    extras = dict(card or {})
+    training = {"description": str(extras.pop("trained_on", "not recorded")), "label_kind": label_kind,
+                "horizons_years": [float(h) for h in horizons], **extras}
+    c = new_card("outcome-deep", f"sscild outcome {cfg.arch}", config=asdict(cfg), training=training,
+                 input={"description": "lung-cropped CT, HU window scaled to 0..1, outside lung 0, area-resampled "
+                                       f"to {cfg.input_shape} (z, y, x)",
+                        "outputs": "one logit per horizon: death within that many years"})
+    return save_bundle(model, outdir, c)
 
 
 def load_deep(outdir: str | os.PathLike, device: str = "cpu"):
-    """Read a model written by :func:`save_deep`: (model, DeepConfig, card)."""
-    from safetensors.torch import load_file
+    """Read a model written by :func:`save_deep`: (model, DeepConfig, card); ``ModelError`` when missing,
+    corrupt or unfit."""
+    from ..bundle import load_bundle
 
-    from ..util import read_json
+    def config(card):
+        return DeepConfig.from_dict({**card["config"], "device": device})
 
-    out = Path(outdir)
-    if not (out / "model.safetensors").exists() or not (out / "card.json").exists():
-        raise ModelError(f"{out} lacks model.safetensors or card.json: train one with `sscild train outcome --deep`")
-    card = read_json(out / "card.json")
-    cfg = DeepConfig.from_dict({**card["config"], "device": device})
-    model = build_network(cfg, len(card["horizons_years"]))
-    try:
-        model.load_state_dict(load_file(str(out / "model.safetensors")))
-    except RuntimeError as err:
-        raise ModelError(f"weights in {out} do not fit a {cfg.arch} of width {cfg.width}: {err}") from None
-    model.to(device).eval()
-    return model, cfg, card
+    model, card = load_bundle(outdir, "outcome-deep",
+                              lambda c: build_network(config(c), len(c["training"]["horizons_years"])),
+                              what="deep outcome model", train_hint="sscild train outcome --deep", device=device)
+    return model, config(card), card

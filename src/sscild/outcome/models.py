@@ -139,13 +139,12 @@ def binary_metrics(y, p, *, n_boot: int = 1000, seed: int = 0) -> dict[str, floa
     return {"n": int(len(y)), "positives": int(y.sum()), "auc": auc, "auc_lo": lo, "auc_hi": hi, **calibration(y, p)}
 
 
-def _plt():
-    import matplotlib
+def _subplots(figsize: tuple[float, float], dpi: int = 100):
+    """A figure and its axes without pyplot (the user's matplotlib backend is left alone)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
 
 
 def _save(fig, path) -> Path:
@@ -153,7 +152,6 @@ def _save(fig, path) -> Path:
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    _plt().close(fig)
     return Path(path)
 
 
@@ -161,8 +159,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: s
     """ROC curves of several models (name -> (y, p)) with their AUC in the legend, as a PNG."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = _subplots((4.5, 4.5))
     for name, (y, p) in curves.items():
         y, p = np.asarray(y, float), np.asarray(p, float)
         ok = np.isfinite(y) & np.isfinite(p)
@@ -182,8 +179,7 @@ def plot_calibration(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, 
     """Reliability diagram (quantile bins) of several models, as a PNG."""
     from sklearn.calibration import calibration_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = _subplots((4.5, 4.5))
     for name, (y, p) in curves.items():
         y, p = np.asarray(y, float), np.asarray(p, float)
         ok = np.isfinite(y) & np.isfinite(p)
@@ -346,9 +342,9 @@ def km_by_goh_stage(table: pd.DataFrame, extent_col: str = "goh_extent", path=No
     d = d[d["stage"] != "unknown"]
     out: dict = {"extent_column": extent_col, "rule": "extensive if extent > 20 %" +
                  (" (10-30 %: FVC < 70 %)" if fvc_col else ""), "stages": {}}
-    plt = _plt() if path is not None else None
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    draw = path is not None
+    if draw:
+        fig, ax = _subplots((5, 4))
     for st in ("limited", "extensive"):
         s = d[d["stage"] == st]
         if s.empty:
@@ -365,12 +361,12 @@ def km_by_goh_stage(table: pd.DataFrame, extent_col: str = "goh_extent", path=No
             rec[f"survival_{h:g}y_lo"] = float(ci.iloc[max(j, 0), 0])
             rec[f"survival_{h:g}y_hi"] = float(ci.iloc[max(j, 0), 1])
         out["stages"][st] = rec
-        if plt is not None:
+        if draw:
             km.plot_survival_function(ax=ax, ci_show=True)
     a, b = d[d["stage"] == "limited"], d[d["stage"] == "extensive"]
     if len(a) and len(b):
         out["logrank_p"] = float(logrank_test(a["time_years"], b["time_years"], a["event"], b["event"]).p_value)
-    if plt is not None:
+    if draw:
         ax.set(xlabel="years from first scan", ylabel="survival", ylim=(0, 1.02),
                title=f"Kaplan-Meier by Goh stage (log-rank p={out.get('logrank_p', float('nan')):.2g})")
         ax.title.set_fontsize(9)

@@ -22,17 +22,16 @@ is the original global-pooling regressor, kept so that older weights still load.
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..domain import LEVELS
 from ..errors import ConfigError
 from ..scan import CTScan
 
-LEVELS = ("L1", "L2", "L3", "L4", "L5")
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "models" / "lnet"
 
 
@@ -220,77 +219,44 @@ def _sample_window(case: LevelCase, cfg: LNetConfig, rng: np.random.Generator,
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-@dataclass
-class TrainLog:
-    """Per-step training loss and, at the end, the loss of predicting the training mean (median for L1): the baseline."""
+def train_lnet(cases: Sequence[LevelCase], *, cfg: LNetConfig = LNetConfig(), settings=None, device: str = "cpu",
+               model=None, quiet: bool = True, out: str | Path | None = None, resume: bool = False,
+               stop_after: int | None = None, **overrides):
+    """Train (or continue training) an L-Net on ``cases`` with :func:`sscild.engine.fit`.
 
-    losses: list[float] = field(default_factory=list)
-    mean_predictor_loss: float = float("nan")
-
-
-def train_lnet(cases: Sequence[LevelCase], *, cfg: LNetConfig = LNetConfig(), steps: int = 500,
-               batch_size: int = 4, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
-               device: str = "cpu", model=None, quiet: bool = False, log: TrainLog | None = None,
-               loss: str = "mse", start_step: int = 0, optimizer_state: dict | None = None,
-               checkpoint_every: int = 0, on_checkpoint=None):
-    """Train (or continue training) an L-Net on ``cases``, loss ``"mse"`` or ``"l1"`` on window-unit positions.
-
-    Adam with one cosine learning-rate decay (``lr`` to ``lr / 20``) over ``steps``. To resume, give the model,
-    ``start_step`` (steps already done) and the saved ``optimizer_state``: the schedule goes on where it stopped.
-    ``on_checkpoint(model, optimizer, step, log)`` is called every ``checkpoint_every`` steps and at the end.
-
-    Returns the model (in eval mode) and the :class:`TrainLog`.
+    ``settings`` (:class:`sscild.config.TrainSettings`, default the L-Net defaults) and keyword overrides of its
+    fields (``steps``, ``batch_size``, ``lr``, ``loss`` ``"mse"`` or ``"l1"`` on window-unit positions, ...).
+    ``out``/``resume``: checkpoints and ``metrics.jsonl`` there, continued when ``resume``.
+    Returns the model (in eval mode) and the :class:`sscild.engine.TrainLog` (with ``mean_predictor_loss``, the
+    loss of predicting the mean (median for L1) of the targets drawn).
     """
-    import math
-
     import torch
 
-    from ..util import progress
+    from ..config import settings_for
+    from ..engine import fit
 
+    s = settings_for("lnet", settings, **overrides)
     if not cases:
         raise ConfigError("L-Net training got no cases")
-    if loss not in ("mse", "l1"):
-        raise ConfigError(f"L-Net loss must be 'mse' or 'l1', got {loss!r}")
-    rng = np.random.default_rng(seed + start_step)
-    torch.manual_seed(seed + start_step)
-    model = model if model is not None else build_lnet(cfg)
-    model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
+    if s.loss not in ("mse", "l1"):
+        raise ConfigError(f"L-Net loss must be 'mse' or 'l1', got {s.loss!r}")
+    lossf = torch.nn.MSELoss() if s.loss == "mse" else torch.nn.L1Loss()
+    targets: list[np.ndarray] = []
 
-    def lr_at(step: int) -> float:
-        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1))))
-
-    lossf = torch.nn.MSELoss() if loss == "mse" else torch.nn.L1Loss()
-    log = log or TrainLog()
-    targets = []
-
-    def baseline() -> float:
-        t = np.concatenate(targets)
-        return (float(((t - t.mean(0)) ** 2).mean()) if loss == "mse"
-                else float(np.abs(t - np.median(t, 0)).mean()))
-
-    for step in progress(range(start_step, steps), "train L-Net", quiet=quiet):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        batch = [_sample_window(cases[int(rng.integers(len(cases)))], cfg, rng) for _ in range(batch_size)]
+    def step_fn(m, step, rng):
+        batch = [_sample_window(cases[int(rng.integers(len(cases)))], cfg, rng) for _ in range(s.batch_size)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None].to(device)
-        y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
-        targets.append(y.cpu().numpy())
-        value = lossf(model(x), y)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        log.losses.append(float(value.detach()))
-        done = step + 1
-        if on_checkpoint is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
-            log.mean_predictor_loss = baseline()
-            on_checkpoint(model, opt, done, log)
-            model.train()
+        y = torch.from_numpy(np.stack([b[1] for b in batch]))
+        targets.append(y.numpy())
+        return lossf(m(x), y.to(device))
+
+    log = fit(model if model is not None else build_lnet(cfg), step_fn, s, out=out, resume=resume, device=device,
+              quiet=quiet, desc="train L-Net", stop_after=stop_after)
     if targets:
-        log.mean_predictor_loss = baseline()
-    return model.eval(), log
+        t = np.concatenate(targets)
+        log.mean_predictor_loss = (float(((t - t.mean(0)) ** 2).mean()) if s.loss == "mse"
+                                   else float(np.abs(t - np.median(t, 0)).mean()))
+    return log.model, log
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,56 +304,78 @@ def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), str
     return med, iqr
 
 
-def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu") -> dict:
-    """Five level positions by L-Net, as world z (mm, LPS) and slice index as read, with a confidence.
+def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu"):
+    """Five level positions by L-Net as :class:`sscild.levels.GohLevels` (``method == "lnet"``), world z (mm, LPS)
+    and slice index as read, like the anatomical method, so they can feed S-Net.
 
-    Returns ``{"L1": {"z_mm", "slice_index", "confidence", "note"}, ...}``. A level predicted outside the
-    scan is reported with ``z_mm`` and ``slice_index`` None. Confidence falls with the spread (IQR) of the
-    window predictions: 1 / (1 + IQR_mm / 10).
+    A level predicted outside the scan has ``z_mm`` and ``slice_index`` None. Confidence falls with the spread
+    (IQR) of the window predictions: 1 / (1 + IQR_mm / 10).
     """
+    from ..levels import GohLevels
+
     prep = prepare(scan, cfg)
     med, iqr = predict_positions(model, prep, cfg, device=device)
-    out = {}
+    z_mm, index, conf, notes = {}, {}, {}, {}
     for j, name in enumerate(LEVELS):
         z = _index_to_z(prep, med[j])
         k = scan.slice_at_z(z)
         iqr_mm = iqr[j] * cfg.z_mm
-        entry = {"z_mm": float(z) if k is not None else None,
-                 "slice_index": scan.input_slice_index(k) if k is not None else None,
-                 "confidence": float(1.0 / (1.0 + iqr_mm / 10.0)),
-                 "note": f"L-Net sliding-window median; window spread (IQR) {iqr_mm:.1f} mm"}
-        if k is None:
-            entry["note"] = f"L-Net places {name} at z = {z:.1f} mm, outside the scan"
-        out[name] = entry
-    return out
+        z_mm[name] = float(z) if k is not None else None
+        index[name] = scan.input_slice_index(k) if k is not None else None
+        conf[name] = float(1.0 / (1.0 + iqr_mm / 10.0))
+        notes[name] = (f"L-Net sliding-window median; window spread (IQR) {iqr_mm:.1f} mm" if k is not None
+                       else f"L-Net places {name} at z = {z:.1f} mm, outside the scan")
+    return GohLevels(z_mm, index, conf, notes, method="lnet")
 
 
 # --------------------------------------------------------------------------------------------
 # weights on disk
 # --------------------------------------------------------------------------------------------
-def save_lnet(model, cfg: LNetConfig, directory: str | Path, card: dict) -> Path:
-    """Write ``model.safetensors`` and ``card.json`` (config + what it was trained on and measured)."""
-    from .weights import save_weights
+def lnet_card(cfg: LNetConfig, *, description: str, **kw) -> dict:
+    """A model card for L-Net weights (:func:`sscild.bundle.model_card`; ``kw``: label_kind, training, metrics)."""
+    from ..bundle import model_card
 
-    return save_weights(model, directory, {"name": "L-Net", "config": asdict(cfg), **card})
+    return model_card("lnet", "L-Net", cfg, description=description, **kw,
+                      input={"description": f"whole field of view area-averaged to {cfg.in_plane}x{cfg.in_plane}, "
+                                            f"{cfg.z_mm} mm slices, windows of {cfg.window} slices, HU clipped "
+                                            f"{cfg.hu_min:.0f}..{cfg.hu_max:.0f}"})
+
+
+def save_lnet(model, cfg: LNetConfig, directory: str | Path, card: dict | None = None, **kw) -> Path:
+    """Write an L-Net bundle (:func:`sscild.bundle.save_model`; ``kw``: predictions, allow_package)."""
+    from ..bundle import save_model
+
+    return save_model(model, cfg, directory, card or lnet_card(cfg, description="not recorded"), **kw)
+
+
+def config_from_card(card: dict) -> LNetConfig:
+    """The L-Net config a card describes (cards before the zmap head describe the dense head)."""
+    from ..bundle import card_config
+
+    return card_config(LNetConfig, card, {"head": "dense"})
 
 
 def load_lnet(directory: str | Path | None = None, device: str = "cpu"):
-    """Load an L-Net and its config from ``directory`` (default: the shipped weights).
+    """Load an L-Net, its config and card from ``directory`` (default: the shipped weights).
 
-    Raises ``ModelError`` when the weights or card are missing or do not fit the network.
+    Raises ``ModelError`` when the weights or card are missing, corrupt or do not fit the network.
     """
-    from .weights import load_into, read_card
+    from ..bundle import load_bundle
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
-    card = read_card(directory, "L-Net", "sscild train levels --config ...")
-    c = dict(card.get("config", {}))
-    if "channels" in c:
-        c["channels"] = tuple(c["channels"])
-    c.setdefault("head", "dense")  # cards written before the zmap head existed describe the dense head
-    cfg = LNetConfig(**c)
-    model = load_into(build_lnet(cfg), directory, "L-Net")
-    return model.to(device).eval(), cfg, card
+    model, card = load_bundle(directory, "lnet", lambda c: build_lnet(config_from_card(c)), what="L-Net",
+                              train_hint="sscild train levels --config ...", device=device)
+    return model, config_from_card(card), card
+
+
+def level_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """MAE, maximum error (mm) and ICC per level of predicted vs true world z (n, 5)."""
+    from ..evaluate import icc
+
+    err = np.asarray(pred, float) - np.asarray(truth, float)
+    return {n: {"MAE_mm": float(np.abs(err[:, j]).mean()), "max_mm": float(np.abs(err[:, j]).max()),
+                "ICC": float(icc(pred[:, j], truth[:, j]).value) if len(err) >= 3 else None}
+            for j, n in enumerate(LEVELS)}
 
 
 def evaluate_cases(model, cases: Iterable[LevelCase], cfg: LNetConfig = LNetConfig()) -> dict[str, np.ndarray]:
@@ -441,95 +429,46 @@ def phantom_cases(n: int, seed0: int, cfg: LNetConfig, size: str = "small", quie
     return out
 
 
-def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False) -> Path:
-    """Train an L-Net as a YAML config says, write weights, card and a metrics log; returns the output folder.
+def _load_cases(spec: dict, cfg: LNetConfig, quiet: bool) -> list[LevelCase]:
+    cases: list[LevelCase] = []
+    if spec.get("dataset_csv"):
+        cases += cases_from_csv(spec["dataset_csv"], cfg)
+    phs = spec.get("phantoms") or []
+    for ph in (phs if isinstance(phs, list) else [phs]):
+        cases += phantom_cases(int(ph["n"]), int(ph["seed0"]), cfg, ph.get("size", "small"), quiet=quiet)
+    return cases
 
-    Config keys: ``out`` (folder), ``config`` (LNetConfig fields), ``train`` {steps, batch_size, lr, seed,
-    checkpoint_every, loss}, and data: ``dataset_csv`` (see :func:`cases_from_csv`) and/or ``phantoms`` {n, seed0,
-    size}; ``validation`` likewise (phantoms with other seeds, or a CSV). With ``resume`` training continues
-    from ``out/checkpoint.safetensors``.
-    """
+
+def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
+                      allow_package: bool = True) -> Path:
+    """Train an L-Net as a YAML config says (:mod:`sscild.config` layout: ``data`` / ``validation`` with
+    ``dataset_csv`` (see :func:`cases_from_csv`) and/or ``phantoms`` {n, seed0, size}); writes the bundle
+    (weights, card, validation.json) and ``metrics.jsonl`` in ``out``; ``resume`` continues from its checkpoint."""
     import time
 
-    import yaml
-    from safetensors.torch import load_file, save_file
+    from ..bundle import metric_set
+    from ..config import trainer_config
 
-    from ..util import write_json
-
-    c = yaml.safe_load(Path(config).read_text()) or {}
-    out = Path(c.get("out", "lnet_out"))
-    out.mkdir(parents=True, exist_ok=True)
-    cc = dict(c.get("config", {}))
-    if "channels" in cc:
-        cc["channels"] = tuple(cc["channels"])
-    cfg = LNetConfig(**cc)
-    tr = {"steps": 1000, "batch_size": 4, "lr": 1e-3, "seed": 0, "checkpoint_every": 200, "loss": "mse",
-          **c.get("train", {})}
-
-    def load_cases(spec):
-        cases = []
-        if spec.get("dataset_csv"):
-            cases += cases_from_csv(spec["dataset_csv"], cfg)
-        if spec.get("phantoms"):
-            ph = spec["phantoms"]
-            cases += phantom_cases(int(ph["n"]), int(ph["seed0"]), cfg, ph.get("size", "small"), quiet=quiet)
-        return cases
-
-    train_cases = load_cases(c)
+    tc = trainer_config("lnet", config, LNetConfig, "lnet_out")
+    cfg = tc.network
+    train_cases = _load_cases(tc.data, cfg, quiet)
     if not train_cases:
-        raise ConfigError(f"{config}: no training data: give dataset_csv and/or phantoms {{n, seed0}}")
-    val_cases = load_cases(c.get("validation", {}))
-    model = build_lnet(cfg)
-    done, opt_state = 0, None
-    ck = out / "checkpoint.safetensors"
-    ck_opt = out / "checkpoint.optimizer.pt"  # matches .gitignore checkpoint.*
-    state_file = out / "checkpoint.json"
-    if resume and ck.exists():
-        import torch
-
-        model.load_state_dict(load_file(str(ck)))
-        done = int(json.loads(state_file.read_text())["steps_done"])
-        if ck_opt.exists():
-            opt_state = torch.load(ck_opt, weights_only=True)
+        raise ConfigError(f"{config}: no training data: give data: dataset_csv and/or phantoms {{n, seed0}}")
+    val_cases = _load_cases(tc.validation, cfg, quiet)
     t0 = time.perf_counter()
-    log_path = out / "metrics.jsonl"
-    if not resume and log_path.exists():
-        log_path.unlink()          # a fresh run starts a fresh log
-    every = int(tr["checkpoint_every"])
-
-    def checkpoint(model, opt, step, log):
-        import torch
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ck))
-        torch.save(opt.state_dict(), ck_opt)
-        state_file.write_text(json.dumps({"steps_done": step}))
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": step, "loss": float(np.mean(log.losses[-20:])),
-                                "mean_predictor_loss": log.mean_predictor_loss,
-                                "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
-
-    step = done
-    if step < tr["steps"]:
-        model, _ = train_lnet(train_cases, cfg=cfg, steps=int(tr["steps"]), batch_size=int(tr["batch_size"]),
-                              lr=float(tr["lr"]), seed=int(tr["seed"]), device=device, model=model, quiet=quiet,
-                              loss=str(tr["loss"]), start_step=step, optimizer_state=opt_state,
-                              checkpoint_every=every, on_checkpoint=checkpoint)
-        step = int(tr["steps"])
-    metrics = {}
+    model, _ = train_lnet(train_cases, cfg=cfg, settings=tc.train, device=device, quiet=quiet, out=tc.out,
+                          resume=resume)
+    metrics, preds = [], None
     if val_cases:
         ev = evaluate_cases(model, val_cases, cfg)
-        err = ev["pred"] - ev["truth"]
-        from ..evaluate import icc
-
-        metrics = {n: {"MAE_mm": float(np.abs(err[:, j]).mean()), "max_mm": float(np.abs(err[:, j]).max()),
-                       "ICC": float(icc(ev["pred"][:, j], ev["truth"][:, j]).value) if len(err) >= 3 else None}
-                   for j, n in enumerate(LEVELS)}
-        write_json(out / "validation.json", {"pred": ev["pred"], "truth": ev["truth"], "metrics": metrics})
-    card = {"trained_on": c.get("description", "see config"), "config_file": Path(config).name,
-            "train_cases": len(train_cases), "validation_cases": len(val_cases), "steps": step,
-            "input": f"whole field of view area-averaged to {cfg.in_plane}x{cfg.in_plane}, {cfg.z_mm} mm slices, "
-                     f"windows of {cfg.window} slices, HU clipped {cfg.hu_min:.0f}..{cfg.hu_max:.0f}",
-            "head": cfg.head, "loss": str(tr["loss"]), "batch_size": int(tr["batch_size"]),
-            "metrics": metrics, "training_seconds": round(time.perf_counter() - t0, 1)}
-    save_lnet(model, cfg, out, card)
-    return out
+        preds = {"validation": {"pred": ev["pred"], "truth": ev["truth"]}}
+        metrics = [metric_set("validation", level_metrics(ev["pred"], ev["truth"]), n=len(val_cases),
+                              description=f"{len(val_cases)} validation cases of the config", predictions="validation",
+                              recompute="levels")]
+    card = lnet_card(cfg, description=tc.description, label_kind=tc.label_kind, metrics=metrics,
+                     training={"config_file": tc.path.name, "train_cases": len(train_cases),
+                               "validation_cases": len(val_cases), "steps": tc.train.steps,
+                               "batch_size": tc.train.batch_size, "loss": tc.train.loss,
+                               "training_seconds": round(time.perf_counter() - t0, 1)})
+    save_lnet(model, cfg, tc.out, card, predictions=preds, allow_package=allow_package)
+    return tc.out
