@@ -25,8 +25,15 @@ def _modules_with_examples() -> list[str]:
 @pytest.mark.parametrize("module", _modules_with_examples())
 def test_docstring_examples_run(module):
     """Every ``>>>`` example in the package is a doctest (numpy-style Examples sections included)."""
+    import numpy as np
+
     m = importlib.import_module(module)
-    res = doctest.testmod(m, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, report=True)
+    saved = np.get_printoptions()
+    np.set_printoptions(legacy="1.25")          # examples print numpy scalars as numbers (True, 0.5), not np.True_
+    try:
+        res = doctest.testmod(m, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, report=True)
+    finally:
+        np.set_printoptions(**saved)
     assert res.attempted > 0, f"{module}: no example found although the file holds '>>>'"
     assert res.failed == 0, f"{module}: {res.failed} of {res.attempted} examples failed (see the output above)"
 

@@ -91,3 +91,18 @@ def test_one_model_set_loads_each_model_once(phantom):
     assert len(calls) == 2                                   # a failed load is tried again, not cached
     loaded = ModelSet(loaders={"snet": lambda d, device="cpu": ("model", "cfg", {"name": "S-Net"})})
     assert loaded.get("snet") is loaded.get("snet") and len(loaded) == 1
+
+
+def test_lnet_levels_feed_the_scores_when_anatomy_is_off(phantom):
+    """L-Net gives GohLevels (method "lnet") that S-Net can score, without the anatomical levels."""
+    if not all((DEFAULT_MODELS / m / "model.safetensors").exists() for m in ("lnet", "snet")):
+        pytest.skip("shipped L-Net / S-Net weights not present")
+    scan, truth = phantom
+    a = analyze(scan, AnalysisSettings(levels=False, lnet=True, lesions=False))
+    assert a.levels is None and a.levels_lnet.method == "lnet"
+    placed = [n for n, z in a.levels_lnet.z_mm.items() if z is not None]
+    assert len(placed) >= 4
+    for n in placed:                                         # L-Net on phantoms: within 3 slices (3 mm each)
+        assert abs(a.levels_lnet.z_mm[n] - truth.levels_z[n]) < 3 * scan.spacing[0] + 1e-6
+    assert a.scores is not None and a.scores.n_levels_scored == len(placed)
+    assert a.to_dict()["levels_lnet"]["method"] == "lnet"
