@@ -71,7 +71,8 @@ def test_weights_folder_without_a_model_falls_back_to_the_shipped_one(phantom, t
     (tmp_path / "w").mkdir()
     a = analyze(scan, AnalysisSettings(weights=tmp_path / "w", lesions=False))
     assert a.scores is not None and a.scores.n_levels_scored == 5
-    assert any("no snet/ subfolder" in w and "shipped S-Net" in w for w in a.warnings)
+    assert any("has no snet/ folder" in w and "shipped" in w for w in a.warnings)
+    assert any(m.get("note") for m in a.models)
 
 
 def test_one_model_set_loads_each_model_once(phantom):
@@ -106,3 +107,17 @@ def test_lnet_levels_feed_the_scores_when_anatomy_is_off(phantom):
         assert abs(a.levels_lnet.z_mm[n] - truth.levels_z[n]) < 3 * scan.spacing[0] + 1e-6
     assert a.scores is not None and a.scores.n_levels_scored == len(placed)
     assert a.to_dict()["levels_lnet"]["method"] == "lnet"
+
+
+def test_heatmap_thresholds_come_from_the_card_with_their_patch_and_stride():
+    from sscild.pipeline import heatmap_thresholds
+
+    card = {"heatmap": {"thresholds": {"TOT": -1.5, "GG": -2.5, "RET": -3.0}, "patch_mm": 45.0, "stride_mm": 11.0}}
+    thr, notes = heatmap_thresholds(card, AnalysisSettings())
+    assert thr == {"TOT": -1.5, "GG": -2.5, "RET": -3.0} and notes == ()
+    thr, notes = heatmap_thresholds(card, AnalysisSettings(stride_mm=22.0))
+    assert len(notes) == 1 and "stride_mm = 11.0 (this run: 22.0)" in notes[0]
+    legacy = {"heatmap": None, "notes": {"heatmap_thresholds": {"TOT": -1.0, "GG": -2.0, "RET": -4.0}}}
+    assert heatmap_thresholds(legacy, AnalysisSettings())[0]["RET"] == -4.0
+    thr, notes = heatmap_thresholds({}, AnalysisSettings())
+    assert set(thr.values()) == {-2.0} and "no heat-map thresholds" in notes[0]

@@ -41,23 +41,26 @@ class LoadedModel:
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
-        """What ``analysis.json`` and the report say about the model (from its card)."""
-        c = self.card
-        metrics = next((c[k] for k in ("test_metrics", "metrics", "validation_metrics", "validation_dice")
-                        if c.get(k) is not None), None)
-        d = {"name": c.get("name", MODEL_NAMES[self.name][2]), "version": c.get("version"),
-             "trained_on": c.get("trained_on", c.get("training_data")), "metrics": metrics}
+        """What ``analysis.json`` and the report say about the model (:func:`sscild.bundle.card_summary`: name,
+        version, weights hash, training data, the held-out figures with their split)."""
+        from .bundle import card_summary
+
+        try:
+            d = card_summary(self.card)
+        except (KeyError, TypeError, AttributeError):      # a card without the schema (e.g. a test double)
+            d = {"name": self.card.get("name", MODEL_NAMES[self.name][2])}
         if self.note:
             d["note"] = self.note
-        return {k: v for k, v in d.items() if v is not None}
+        return d
 
 
 class ModelSet:
     """Models loaded once per (name, weights folder, device) for the lifetime of this object.
 
     ``get(name, weights, device)`` loads ``name`` (``lnet``, ``snet``, ``lesions``) from ``weights/name`` when a
-    weights folder is given and holds that subfolder, else the shipped model (with a note when a folder was given
-    without it). Missing or unfit weights raise :class:`~sscild.errors.ModelError`, every time they are asked for.
+    weights folder is given and holds that subfolder (or is itself such a bundle), else the shipped model (with a
+    note when a folder was given without it). Missing, corrupt or unfit weights raise
+    :class:`~sscild.errors.ModelError`, every time they are asked for (a failure is not cached).
     """
 
     def __init__(self, loaders: dict[str, Callable[..., tuple]] | None = None) -> None:
@@ -78,27 +81,16 @@ class ModelSet:
         return getattr(importlib.import_module(mod), fn)
 
     def get(self, name: str, weights: str | Path | None = None, device: str = "cpu") -> LoadedModel:
-        """The model ``name``, loaded on first use."""
-        directory, note = _directory(name, weights)
+        """The model ``name``, loaded on first use (from :func:`sscild.bundle.resolve_weights`' folder)."""
+        from .bundle import resolve_weights
+
+        directory, note = resolve_weights(weights, name)
         key = (name, str(directory), device)
         if key not in self._cache:
             model, cfg, card = self._loader(name)(directory, device=device)
-            self._cache[key] = LoadedModel(name, model, cfg, dict(card or {}), note)
+            self._cache[key] = LoadedModel(name, model, cfg, dict(card or {}), note or "")
         return self._cache[key]
 
     def clear(self) -> None:
         """Forget every loaded model."""
         self._cache.clear()
-
-
-def _directory(name: str, weights: str | Path | None) -> tuple[Path | None, str]:
-    """The folder to load ``name`` from (None = shipped) and a note when falling back to the shipped one."""
-    if weights is None:
-        return None, ""
-    w = Path(weights)
-    if not w.is_dir():
-        raise ModelError(f"--weights {w} is not a folder: give a folder with snet/, lnet/ or lesions/ "
-                         "subfolders, or leave --weights out to use the shipped models")
-    if (w / name).is_dir():
-        return w / name, ""
-    return None, f"{w} has no {name}/ subfolder: the shipped {MODEL_NAMES[name][2]} was used"

@@ -136,15 +136,7 @@ def lnet_stage(scan: CTScan, st: AnalysisSettings, models: ModelSet) -> Step:
 
     pred = predict_levels(m.model, scan, m.config, device=st.device)
     notes, used = _used(m)
-    return Step(pred if isinstance(pred, GohLevels) else lnet_levels(pred), notes, used)
-
-
-def lnet_levels(pred: Mapping[str, Mapping[str, Any]]) -> GohLevels:
-    """L-Net's per-level dict (``{"L1": {"z_mm", "slice_index", "confidence", "note"}, ...}``) as GohLevels."""
-    return GohLevels(z_mm={n: pred[n]["z_mm"] for n in LEVELS},
-                     slice_index={n: pred[n]["slice_index"] for n in LEVELS},
-                     confidence={n: float(pred[n]["confidence"]) for n in LEVELS},
-                     notes={n: str(pred[n].get("note", "")) for n in LEVELS}, method="lnet")
+    return Step(pred, notes, used)
 
 
 def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSettings, models: ModelSet) -> Step:
@@ -177,13 +169,26 @@ def heatmap_stage(scan: CTScan, lungs: Lungs, scores: LevelScores, st: AnalysisS
     px = float(scan.spacing[1])
     maps = heatmaps(slices, SNetScorer(m.model, m.config, st.device, pixel_mm=px), spacing_mm=px,
                     patch_mm=st.patch_mm, stride_mm=st.stride_mm, quiet=st.quiet)
-    card_thr = dict(m.card.get("heatmap_thresholds") or {})
-    thr = {p: float(card_thr.get(p, -2.0)) for p in PATTERNS}
-    notes = tuple(f"heat-map thresholds were fitted with {k} = {card_thr[k]} (this run: {getattr(st, k)}); the "
-                  "derived scores are not calibrated for it" for k in ("patch_mm", "stride_mm")
-                  if k in card_thr and abs(float(card_thr[k]) - getattr(st, k)) > 1e-6)
+    thr, notes = heatmap_thresholds(m.card, st)
     derived = {n: hm.derived_scores([thr[p] for p in PATTERNS]) for n, hm in maps.items()}
     return Step(HeatMaps(maps, ks, thr, derived, st.patch_mm, st.stride_mm), notes)
+
+
+def heatmap_thresholds(card: Mapping[str, Any], st: AnalysisSettings) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The S-Net card's heat-map thresholds (% points per pattern) and notes when they were fitted for another
+    patch or stride than this run's, or are missing (then -2.0, the paper's choice, with a note)."""
+    from .bundle import heatmap_settings
+
+    hs = dict(heatmap_settings(dict(card)) or {})
+    legacy = (card.get("notes") or {}).get("heatmap_thresholds")      # a card written before the schema
+    fitted = hs.get("thresholds") or legacy or {}
+    if not all(p in fitted for p in PATTERNS):
+        return {p: -2.0 for p in PATTERNS}, ("the S-Net card holds no heat-map thresholds: the derived scores use "
+                                             "-2.0 % points (not fitted for this model)",)
+    notes = tuple(f"heat-map thresholds were fitted with {k} = {hs[k]} (this run: {getattr(st, k)}); the derived "
+                  "scores are not calibrated for it" for k in ("patch_mm", "stride_mm")
+                  if hs.get(k) is not None and abs(float(hs[k]) - getattr(st, k)) > 1e-6)
+    return {p: float(fitted[p]) for p in PATTERNS}, notes
 
 
 def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: AnalysisSettings,
