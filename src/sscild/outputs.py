@@ -310,7 +310,8 @@ def _write_heatmaps(a: "Analysis", scan: "CTScan", folder: Path) -> dict[str, di
 
 
 def _write_dicom_seg(a: "Analysis", scan: "CTScan", folder: Path, wanted: bool | None) -> Path | str | None:
-    """``seg.dcm`` for a DICOM input (or None); a failure is returned as a warning, the other outputs stand."""
+    """``seg.dcm`` for a DICOM input (or None), de-identified with ``settings.deidentify``; a failure is returned as
+    a warning, the other outputs stand."""
     is_dicom = scan.meta.get("format") == "dicom" and bool(scan.source) and Path(str(scan.source)).is_dir()
     if not (is_dicom and (wanted is None or wanted)):
         return None
@@ -319,7 +320,7 @@ def _write_dicom_seg(a: "Analysis", scan: "CTScan", folder: Path, wanted: bool |
 
     try:
         return write_dicom_seg(scan.source, scan, lung_segments(a.lungs.labels, a.lesion_labels),
-                               folder / "seg.dcm")
+                               folder / "seg.dcm", deidentify=a.settings.deidentify)
     except (SscildError, ValueError, AttributeError, TypeError) as err:
         return f"DICOM-SEG not written: {type(err).__name__}: {err}"
 

@@ -60,6 +60,8 @@ class AnalysisSettings:
         Write ``report.html`` with the outputs.
     dicom_seg : bool or None
         Write ``seg.dcm``; None: when the input is a DICOM series.
+    deidentify : bool
+        Write ``seg.dcm`` with the DICOM basic de-identification profile (:func:`sscild.dicomseg.deidentify_file`).
     """
 
     levels: bool = True
@@ -76,6 +78,7 @@ class AnalysisSettings:
     fvc_pct: float | None = None
     report: bool = True
     dicom_seg: bool | None = None
+    deidentify: bool = False
 
     def __post_init__(self) -> None:
         if self.weights is not None and not isinstance(self.weights, Path):

@@ -1,6 +1,7 @@
 """Bad-input cases: the output folder and what it may reveal (issue 16 items 3 and 6; convention: README.md here)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -188,3 +189,15 @@ def test_show_phi_shows_them(dicom_case, tmp_path, outcome):
     doc = json.loads((tmp_path / "out" / "analysis.json").read_text())["input"]
     assert (doc["patient_name"], doc["patient_id"], doc["study_date"]) == (NAME, MRN, DATE)
     outcome.correct("patient_name, patient_id, study_date, series_description shown")
+
+
+def test_deidentified_seg(dicom_case, tmp_path, outcome):
+    """--deidentify on a DICOM with a patient name and id: seg.dcm carries neither (written so before the rename)"""
+    import pydicom
+
+    scan, a = dicom_case
+    a2 = dataclasses.replace(a, settings=a.settings.replace(deidentify=True))
+    write_outputs(a2, scan, tmp_path / "out")
+    ds = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
+    assert NAME not in str(ds.get("PatientName", "")) and ds.get("PatientID", "") != MRN
+    outcome.correct(f"seg.dcm PatientName {str(ds.get('PatientName', ''))!r}, PatientID {ds.get('PatientID', '')!r}")

@@ -41,16 +41,12 @@ def analyze_cmd(
 
     check_output_dir(out, input)           # before the work: a bad output folder fails now, not after it
     st = AnalysisSettings(device=pick_device(device), heatmaps=heatmaps, lnet=lnet, weights=weights, fvc_pct=fvc,
-                          show_phi=show_phi, quiet=quiet)
+                          show_phi=show_phi, deidentify=deidentify, quiet=quiet)
     scan = load_ct(input, series_uid=series)
     if scan.meta.get("series_note") and not quiet:
         console.print(f"[cyan]input:[/] {scan.meta['series_note']}")
     a = analyze(scan, st)
     written = write_outputs(a, scan, out)
-    if deidentify and (written.folder / "seg.dcm").exists():
-        from ..dicomseg import deidentify_file
-
-        deidentify_file(written.folder / "seg.dcm")
     if not quiet:
         _print_summary(a, list(a.warnings) + list(written.warnings), written.folder)
 
