@@ -7,6 +7,8 @@ folders (small PNGs) are written once under bench/work, then ``write_gallery`` i
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -45,18 +47,22 @@ def regions_lines() -> list[str]:
     from sscild.phantom import make_phantom
     from sscild.regions import regional_metrics
 
-    lines = ["| case | shape | regional_metrics s | peak RSS MB | pattern |", "|---|---|---|---|---|"]
+    lines = ["| case | shape | regional_metrics wall s | CPU s | peak RSS MB | pattern |", "|---|---|---|---|---|---|"]
     scan, truth = make_phantom(3, size="full", extent=25)
+    c0 = time.process_time()
     m, t, mem = measure(lambda: regional_metrics(scan, Lungs(truth.lungs, truth.airways), truth.lesions))
-    lines.append(f"| full phantom, true lesions | {scan.shape} | {t:.2f} | {mem:.0f} | {', '.join(m.pattern)} |")
+    lines.append(f"| full phantom, true lesions | {scan.shape} | {t:.2f} | {time.process_time() - c0:.2f} | "
+                 f"{mem:.0f} | {', '.join(m.pattern)} |")
     real = SHARED_DATA / "chest-ct-lidc-idri-0001" / "ct.nii.gz"
     if real.exists():
         from sscild.io import load_ct
 
         scan = load_ct(real)
         lungs = segment_lungs(scan)
+        c0 = time.process_time()
         m, t, mem = measure(lambda: regional_metrics(scan, lungs))
-        lines.append(f"| real LIDC-IDRI-0001, density only | {scan.shape} | {t:.2f} | {mem:.0f} | "
+        lines.append(f"| real LIDC-IDRI-0001, density only | {scan.shape} | {t:.2f} | {time.process_time() - c0:.2f} | "
+                     f"{mem:.0f} | "
                      f"{', '.join(m.pattern) or 'none'} (HAA) |")
     return lines
 
@@ -70,6 +76,9 @@ def main() -> None:
              "embedded; rows past the 30th load lazily).", ""]
     lines += ["Regional distribution (zones, ventral/dorsal, 10 mm subpleural band by a 3D distance transform):", ""]
     lines += regions_lines()
+    lines += ["", f"Load average when the run ended: {os.getloadavg()[0]:.1f} on 2 cores (wall times are inflated by "
+              "other processes; the CPU column is this process's own time). Peak RSS includes the scan already "
+              "in memory."]
     write_section("gallery", "Review outputs: QA gallery and regional distribution", "python bench/run_all.py gallery",
                   lines)
 
