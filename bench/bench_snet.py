@@ -163,7 +163,7 @@ def main():
 
         scan = load_ct(REAL)
         a, dt, peak = measure(lambda: analyze(scan, options={"scores": True}))
-        sc = a.scores or {}
+        sc = a.scores_dict() or {}                # scores.json's shape
         lines += ["", f"Full `analyze` with scores on the real 64-slice series A0001: {dt:.1f} s wall, peak RSS "
                   f"{peak / 1000:.2f} GB (scoring stage {a.timings_s.get('scores', float('nan')):.2f} s for five levels). "
                   "Scores (no expert reference exists for this scan; a lung-cancer patient without known ILD): " +
