@@ -62,6 +62,7 @@ class Truth:
     volumes_ml: dict[str, float]
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
+    vessels: np.ndarray | None = None   # bool: the vessel tree inside the lungs (blood-filled tubes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (no arrays)."""
@@ -244,7 +245,7 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     grid = _Grid(z=z_bot + sz * np.arange(nz), y=-fov / 2 + px * (np.arange(n_px) + 0.5),
                  x=-fov / 2 + px * (np.arange(n_px) + 0.5))
     hu, truth_parts = _build(grid, p, rng)
-    lungs, airways, lesions = truth_parts
+    lungs, airways, lesions, vessels = truth_parts
 
     spacing_zyx = (float(sz), float(px), float(px))
     scan = CTScan(hu, spacing=spacing_zyx, origin=(float(grid.x[0]), float(grid.y[0]), float(grid.z[0])),
@@ -270,7 +271,7 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     vols = {"right": float((lungs == 1).sum() * vox), "left": float((lungs == 2).sum() * vox),
             "GG": float((lesions == 2).sum() * vox), "RET": float((lesions == 3).sum() * vox)}
     truth = Truth(lungs, airways, lesions, {k: float(v) for k, v in landmarks.items()}, levels, level_scores,
-                  ext, vols, seed, {k: v for k, v in p.items()})
+                  ext, vols, seed, {k: v for k, v in p.items()}, vessels)
     return scan, truth
 
 
@@ -469,7 +470,7 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     hu = ndi.gaussian_filter(hu, sigma=sig)
     hu += rng.normal(0.0, p["noise_sd"], grid.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    return hu, (lungs, airways, lesions)
+    return hu, (lungs, airways, lesions, vessels & (lungs > 0))
 
 
 def _in_capsule(pts: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
