@@ -111,7 +111,8 @@ def test_gallery_in_chromium_review_and_rerun(batch, tmp_path):
         row8.locator("input.rej").check()
         page.fill("#reviewer", "rk")
         shot = tmp_path / "gallery.png"
-        page.screenshot(path=str(shot))
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(shot), full_page=True)
         with page.expect_download() as dl:
             page.click("#download")
         csv = tmp_path / "overrides.csv"
