@@ -47,6 +47,18 @@ def test_box_lung_regions_are_exact_with_anisotropic_spacing():
     assert m.regions["right"]["volume_ml"] == pytest.approx(16 * 34 * 30 * 6.0 / 1000)
 
 
+def test_subpleural_band_in_slabs_equals_one_distance_transform():
+    from scipy import ndimage
+
+    from sscild.regions import _near_boundary
+
+    scan, truth = make_phantom(5, extent=10)
+    lung = np.pad(truth.lungs > 0, 1)
+    ref = lung & (ndimage.distance_transform_edt(lung, sampling=scan.spacing) <= SUBPLEURAL_MM)
+    for slab in (7, 48, 1000):                       # many slabs, a few, one
+        assert np.array_equal(_near_boundary(lung, scan.spacing, SUBPLEURAL_MM, slab=slab), ref)
+
+
 def _dorsal_subpleural_base(scan, lab):
     """Lesions only where each lung's posterior columns end, 3 rows (8.4 mm) deep, in the lowest quarter of the
     lung height: RET on the two posterior rows, GG on the third (defined without the module's region code)."""

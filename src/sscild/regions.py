@@ -167,20 +167,34 @@ def region_map(scan: CTScan, lungs: Lungs) -> RegionMap:
     side = np.asarray(full[box])
     lung = side > 0
     zone = np.zeros(side.shape, np.int8)
-    for i, z in enumerate(ZONES, start=1):
-        a, b = zone_bounds(full > 0)[z]
+    for i, (a, b) in enumerate((zone_bounds(full > 0)[z] for z in ZONES), start=1):
         zone[max(a - box[0].start, 0):max(b - box[0].start, 0)] = i
     zone[~lung] = 0
-    # pad in-plane with background so the scan edge in y/x is pleura-free only where the lung truly ends;
-    # in z the first/last slice of the scan is not pleura (unknown), so pad there with lung at the scan edges
+    # a background border in y/x (the pleura where the lung meets it); in z the scan's first/last slice is not
+    # pleura (what lies beyond is unknown), so the border there repeats the lung when the lung reaches it
     pad = np.pad(lung, 1, mode="constant", constant_values=False)
     if box[0].start == 0:
         pad[0] = pad[1]
     if box[0].stop == full.shape[0]:
         pad[-1] = pad[-2]
-    filled = ndimage.binary_fill_holes(pad)
-    dist = ndimage.distance_transform_edt(filled, sampling=tuple(float(s) for s in scan.spacing))[1:-1, 1:-1, 1:-1]
-    return RegionMap(box, lung, side, zone, _dorsal_half(side), lung & (dist <= SUBPLEURAL_MM))
+    near = _near_boundary(ndimage.binary_fill_holes(pad), tuple(float(s) for s in scan.spacing), SUBPLEURAL_MM)
+    return RegionMap(box, lung, side, zone, _dorsal_half(side), lung & near[1:-1, 1:-1, 1:-1])
+
+
+def _near_boundary(mask: np.ndarray, spacing: tuple[float, float, float], mm: float, slab: int = 48) -> np.ndarray:
+    """``mask`` voxels whose Euclidean distance (mm, anisotropic) to the nearest outside voxel is <= ``mm``.
+
+    Computed in slabs of ``slab`` slices with ``mm`` of overlap, so the distance transform's work arrays stay small
+    (a slab can only over-estimate a distance, and never one within ``mm``: the nearest outside voxel of such a voxel
+    lies inside its slab's overlap). Every slab holds outside voxels (``mask`` has a background border in y/x).
+    """
+    m = int(np.ceil(mm / spacing[0]))
+    out = np.zeros(mask.shape, bool)
+    for a in range(0, mask.shape[0], slab):
+        lo, hi, b = max(a - m, 0), min(a + slab + m, mask.shape[0]), min(a + slab, mask.shape[0])
+        d = ndimage.distance_transform_edt(mask[lo:hi], sampling=spacing)
+        out[a:b] = mask[a:b] & (d[a - lo:b - lo] <= mm)
+    return out
 
 
 def _measure(hu: np.ndarray, les: np.ndarray | None, m: np.ndarray, voxel_ml: float,
