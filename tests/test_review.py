@@ -20,12 +20,18 @@ from sscild.domain import LEVELS, PATTERNS
 SEEDS = (21, 24, 23)   # seed 22 at this size: segment_lungs finds no lungs (anatomy, not the study)
 
 
+_SOURCES: list[Path] = []
+
+
 def make_sources(root: Path) -> list[Path]:
-    """Three analysed phantom folders (extent 10, 30, 50 %)."""
+    """Three analysed phantom folders (extent 10, 30, 50 %), made once per test session (the review test files
+    share them: studies only read their sources)."""
     from sscild.review.simulate import phantom_folder
 
-    return [phantom_folder(root / f"scan{s}", s, e, shape=(48, 64, 64), spacing=(7.0, 5.6, 5.6))
-            for s, e in zip(SEEDS, (10.0, 30.0, 50.0))]
+    if not (_SOURCES and all((f / "levels.json").exists() for f in _SOURCES)):
+        _SOURCES[:] = [phantom_folder(root / f"scan{s}", s, e, shape=(48, 64, 64), spacing=(7.0, 5.6, 5.6))
+                       for s, e in zip(SEEDS, (10.0, 30.0, 50.0))]
+    return list(_SOURCES)
 
 
 def new_study(root: Path, folders, readers=("ana", "ben"), **kw):
@@ -250,3 +256,24 @@ def test_corrected_level_needs_a_majority_of_readers():
     assert corrected_offset(pd.DataFrame({"misplaced": [True, True, False], "corrected_offset": [-1, -1, None]})) == -1
     assert corrected_offset(pd.DataFrame({"misplaced": [True, False], "corrected_offset": [2, None]})) == 0
     assert corrected_offset(pd.DataFrame({"misplaced": [True, True], "corrected_offset": [1, 3]})) == 2
+
+
+def test_tool_scores_only_after_the_answer_and_only_when_the_study_says_so(tmp_path, folders):
+    from fastapi.testclient import TestClient
+
+    from sscild.review.app import create_app
+    from sscild.review.simulate import case_truth, reader_cases
+
+    for show in (False, True):
+        root = tmp_path / f"show{show}"
+        tokens = new_study(root, folders, readers=["ana"], heatmaps=False, show_tool_after=show)
+        with TestClient(create_app(root)) as c:
+            login(c, tokens["ana"])
+            t = c.get("/api/task").json()
+            assert "tool" not in t and "TOT" not in json.dumps({k: v for k, v in t.items() if k != "answer"})
+            r = c.put(f"/api/answer/{t['position']}/{t['level']}", json={"TOT": 10, "GG": 10, "RET": 0}).json()
+        if show:
+            want = case_truth(root)[reader_cases(root)[("ana", t["position"])]][t["level"]]
+            assert r["tool"] == pytest.approx(want)
+        else:
+            assert r == {"saved": True}
