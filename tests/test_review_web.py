@@ -126,6 +126,8 @@ def test_two_readers_complete_the_study_with_a_server_crash(env):
             page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server.url)
+            page.wait_for_selector("#login-view:not([hidden])")
+            assert not page.is_visible("#read-view") and not page.is_visible("#TOT")   # nothing before login
             page.fill("#token", env["tokens"][reader])
             page.click("#login-form button")
             page.wait_for_selector("#read-view:not([hidden])")

@@ -22,7 +22,7 @@ async function api(method, url, body) {
 
 function show(view) {
   for (const v of ["login-view", "read-view", "done-view"]) $(v).hidden = v !== view;
-  $("logout").hidden = view === "login-view";
+  $("logout").hidden = $("bar").hidden = view === "login-view";
 }
 
 function imageUrl() {
