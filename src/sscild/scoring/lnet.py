@@ -188,20 +188,22 @@ class LevelCase:
     positions: np.ndarray  # (5,) float, index units in prep.volume
 
     @staticmethod
-    def from_scan(case_id: str, scan: CTScan, levels_z: dict[str, float], cfg: LNetConfig = LNetConfig(),
-                  group: str | None = None) -> "LevelCase":
-        missing = [n for n in LEVELS if levels_z.get(n) is None]
-        if missing:
-            raise ConfigError(f"case {case_id}: levels {missing} have no z; L-Net training needs all five")
+    def from_scan(case_id: str, scan: CTScan, levels_z: dict[str, float | None], cfg: LNetConfig = LNetConfig(),
+                  group: str | None = None, partial: bool = False) -> "LevelCase":
+        """``partial``: levels without a z (out of view on a real scan) are NaN and left out of the loss."""
+        missing = [n for n in LEVELS if levels_z.get(n) is None or not np.isfinite(levels_z[n])]
+        if missing and (not partial or len(missing) == len(LEVELS)):
+            raise ConfigError(f"case {case_id}: levels {missing} have no z; L-Net training needs all five "
+                              "(or at least one, for a real scan whose other landmarks are out of view)")
         prep = prepare(scan, cfg)
-        pos = np.array([_z_to_index(prep, float(levels_z[n])) for n in LEVELS])
+        pos = np.array([np.nan if n in missing else _z_to_index(prep, float(levels_z[n])) for n in LEVELS])
         return LevelCase(case_id, group or case_id, prep, pos)
 
 
 def _sample_window(case: LevelCase, cfg: LNetConfig, rng: np.random.Generator,
                    margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """A random window containing the five levels, and their positions in window units (0..1)."""
-    lo, hi = float(case.positions.min()), float(case.positions.max())
+    lo, hi = float(np.nanmin(case.positions)), float(np.nanmax(case.positions))  # NaN: level out of view
     s_min = int(np.floor(hi)) + margin - cfg.window + 1
     s_max = int(np.ceil(lo)) - margin
     if s_max < s_min:  # levels span more than the window: centre it
@@ -248,14 +250,16 @@ def train_lnet(cases: Sequence[LevelCase], *, cfg: LNetConfig = LNetConfig(), se
         x = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None].to(device)
         y = torch.from_numpy(np.stack([b[1] for b in batch]))
         targets.append(y.numpy())
-        return lossf(m(x), y.to(device))
+        known = ~torch.isnan(y)  # levels out of view on a real scan have no target
+        return lossf(m(x)[known.to(device)], y[known].to(device))
 
     log = fit(model if model is not None else build_lnet(cfg), step_fn, s, out=out, resume=resume, device=device,
               quiet=quiet, desc="train L-Net", stop_after=stop_after)
     if targets:
         t = np.concatenate(targets)
-        log.mean_predictor_loss = (float(((t - t.mean(0)) ** 2).mean()) if s.loss == "mse"
-                                   else float(np.abs(t - np.median(t, 0)).mean()))
+        t = t[:, ~np.isnan(t).all(axis=0)]  # levels never in view have no target
+        log.mean_predictor_loss = (float(np.nanmean((t - np.nanmean(t, 0)) ** 2)) if s.loss == "mse"
+                                   else float(np.nanmean(np.abs(t - np.nanmedian(t, 0)))))
     return log.model, log
 
 
@@ -391,10 +395,12 @@ def evaluate_cases(model, cases: Iterable[LevelCase], cfg: LNetConfig = LNetConf
 # --------------------------------------------------------------------------------------------
 # training from a config file (sscild train levels)
 # --------------------------------------------------------------------------------------------
-def cases_from_csv(path: str | Path, cfg: LNetConfig) -> list[LevelCase]:
+def cases_from_csv(path: str | Path, cfg: LNetConfig, seed: int = 0) -> list[LevelCase]:
     """Cases from a CSV with ``scan_path`` (or ``path``), ``L1``..``L5`` (world z, mm) and optional ``patient_id``.
 
-    Relative paths are taken relative to the CSV's folder.
+    Relative paths are taken relative to the CSV's folder. A blank level cell means the landmark is out of view
+    (that level is left out of the loss). An optional ``acquisitions`` column adds that many copies of the scan
+    as other acquisitions would have made it (:func:`acquired_cases`, random draws from ``seed``).
     """
     import pandas as pd
 
@@ -408,13 +414,54 @@ def cases_from_csv(path: str | Path, cfg: LNetConfig) -> list[LevelCase]:
         raise ConfigError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. Expected scan_path, "
                           "L1..L5 (world z in mm), optional patient_id")
     out = []
+    rng = np.random.default_rng(seed)
     for i, r in df.iterrows():
         p = Path(str(r[col]))
         p = p if p.is_absolute() else path.parent / p
         scan = load_ct(p)
-        out.append(LevelCase.from_scan(str(r.get("scan_id", p.name)), scan, {n: float(r[n]) for n in LEVELS}, cfg,
-                                       group=str(r.get("patient_id", p.name))))
+        n_acq = int(r["acquisitions"]) if "acquisitions" in df.columns and pd.notna(r["acquisitions"]) else 0
+        levels = {n: (None if pd.isna(r[n]) else float(r[n])) for n in LEVELS}
+        out += acquired_cases(str(r.get("scan_id", p.name)), scan, levels, cfg, n_acq, rng,
+                              group=str(r.get("patient_id", p.name)))
     return out
+
+
+def acquired_scan(scan: CTScan, rng: np.random.Generator, lung: np.ndarray | None = None):
+    """The scan as a random other acquisition would have made it (:func:`sscild.acquisition.random_acquisition`,
+    :func:`~sscild.acquisition.simulate`: slices, interval, pixel size, kernel, noise, gravity), on a grid whose
+    first slice keeps the world z of the original's (so level z in world mm are unchanged).
+
+    Returns the new :class:`CTScan` and the acquisition's description.
+    """
+    import dataclasses
+
+    from ..acquisition import random_acquisition, simulate
+
+    acq = random_acquisition(rng, scan.spacing)
+    sim = simulate(scan.hu, scan.spacing, acq, rng, lung=lung)
+    hu = np.clip(np.rint(sim.hu), -32768, 32767).astype(np.int16)
+    return dataclasses.replace(scan, hu=hu, spacing=tuple(float(v) for v in sim.spacing), input_geometry=None), \
+        acq.describe()
+
+
+def acquired_cases(case_id: str, scan: CTScan, levels_z: dict[str, float | None], cfg: LNetConfig, n: int,
+                   rng: np.random.Generator, group: str | None = None, lung: np.ndarray | None = None
+                   ) -> list[LevelCase]:
+    """The scan as a case (levels without z are out of view) plus ``n`` copies under random acquisitions
+    (:func:`acquired_scan`), all in the group ``group`` (default ``case_id``) so that splits keep them together."""
+    out = [LevelCase.from_scan(case_id, scan, levels_z, cfg, group=group or case_id, partial=True)]
+    for i in range(n):
+        sim, _ = acquired_scan(scan, rng, lung)
+        out.append(LevelCase.from_scan(f"{case_id}~acq{i}", sim, levels_z, cfg, group=group or case_id, partial=True))
+    return out
+
+
+def annotated_midpoints(annotations: dict) -> dict[str, dict[str, float | None]]:
+    """Training targets from by-eye level annotations (``tests/data/real_levels.json`` layout:
+    ``{"scans": {name: {"levels": {L: {"z_mm": [lo, hi] or None}}}}}``): the midpoint of each acceptable range,
+    None for a level whose landmark is out of view."""
+    return {name: {n: (None if a["levels"][n]["z_mm"] is None else float(np.mean(a["levels"][n]["z_mm"])))
+                   for n in LEVELS} for name, a in annotations["scans"].items()}
 
 
 def phantom_cases(n: int, seed0: int, cfg: LNetConfig, size: str = "small", quiet: bool = True) -> list[LevelCase]:
@@ -456,8 +503,9 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
         raise ConfigError(f"{config}: no training data: give data: dataset_csv and/or phantoms {{n, seed0}}")
     val_cases = _load_cases(tc.validation, cfg, quiet)
     t0 = time.perf_counter()
+    init = load_lnet(tc.init, device=device)[0] if tc.init else None  # fine-tune from a bundle (``init:``)
     model, _ = train_lnet(train_cases, cfg=cfg, settings=tc.train, device=device, quiet=quiet, out=tc.out,
-                          resume=resume)
+                          resume=resume, model=init)
     metrics, preds = [], None
     if val_cases:
         ev = evaluate_cases(model, val_cases, cfg)
