@@ -100,17 +100,29 @@ def _nifti_raw_check(p: Path) -> None:
         raise UnreadableInputError(f"{p} cannot be read as NIfTI ({err}); is it corrupt or truncated?") from None
     if len(hdr) < 348:
         raise UnreadableInputError(f"{p} is truncated (header incomplete): re-export the image")
-    end = "<" if struct.unpack("<i", hdr[:4])[0] == 348 else ">"
-    if struct.unpack(end + "i", hdr[:4])[0] != 348:
-        return  # NIfTI-2 or not NIfTI: ITK decides
+    end = "<" if struct.unpack("<i", hdr[:4])[0] in (348, 540) else ">"
+    size = struct.unpack(end + "i", hdr[:4])[0]
+    if size == 540:
+        return  # NIfTI-2: ITK decides
+    if size != 348:
+        raise UnreadableInputError(f"{p}: not a NIfTI header (sizeof_hdr {size}, expected 348 or 540); the file is "
+                                   "corrupt or not NIfTI: re-export the image")
+    if hdr[344:348] not in (b"n+1\0", b"ni1\0"):
+        raise GeometryError(f"{p}: an Analyze 7.5 header (no NIfTI magic): the orientation is unknown and ITK would "
+                            "invent one. Convert it to NIfTI with its orientation first")
     dim = struct.unpack(end + "8h", hdr[40:56])
     if not 1 <= dim[0] <= 7 or min(dim[1:1 + dim[0]]) < 1:
         raise UnreadableInputError(f"{p}: the NIfTI header's dim {list(dim)} is not a valid image size; the file is "
                                    "corrupt: re-export the image")
     _nifti_geometry_check(p, hdr, end, dim)
     datatype, bitpix = struct.unpack(end + "hh", hdr[70:74])
-    vox_offset = int(struct.unpack(end + "f", hdr[108:112])[0])
+    offset = float(struct.unpack(end + "f", hdr[108:112])[0])
+    if not (np.isfinite(offset) and 0 <= offset < 2**40) or bitpix <= 0 or bitpix % 8:
+        raise UnreadableInputError(f"{p}: the NIfTI header's vox_offset ({offset:g}) or bitpix ({bitpix}) is not "
+                                   "valid; the file is corrupt: re-export the image")
+    vox_offset = int(offset)
     nvox = int(np.prod([max(int(d), 1) for d in dim[1:1 + max(int(dim[0]), 1)]]))
+    check_memory(nvox, str(p), bytes_per_voxel=bitpix // 8, copies=2)
     expected = max(vox_offset, 348) + nvox * bitpix // 8
     if gz:
         with open(p, "rb") as f:
@@ -152,6 +164,14 @@ def _nifti_geometry_check(p: Path, hdr: bytes, end: str, dim: tuple[int, ...]) -
     if qform <= 0 and sform <= 0:
         raise GeometryError(f"{p}: the NIfTI header has neither qform nor sform (both codes 0): the orientation is "
                             "unknown (ITK would invent one). Re-export the image with its orientation")
+    quatern = np.asarray(struct.unpack(end + "6f", hdr[256:280]), float)
+    srow = np.asarray(struct.unpack(end + "12f", hdr[280:328]), float).reshape(3, 4)
+    bad_q = qform > 0 and (not np.isfinite(quatern).all() or quatern[:3] @ quatern[:3] > 1.0 + 1e-4)
+    bad_s = sform > 0 and (not np.isfinite(srow).all() or abs(np.linalg.det(srow[:, :3])) < 1e-6)
+    if bad_q or bad_s:
+        which = "qform (quatern_b/c/d, qoffset)" if bad_q else "sform (srow_x/y/z)"
+        raise GeometryError(f"{p}: the NIfTI header's {which} is not a valid orientation (non-finite or "
+                            "degenerate): re-export the image with its orientation")
 
 
 def _header_text_check(p: Path) -> None:
