@@ -94,3 +94,43 @@ def test_dicom_files_have_sane_tags(tmp_path):
     files = write_phantom(scan, make_phantom(2, extent=5, shape=(12, 64, 64), spacing=(3.0, 5.0, 5.0))[1],
                           tmp_path / "n", fmt="nifti")
     assert files["scan"].exists() and files["truth"].exists() and files["lesions"].exists()
+
+
+def test_options_keep_the_default_truth_and_add_what_they_say():
+    scan, t = make_phantom(62, extent=20)
+    for kw in (dict(table="curved"), dict(bowel_gas=True), dict(prone=True)):
+        s2, t2 = make_phantom(62, extent=20, **kw)
+        assert np.array_equal(t.lungs, t2.lungs) and np.array_equal(t.airways, t2.airways), kw
+        assert t.landmarks_z == t2.landmarks_z
+    # curved table: an air cushion (about -990 HU) enclosed outside the body, behind the patient
+    s2, t2 = make_phantom(62, extent=20, table="curved")
+    k = s2.shape[0] // 2
+    back = s2.hu[k, s2.shape[1] // 2 + 40:, s2.shape[2] // 2]
+    assert (back < -900).any() and (back > 100).any()
+    # prone: the table lies in front, the dependent lung (anterior) is denser; the header says so
+    s3, t3 = make_phantom(62, extent=0, prone=True)
+    s0, t0 = make_phantom(62, extent=0)
+    lung = t3.lungs > 0
+    ys = np.nonzero(lung)[1]
+    front, back_ = lung & (np.arange(s3.shape[1])[None, :, None] < np.percentile(ys, 25)), \
+        lung & (np.arange(s3.shape[1])[None, :, None] > np.percentile(ys, 75))
+    assert s3.hu[front].mean() > s3.hu[back_].mean() + 20
+    assert s0.hu[front].mean() < s0.hu[back_].mean()
+    assert s3.meta["patient_position"] == "HFP"
+    # bowel gas: more air below the domes, outside the lungs
+    s4, t4 = make_phantom(62, extent=20, bowel_gas=True)
+    below = np.array([z < t.landmarks_z["right_dome"] for z in (s4.z_mm(i) for i in range(s4.shape[0]))])
+    gas = lambda s: int(((s.hu[below] < -900) & (t.lungs[below] == 0)).sum())  # noqa: E731
+    assert gas(s4) > gas(scan) + 50
+
+
+def test_neck_option_reaches_above_the_apex_with_a_narrow_neck_and_thyroid():
+    scan, t = make_phantom(63, extent=0, neck=True)
+    top_lung = max(i for i in range(scan.shape[0]) if (t.lungs[i] > 0).any())
+    assert scan.z_mm(scan.shape[0] - 1) - scan.z_mm(top_lung) >= 40
+    k = scan.shape[0] - 3
+    body_neck = (scan.hu[k] > -500).sum()
+    body_chest = (scan.hu[scan.shape[0] // 2] > -500).sum()
+    assert body_neck < 0.6 * body_chest
+    assert t.airways[k].any()                                   # the trachea runs up through the neck
+    assert ((scan.hu[scan.shape[0] - 8] > 70) & (scan.hu[scan.shape[0] - 8] < 120)).sum() > 5   # thyroid

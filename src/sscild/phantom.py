@@ -181,7 +181,8 @@ def _draw_params(rng: np.random.Generator) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = None,
                  shape: tuple[int, int, int] | None = None, spacing: tuple[float, float, float] | None = None,
-                 gg_fraction: float | None = None, cut: str | None = None) -> tuple[CTScan, Truth]:
+                 gg_fraction: float | None = None, cut: str | None = None, neck: bool = False,
+                 table: str = "flat", bowel_gas: bool = False, prone: bool = False) -> tuple[CTScan, Truth]:
     """Make a synthetic chest CT and its exact truth.
 
     Parameters
@@ -201,6 +202,21 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     cut : {"apex", "base", "arch"}, optional
         Start or stop the scan range early: "apex" cuts the top 40 mm of the lungs, "base" ends the scan above
         the right dome, "arch" starts the scan below the aortic arch.
+    neck : bool
+        Reach >= 45 mm above the lung apices into the lower neck (the trachea, the thyroid lobes beside it and the
+        neck vessels inside a neck narrower than the chest).
+    table : {"flat", "curved"}
+        "curved": a curved PET-style table with an air-filled cushion between it and the patient (outside the
+        body, so never lung).
+    bowel_gas : bool
+        Add gas pockets in the bowel under the diaphragm domes (not lung).
+    prone : bool
+        The patient lies prone: the table (and cushion) in front, the dependent (denser) lung anterior. The image
+        stays LPS (right is still at smaller x).
+
+    The options draw from their own random stream, so the default anatomy, disease and truth of a seed are the
+    same with or without them (the truth arrays match wherever the options add only air or tissue outside the
+    lungs).
 
     Returns
     -------
@@ -221,35 +237,22 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     gg_fraction = float(rng.uniform(0.3, 0.85)) if gg_fraction is None else float(gg_fraction)
     p.update(extent_target=float(extent), gg_fraction=gg_fraction, size=size, cut=cut)
 
-    n_px, px, sz = SIZES[size]
-    if spacing is not None:
-        sz, px = float(spacing[0]), float(spacing[1])
-        if shape is None:
-            n_px = int(round(SIZES[size][0] * SIZES[size][1] / px))
-    if shape is not None:
-        n_px = int(shape[1])
+    if table not in ("flat", "curved"):
+        raise ValueError(f"table must be 'flat' or 'curved', got {table!r}")
+    grid = _grid_for(p, size, shape, spacing, cut, neck)
+    sz, px = float(grid.z[1] - grid.z[0]), float(grid.y[1] - grid.y[0])
     zc = p["z_offset"]
-    z_top = zc + p["apex"] + p["margin_top"]
-    z_bot = zc + p["dome_r"] - p["recess"] - p["margin_bottom"]
-    if cut == "apex":
-        z_top = zc + p["apex"] - 40
-    elif cut == "base":
-        z_bot = zc + p["dome_r"] + 15
-    elif cut == "arch":
-        z_top = zc + p["arch_top"] - 20
-    nz = int(round((z_top - z_bot) / sz)) + 1 if shape is None else int(shape[0])
-    if shape is not None:
-        mid = (z_top + z_bot) / 2
-        z_bot = mid - (nz - 1) * sz / 2
-    fov = n_px * px
-    grid = _Grid(z=z_bot + sz * np.arange(nz), y=-fov / 2 + px * (np.arange(n_px) + 0.5),
-                 x=-fov / 2 + px * (np.arange(n_px) + 0.5))
     hu, truth_parts = _build(grid, p, rng)
     lungs, airways, lesions, vessels = truth_parts
+    opt_rng = np.random.default_rng([seed, 14])
+    _add_options(hu, grid, p, lungs, opt_rng, neck=neck, table=table, bowel_gas=bowel_gas, prone=prone)
+    p.update(neck=neck, table=table, bowel_gas=bowel_gas, prone=prone)
+    hu = _acquire(hu, grid, p, rng)
 
     spacing_zyx = (float(sz), float(px), float(px))
     scan = CTScan(hu, spacing=spacing_zyx, origin=(float(grid.x[0]), float(grid.y[0]), float(grid.z[0])),
-                  meta={"modality": "CT", "source": "sscild phantom", "seed": seed}, source=f"phantom:{seed}")
+                  meta={"modality": "CT", "source": "sscild phantom", "seed": seed,
+                        "patient_position": "HFP" if prone else "HFS"}, source=f"phantom:{seed}")
     landmarks = {
         "great_vessel_origin": p["bt_origin_z"],
         "carina": p["carina_split_z"],
@@ -275,6 +278,82 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     return scan, truth
 
 
+def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, neck: bool) -> _Grid:
+    """The sampling grid: the scan range from the drawn anatomy (cut or reaching into the neck), the in-plane field
+    of view of ``size``."""
+    n_px, px, sz = SIZES[size]
+    if spacing is not None:
+        sz, px = float(spacing[0]), float(spacing[1])
+        if shape is None:
+            n_px = int(round(SIZES[size][0] * SIZES[size][1] / px))
+    if shape is not None:
+        n_px = int(shape[1])
+    zc = p["z_offset"]
+    z_top = zc + p["apex"] + (max(p["margin_top"], 45.0) if neck else p["margin_top"])
+    z_bot = zc + p["dome_r"] - p["recess"] - p["margin_bottom"]
+    if cut == "apex":
+        z_top = zc + p["apex"] - 40
+    elif cut == "base":
+        z_bot = zc + p["dome_r"] + 15
+    elif cut == "arch":
+        z_top = zc + p["arch_top"] - 20
+    nz = int(round((z_top - z_bot) / sz)) + 1 if shape is None else int(shape[0])
+    if shape is not None:
+        mid = (z_top + z_bot) / 2
+        z_bot = mid - (nz - 1) * sz / 2
+    fov = n_px * px
+    return _Grid(z=z_bot + sz * np.arange(nz), y=-fov / 2 + px * (np.arange(n_px) + 0.5),
+                 x=-fov / 2 + px * (np.arange(n_px) + 0.5))
+
+
+def _add_options(hu: np.ndarray, grid: _Grid, p: dict[str, Any], lungs: np.ndarray, rng: np.random.Generator, *,
+                 neck: bool, table: str, bowel_gas: bool, prone: bool) -> None:
+    """Neck, curved table with cushion, bowel gas, prone position (in place, before acquisition)."""
+    fr = _frame(grid, p)
+    X, Y, a, b = fr.X, fr.Y, fr.a, fr.b
+    body = (X / a) ** 2 + (Y / b) ** 2 <= 1
+    side = -1.0 if prone else 1.0                      # the table's side in y
+    if table == "curved" or prone:
+        flat = (side * Y > b + 25) & (side * Y < b + 40) & (np.abs(X) < a + 20)
+        hu[:, ~body & ((Y > b + 25) & (Y < b + 40) & (np.abs(X) < a + 20))] = -1000.0
+        if table == "curved":
+            r_t = 3.0 * a                                  # the table's curvature
+            d = np.hypot(X, side * Y - (b + 8 - r_t))       # distance from the arc's centre (above the patient)
+            shell = (d > r_t + 18) & (d < r_t + 26) & (np.abs(X) < a + 25)
+            cushion = (d <= r_t + 18) & ~body & (np.abs(X) < a + 15) & (side * Y > 0)
+            skin = cushion & ~((d <= r_t + 16) & (np.abs(X) < a + 13) & (side * Y > 2))
+            hu[:, cushion] = -990.0
+            hu[:, skin] = 80.0
+            hu[:, shell] = 150.0
+        else:
+            hu[:, flat] = 120.0
+    if neck:
+        zr = grid.z - p["z_offset"]
+        neck_ell = (X / (0.42 * a)) ** 2 + ((Y - (fr.y_sp - 25)) / (0.62 * b)) ** 2 <= 1
+        above = zr > p["apex"] + 4
+        for k in np.nonzero(above)[0]:
+            hu[k][body & ~neck_ell] = -1000.0
+        thyroid = np.zeros(grid.shape, bool)
+        for sgn in (-1, 1):
+            c0 = np.array(fr.V(sgn * 17.0, fr.y_tr - 6.0, p["apex"] + 12))
+            _draw_tubes(grid, [(c0, c0 + [sgn * 2.0, 0.0, 28.0], 8.0, 7.0)], hu, mask=thyroid)
+        hu[thyroid & (hu > -200)] = 90.0
+    if bowel_gas:
+        gas = np.zeros(grid.shape, bool)
+        for _ in range(5):
+            c0 = np.array(fr.V(rng.uniform(-0.6, 0.6) * fr.ac, rng.uniform(-0.5, 0.3) * fr.bc,
+                               p["dome_r"] - p["recess"] - rng.uniform(5, 35)))
+            r = float(rng.uniform(6, 12))
+            _draw_tubes(grid, [(c0, c0 + np.array([rng.uniform(-10, 10), 0, 2.0]), r, r)], hu, mask=gas)
+        near_lung = ndi.distance_transform_edt(lungs == 0, sampling=(grid.z[1] - grid.z[0], grid.y[1] - grid.y[0],
+                                                                      grid.x[1] - grid.x[0])) < 6.0
+        hu[gas & ~near_lung & (hu > -200) & (hu < 200)] = -1000.0
+    if prone:
+        inside = lungs > 0
+        grad = np.clip(Y / (fr.bc + 1e-6), -1, 1)[None, :, :] * np.ones((1, 1, len(grid.x)), np.float32)
+        hu[inside] -= 50.0 * np.broadcast_to(grad, hu.shape)[inside]
+
+
 def _slice_scores(lesion_slice: np.ndarray) -> dict[str, float]:
     lung = int((lesion_slice > 0).sum())
     if lung == 0:
@@ -284,7 +363,38 @@ def _slice_scores(lesion_slice: np.ndarray) -> dict[str, float]:
             "RET": float((lesion_slice == 3).sum() * 100.0 / lung)}
 
 
-def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
+@dataclass(frozen=True)
+class _Frame:
+    """Derived geometry of one phantom (mm; relative to the body centre, z relative to the carina ``zc``)."""
+
+    zc: float
+    X: np.ndarray                   # (1, nx) x of the columns, relative to the body centre
+    Y: np.ndarray                   # (ny, 1)
+    a: float                        # body half-axes and subcutaneous fat
+    b: float
+    fat: float
+    ac: float                       # rib cage (inner) half-axes
+    bc: float
+    y_sp: float                     # vertebral body centre
+    y_tr: float                     # trachea
+    x_tr: float
+    spine_front: float
+    rx: float                       # heart half-axes and centre
+    ry: float
+    rz: float
+    hx: float
+    hy: float
+    hz: float
+    sx: float                       # body centre shift
+    sy: float
+
+    def V(self, x: float, y: float, z: float) -> tuple[float, float, float]:
+        """Relative (x, y, z from the carina) -> world."""
+        return (x + self.sx, y + self.sy, self.zc + z)
+
+
+def _frame(grid: _Grid, p: dict[str, Any]) -> _Frame:
+    """The derived geometry from the drawn parameters."""
     nz, ny, nx = grid.shape
     zc = p["z_offset"]
     X = grid.x[None, :] - p["x_shift"]            # (1, nx)
@@ -301,6 +411,26 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     ry = min(ry, (spine_front - 38.0 + bc - 8.0) / 2.0)
     hx, hy, hz = p["heart_x"], spine_front - 38.0 - ry, zc + p["venous"] - 15.0
 
+    sx, sy = p["x_shift"], p["y_shift"]
+    return _Frame(zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy)
+
+
+def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
+    """HU before acquisition and the truth: body and organs per slice, mediastinum, airways, lung parenchyma
+    with its vessel tree and the ILD (in this order: the random stream depends on it)."""
+    fr = _frame(grid, p)
+    hu, lungs = _build_slices(grid, p, fr)
+    _build_mediastinum(grid, p, fr, hu, lungs)
+    airways = _build_airways(grid, p, fr, hu, lungs)
+    lesions, vessels = _build_parenchyma(grid, p, fr, hu, lungs, rng)
+    return hu, (lungs, airways, lesions, vessels)
+
+
+def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: table, body, fat, ribs, spine, sternum, lungs, liver/spleen, heart, mediastinal fat."""
+    nz, ny, nx = grid.shape
+    zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
+        fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
     hu = np.full(grid.shape, -1000.0, np.float32)
     lungs = np.zeros(grid.shape, np.uint8)
 
@@ -369,6 +499,15 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
         heart = ((X - hx) / rx) ** 2 + ((Y - hy) / ry) ** 2 + ((z - hz) / rz) ** 2 <= 1.0
         sl[heart] = 45.0 if not p["contrast"] else p["blood_hu"] * 0.8
 
+    return hu, lungs
+
+
+def _build_mediastinum(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray) -> None:
+    """Stomach gas, left atrium and pulmonary veins, aorta and great vessels (sets ``p["bt_origin_z"]``),
+    pulmonary arteries, esophagus."""
+    zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
+        fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
+    V = fr.V
     # stomach gas bubble under the left dome (air that is not lung), always below the diaphragm: it is kept
     # >= 6 mm away from the lung
     bubble_c = np.array([p["x_shift"] + 0.45 * ac, p["y_shift"] - 0.2 * bc, zc + p["dome_l"] - p["recess"] * 0.6 - 14])
@@ -379,8 +518,6 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     hu[bubble & ~near_lung] = -1000.0
 
     blood = p["blood_hu"]
-    sx, sy = p["x_shift"], p["y_shift"]
-    V = lambda x, y, z: (x + sx, y + sy, zc + z)  # noqa: E731  relative -> world
     # left atrium and pulmonary veins
     # the left atrium is the most posterior chamber: behind the ventricles, just in front of the esophagus
     la_y = spine_front - 35.0
@@ -429,6 +566,14 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     # esophagus: behind the trachea, slightly left, down to the stomach
     _draw_tubes(grid, _polyline([(sx + 6, sy + y_sp - 26, grid.z[-1] + 5),
                                  (sx + 10, sy + y_sp - 28, zc + p["dome_l"] - 10)], 7.0), hu, value=40.0)
+
+
+def _build_airways(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """Trachea from the top of the scan to the carina and the two main bronchi (sets ``p["carina_split_z"]``)."""
+    zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
+        fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
+    V = fr.V
+    top_z = (grid.z[-1] - zc) + 5
     # airways: trachea to the carina, main bronchi
     airways = np.zeros(grid.shape, bool)
     walls = np.zeros(grid.shape, bool)
@@ -445,6 +590,16 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     lungs[airways | walls] = 0
     p["carina_split_z"] = _lumen_split_z(bronchi)
 
+    return airways
+
+
+def _build_parenchyma(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Lung parenchyma (denser posteriorly), the vessel tree and the ILD; returns the lesions and the vessels."""
+    zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
+        fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
+    V = fr.V
+    blood = p["blood_hu"]
     # lung parenchyma (denser posteriorly), then vessel tree
     inside = lungs > 0
     grad = p["lung_hu"] + 25.0 * np.clip((grid.y[None, :, None] - p["y_shift"]) / (bc + 1e-6), -1, 1)
@@ -464,13 +619,18 @@ def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
     if p["extent_target"] > 0:
         _add_ild(hu, lesions, inside, vessels, grid, p, rng, ac, bc)
 
+    return lesions, vessels & (lungs > 0)
+
+
+def _acquire(hu: np.ndarray, grid: _Grid, p: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Scanner blur and noise, then HU as int16."""
     # scanner blur and noise
     vox = np.array([grid.z[1] - grid.z[0], grid.y[1] - grid.y[0], grid.x[1] - grid.x[0]])
     sig = np.clip(0.6 / vox, 0.15, 0.8)
     hu = ndi.gaussian_filter(hu, sigma=sig)
     hu += rng.normal(0.0, p["noise_sd"], grid.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    return hu, (lungs, airways, lesions, vessels & (lungs > 0))
+    return hu
 
 
 def _in_capsule(pts: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
