@@ -12,6 +12,7 @@ import numpy as np
 from .errors import ConfigError, LabelMapError
 from .lesions import UNetConfig, scan_crop
 from .scan import CTScan
+from .scoring.snet_data import SliceArrays
 
 # segment names annotators use, mapped to classes (case-insensitive regular expressions); override per dataset
 DEFAULT_NAME_MAP = {
@@ -25,7 +26,7 @@ DEFAULT_NAME_MAP = {
 # data
 # --------------------------------------------------------------------------------------------
 @dataclass
-class SegSet:
+class SegSet(SliceArrays):
     """Prepared slices on the U-Net grid: ``hu`` (N, S, S) float32, ``lung`` bool, ``labels`` uint8 0..3,
     ``pixel_mm`` (N,), ``group`` (patient/scan id for grouped splits)."""
 
@@ -35,19 +36,6 @@ class SegSet:
     pixel_mm: np.ndarray
     group: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.hu)
-
-    def subset(self, idx) -> "SegSet":
-        idx = np.asarray(idx)
-        return SegSet(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
-
-    @staticmethod
-    def concat(sets: Sequence["SegSet"]) -> "SegSet":
-        sets = [s for s in sets if len(s)]
-        if not sets:
-            raise ConfigError("no slices to train or test on")
-        return SegSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in SegSet.__dataclass_fields__))
 
 
 def prepare_volume(hu: np.ndarray, lung: np.ndarray, pixel_mm: float, cfg: UNetConfig,

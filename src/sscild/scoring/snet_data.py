@@ -19,8 +19,26 @@ from .synthesis import NORMAL, PatternSource, insert_patterns, scores_from_label
 # --------------------------------------------------------------------------------------------
 # datasets
 # --------------------------------------------------------------------------------------------
+class SliceArrays:
+    """For dataclasses of per-slice arrays (every field has one row per slice): length, subset, concatenation."""
+
+    def __len__(self) -> int:
+        return len(getattr(self, next(iter(self.__dataclass_fields__))))
+
+    def subset(self, idx):
+        idx = np.asarray(idx)
+        return type(self)(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    @classmethod
+    def concat(cls, sets: Sequence):
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ConfigError("no slices to train or test on")
+        return cls(*(np.concatenate([getattr(s, f) for s in sets]) for f in cls.__dataclass_fields__))
+
+
 @dataclass
-class SliceSet:
+class SliceSet(SliceArrays):
     """Prepared slices: ``hu`` (N, S, S) float32 on the S-Net grid, ``lung`` bool, ``labels`` uint8 (0 outside,
     1 normal, 2 GG, 3 RET; all-normal for healthy backgrounds), ``scores`` (N, 3), ``pixel_mm`` (N,), ``group``
     (patient / scan id, for grouped splits), ``synthetic`` (N,) bool, ``tex`` (N, S, S) float32 local SD in HU
@@ -34,20 +52,6 @@ class SliceSet:
     group: np.ndarray
     synthetic: np.ndarray
     tex: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def subset(self, idx) -> "SliceSet":
-        idx = np.asarray(idx)
-        return SliceSet(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
-
-    @staticmethod
-    def concat(sets: Sequence["SliceSet"]) -> "SliceSet":
-        sets = [s for s in sets if len(s)]
-        if not sets:
-            raise ConfigError("no slices to train or test on")
-        return SliceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in SliceSet.__dataclass_fields__))
 
     def inputs(self, cfg: SNetConfig) -> np.ndarray:
         return to_input(self.hu, self.lung, cfg, self.tex)
