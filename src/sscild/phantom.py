@@ -239,9 +239,7 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
 
     if table not in ("flat", "curved"):
         raise ValueError(f"table must be 'flat' or 'curved', got {table!r}")
-    grid = _grid_for(p, size, shape, spacing, cut, neck)
-    sz, px = float(grid.z[1] - grid.z[0]), float(grid.y[1] - grid.y[0])
-    zc = p["z_offset"]
+    grid, sz, px = _grid_for(p, size, shape, spacing, cut, neck)
     hu, truth_parts = _build(grid, p, rng)
     lungs, airways, lesions, vessels = truth_parts
     opt_rng = np.random.default_rng([seed, 14])
@@ -253,6 +251,13 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     scan = CTScan(hu, spacing=spacing_zyx, origin=(float(grid.x[0]), float(grid.y[0]), float(grid.z[0])),
                   meta={"modality": "CT", "source": "sscild phantom", "seed": seed,
                         "patient_position": "HFP" if prone else "HFS"}, source=f"phantom:{seed}")
+    return scan, _make_truth(scan, p, seed, lungs, airways, lesions, vessels)
+
+
+def _make_truth(scan: CTScan, p: dict[str, Any], seed: int, lungs: np.ndarray, airways: np.ndarray,
+                lesions: np.ndarray, vessels: np.ndarray) -> Truth:
+    """Landmarks, levels, level scores, extents and volumes from the drawn anatomy and the truth arrays."""
+    zc = p["z_offset"]
     landmarks = {
         "great_vessel_origin": p["bt_origin_z"],
         "carina": p["carina_split_z"],
@@ -275,12 +280,13 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
             "GG": float((lesions == 2).sum() * vox), "RET": float((lesions == 3).sum() * vox)}
     truth = Truth(lungs, airways, lesions, {k: float(v) for k, v in landmarks.items()}, levels, level_scores,
                   ext, vols, seed, {k: v for k, v in p.items()}, vessels)
-    return scan, truth
+    return truth
 
 
-def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, neck: bool) -> _Grid:
-    """The sampling grid: the scan range from the drawn anatomy (cut or reaching into the neck), the in-plane field
-    of view of ``size``."""
+def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, neck: bool
+              ) -> tuple[_Grid, float, float]:
+    """The sampling grid, slice spacing and pixel size: the scan range from the drawn anatomy (cut or reaching into
+    the neck), the in-plane field of view of ``size``."""
     n_px, px, sz = SIZES[size]
     if spacing is not None:
         sz, px = float(spacing[0]), float(spacing[1])
@@ -302,8 +308,9 @@ def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, nec
         mid = (z_top + z_bot) / 2
         z_bot = mid - (nz - 1) * sz / 2
     fov = n_px * px
-    return _Grid(z=z_bot + sz * np.arange(nz), y=-fov / 2 + px * (np.arange(n_px) + 0.5),
+    grid = _Grid(z=z_bot + sz * np.arange(nz), y=-fov / 2 + px * (np.arange(n_px) + 0.5),
                  x=-fov / 2 + px * (np.arange(n_px) + 0.5))
+    return grid, sz, px
 
 
 def _add_options(hu: np.ndarray, grid: _Grid, p: dict[str, Any], lungs: np.ndarray, rng: np.random.Generator, *,
