@@ -1,12 +1,17 @@
 """DICOM-SEG export reads back, with highdicom, to the same masks."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from sscild.dicomseg import lung_segments, masks_equal, read_dicom_seg, write_dicom_seg
 from sscild.scan import scan_from_sitk
+
+sys.path.insert(0, str(Path(__file__).parent / "badinput"))  # the bad-input corpus's small inputs (badinputs.py)
 
 
 def _read_series(folder):
@@ -44,9 +49,6 @@ def _small_dicom_scan(tmp_path):
     from sscild.io import load_ct
     from sscild.phantom import write_dicom_series
 
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "badinput"))
     from badinputs import small_scan  # the bad-input corpus's tiny chest
 
     d = tmp_path / "ct"
@@ -80,15 +82,12 @@ def test_dicom_seg_carries_identifiers_unless_deidentified(tmp_path):
 
 
 def test_dicom_seg_skips_a_localizer_inside_the_series(tmp_path):
-    import pydicom
+    from badinputs import add_localizer
+
+    from sscild.io import load_ct
 
     d, _ = _small_dicom_scan(tmp_path)
-    ds = pydicom.dcmread(sorted(d.iterdir())[0])
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.save_as(d / "scout.dcm")
-    from sscild.io import load_ct
+    add_localizer(d, "scout.dcm")
 
     scan = load_ct(d)
     segs = lung_segments((scan.hu < -500).astype(np.uint8))

@@ -31,3 +31,15 @@ def dicom_series(folder, scan: CTScan | None = None, **kw) -> "Path":
 
     write_dicom_series(scan if scan is not None else small_scan(), folder, **kw)
     return Path(folder)
+
+
+def add_localizer(folder, name: str = "a_scout.dcm") -> "Path":
+    """Copy the first file of the series in ``folder`` as a coronal LOCALIZER image of the same series."""
+    import pydicom
+
+    ds = pydicom.dcmread(sorted(Path(folder).iterdir())[0])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(Path(folder) / name)
+    return Path(folder) / name

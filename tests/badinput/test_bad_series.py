@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
-from badinputs import dicom_series, small_scan
+from badinputs import add_localizer, dicom_series, small_scan
 
 from sscild.errors import CorruptFileError, MemoryLimitError, SeriesChoiceError
 from sscild.io import load_ct
@@ -67,11 +67,7 @@ def test_localizer_inside_series(tmp_path, outcome):
     """A localizer image inside the axial series (sorted first): dropped with a note, the series read"""
     scan = small_scan()
     d = dicom_series(tmp_path / "d", scan)
-    ds = pydicom.dcmread(sorted(d.iterdir())[0])
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.save_as(d / "a_scout.dcm")
+    add_localizer(d, "a_scout.dcm")
     back = load_ct(d)
     assert np.array_equal(back.hu, scan.hu)
     outcome.warning(back.meta["series_note"], match="1 localizer image.*dropped.*a_scout.dcm")
