@@ -30,13 +30,7 @@ True
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
-from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = _version("sscild")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+local"
+TYPE_CHECKING = False            # typing.TYPE_CHECKING without importing typing (it is most of the import time)
 
 #: Public name -> the module that defines it (imported on first use).
 _EXPORTS = {
@@ -57,6 +51,8 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from typing import Any
+
     from .anatomy import Lungs, segment_lungs
     from .density import DensityMetrics, density_metrics
     from .errors import SscildError
@@ -70,7 +66,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .settings import AnalysisSettings
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sscild")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0.0.0+local"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":        # importlib.metadata costs more than the rest of `import sscild`
+        globals()["__version__"] = _installed_version()
+        return globals()["__version__"]
     if name in _EXPORTS:
         import importlib
 
