@@ -38,7 +38,7 @@ TRAIN_SCANS = [("chest-ct-lung-pet-ct-dx-a0001", 0.15, "NSIP"), ("chest-ct-lung-
                ("chest-ct-lidc-idri-0001/ct.nii.gz", 0.3, "UIP"), ("chest-ct-lidc-idri-0001/ct.nii.gz", 0.1, "patchy")]
 HELD_OUT_SCANS = [("chest-ct-lung-pet-ct-dx-a0002/ct.nii.gz", 0.2, "NSIP"),
                   ("chest-ct-lung-pet-ct-dx-a0002/ct.nii.gz", 0.4, "UIP")]
-HELD_OUT_PHANTOMS = range(9000, 9006)
+HELD_OUT_PHANTOMS = range(9000, 9004)
 
 
 def free_port() -> int:
@@ -175,7 +175,7 @@ def reader_study(folders: list[Path], n_readers: int = 4) -> tuple[Path, list[st
                                         for c, lv in truth.items() for n, v in lv.items()]), on=["case_id", "level"])
     n_items = len(first) // n_readers
     lines = [f"{len(folders)} real-background scans (ILD inserted in 3D into real chest CTs of ../shared/data, exact "
-             f"truth) x {n_items // len(folders) if folders else 0} levels = {n_items} level slices; {n_readers} "
+             f"truth): {n_items} level slices (levels out of a scan's view left out); {n_readers} "
              f"simulated readers = truth + N(0, {SD}) points, rounded to 5 % steps, TOT kept in [max(GG, RET), "
              "GG + RET]; half the cases read twice. Answers given through the web API (in-process TestClient).", "",
              "| pattern | true reader SD | SD of (reader - truth) after rounding | estimated from reader pairs: "
@@ -215,13 +215,13 @@ def held_out_set(cfg):
             "both": SliceSet.concat([real, ph])}
 
 
-def finetune_part(study: Path, steps: int = 80) -> list[str]:
+def finetune_part(study: Path, steps: int = 24, replay: int = 0) -> list[str]:
     import yaml
 
     from sscild.review.export import export_labels
     from sscild.scoring.snet import evaluation_table, load_snet, predict_prepared
 
-    e = export_labels(study, W / "labels.csv", steps=steps)
+    e = export_labels(study, W / "labels.csv", steps=steps, replay_phantoms=replay)
     c = yaml.safe_load(e.config.read_text())
     c["train"].update({"batch_size": 8, "warmup_steps": 10})
     e.config.write_text(yaml.safe_dump(c, sort_keys=False))
@@ -234,10 +234,12 @@ def finetune_part(study: Path, steps: int = 80) -> list[str]:
     shipped, cfg0, _ = load_snet()
     tuned, cfg1, _ = load_snet(W / "labels_snet")
     sets = held_out_set(cfg0)
+    mix = (f"mixed with the level slices (+-1) of {replay} of S-Net's own training phantoms (seeds 7000-"
+           f"{7000 + replay - 1}, `--replay-phantoms {replay}`)" if replay else "no other data")
     lines = [f"Exported consensus (mean of 4 readers): {e.n_levels} levels of {e.n_cases} scans -> "
              f"`sscild train scoring --config labels_snet.yaml` from the shipped weights, {steps} steps of batch 8, "
-             f"lr 1e-4, each level slice with its +-1 neighbours, no synthetic slices: {dt:.0f} s wall (data, "
-             "training, saving). MAE (% points) on held-out level slices, shipped vs fine-tuned:", "",
+             f"lr 1e-4, each level slice with its +-1 neighbours, {mix}, no synthetic slices: {dt:.0f} s wall "
+             "(data, training, saving). MAE (% points) on held-out level slices, shipped vs fine-tuned:", "",
              "| held-out set | n | shipped TOT / GG / RET | fine-tuned TOT / GG / RET |", "|---|---|---|---|"]
     for name, s in sets.items():
         m0 = evaluation_table(predict_prepared(shipped, s, cfg0), s.scores)
@@ -248,15 +250,25 @@ def finetune_part(study: Path, steps: int = 80) -> list[str]:
 
 
 def main() -> None:
+    """All parts; ``finetune REPLAY`` as arguments reruns only the fine-tuning (on the study already simulated)
+    with ``REPLAY`` replayed phantoms and adds it to the results."""
     import torch
 
     torch.set_num_threads(2)
     W.mkdir(parents=True, exist_ok=True)
+    res = REPO / "bench" / "results" / "review.md"
+    cmd = "nice -n 10 python bench/bench_review.py"
+    if sys.argv[1:2] == ["finetune"]:
+        replay = int(sys.argv[2])
+        old = res.read_text().split("\n")[4:]
+        write_section("review", "Reader study (sscild review)", cmd, old + [
+            f"#### Again with {replay} replayed phantoms (`{cmd} finetune {replay}`)", ""]
+            + finetune_part(W / "sim_study", replay=replay))
+        return
     lines = ["### Load", ""] + load_part() + [""]
 
     def write(extra: list[str]) -> None:        # after each part, so a long run leaves what it has measured
-        write_section("review", "Reader study (sscild review)", "nice -n 10 python bench/bench_review.py",
-                      lines + extra)
+        write_section("review", "Reader study (sscild review)", cmd, lines + extra)
 
     write([])
     if not (SHARED_DATA / "chest-ct-lung-pet-ct-dx-a0001").exists():

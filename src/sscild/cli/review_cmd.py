@@ -101,11 +101,13 @@ def export(
     out: Path = typer.Option(..., "-o", "--out", help="Labels CSV to write (S-Net dataset layout)."),
     how: str = typer.Option("mean", "--consensus", help="mean or median of the readers."),
     steps: int = typer.Option(300, "--steps", help="Training steps in the fine-tuning config written beside."),
+    replay: int = typer.Option(0, "--replay-phantoms", help="Mix the level slices of this many of S-Net's own "
+                               "training phantoms into the fine-tuning (keeps what it could do)."),
     db_url: str = DB_URL,
 ) -> None:
     """The readers' consensus as training labels (+ level positions for L-Net, + a fine-tuning config)."""
     from ..review.export import export_labels
 
-    e = export_labels(study, out, how=how, db_url=db_url, steps=steps)
+    e = export_labels(study, out, how=how, db_url=db_url, steps=steps, replay_phantoms=replay)
     console.print(f"{e.n_levels} consensus levels of {e.n_cases} scans -> {e.labels}; level positions -> "
                   f"{e.levels}; fine-tune with: sscild train scoring --config {e.config}")

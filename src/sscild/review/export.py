@@ -81,8 +81,11 @@ def label_tables(study: Study, answers: pd.DataFrame, how: str = "mean") -> tupl
     return pd.DataFrame(scores), pd.DataFrame(levels)
 
 
-def finetune_config(labels: Path, n_cases: int, steps: int = 300) -> str:
-    """A ``sscild train scoring`` config that fine-tunes the shipped S-Net on ``labels`` (paths beside it)."""
+def finetune_config(labels: Path, n_cases: int, steps: int = 300, replay_phantoms: int = 0) -> str:
+    """A ``sscild train scoring`` config that fine-tunes the shipped S-Net on ``labels`` (paths beside it).
+
+    ``replay_phantoms`` > 0 mixes in the level slices of that many of the shipped S-Net's own training phantoms
+    (seeds from 7000), so the net does not forget what it could do while it learns the readers' labels."""
     import yaml
 
     from ..scoring.snet import DEFAULT_DIR, load_snet
@@ -91,7 +94,9 @@ def finetune_config(labels: Path, n_cases: int, steps: int = 300) -> str:
     conf = {k: v for k, v in cfg.__dict__.items() if k != "calibration"}
     c = {"description": f"expert consensus of a sscild reader study ({n_cases} scans), fine-tuned from the shipped "
                         "S-Net", "label_kind": "expert", "out": f"{labels.stem}_snet", "init": str(DEFAULT_DIR),
-         "config": conf, "data": {"dataset_csv": labels.name}, "synthetic": {"fraction": 0.0},
+         "config": conf, "data": {"dataset_csv": labels.name, **({"phantoms": [
+             {"n": replay_phantoms, "seed0": 7000, "size": "small", "neighbours": 1}]} if replay_phantoms else {})},
+         "synthetic": {"fraction": 0.0},
          "train": {"steps": steps, "batch_size": 8, "lr": 1e-4, "seed": 0, "checkpoint_every": max(50, steps)},
          "calibrate": False}
     return "# sscild train scoring --config " + f"{labels.stem}_snet.yaml\n" + yaml.safe_dump(c, sort_keys=False)
@@ -104,7 +109,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
 
 
 def export_labels(study_dir: str | Path, out: str | Path, *, how: str = "mean", db_url: str | None = None,
-                  steps: int = 300) -> Export:
+                  steps: int = 300, replay_phantoms: int = 0) -> Export:
     """Write the consensus labels (``out``), the level positions and a fine-tuning config (see module docstring)."""
     study = open_study(study_dir)
     if how not in ("mean", "median"):
@@ -119,6 +124,6 @@ def export_labels(study_dir: str | Path, out: str | Path, *, how: str = "mean", 
     _write_csv(scores, out)
     cfg = out.with_name(f"{out.stem}_snet.yaml")
     with atomic_path(cfg) as tmp:
-        tmp.write_text(finetune_config(out, len(scores), steps))
+        tmp.write_text(finetune_config(out, len(scores), steps, replay_phantoms))
     n_lv = int(scores[[f"{n}_TOT" for n in LEVELS]].notna().to_numpy().sum())
     return Export(out, lv_path, cfg, len(scores), n_lv)
