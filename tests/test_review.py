@@ -277,3 +277,18 @@ def test_tool_scores_only_after_the_answer_and_only_when_the_study_says_so(tmp_p
             assert r["tool"] == pytest.approx(want)
         else:
             assert r == {"saved": True}
+
+
+def test_finetune_config_starts_from_the_shipped_snet_and_can_replay_its_phantoms():
+    import yaml
+
+    from sscild.config import TOP_KEYS
+    from sscild.review.export import finetune_config
+    from sscild.scoring.snet import DEFAULT_DIR
+
+    c = yaml.safe_load(finetune_config(Path("study/labels.csv"), 3, steps=10, replay_phantoms=5))
+    assert set(c) <= set(TOP_KEYS) and c["label_kind"] == "expert"
+    assert Path(c["init"]) == DEFAULT_DIR and c["train"]["steps"] == 10 and "calibration" not in c["config"]
+    assert c["data"] == {"dataset_csv": "labels.csv",
+                         "phantoms": [{"n": 5, "seed0": 7000, "size": "small", "neighbours": 1}]}
+    assert "phantoms" not in yaml.safe_load(finetune_config(Path("labels.csv"), 3))["data"]
