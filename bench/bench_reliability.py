@@ -47,7 +47,8 @@ def run(paths: list[str]) -> tuple[dict[str, dict], float]:
     return plugin.rows, time.perf_counter() - t0
 
 
-def main(argv: list[str]) -> int:
+def corpus_section() -> int:
+    """Run the corpus and the fuzz; write bench/results/reliability.md; return the number of bad outcomes."""
     rows, dt = run([str(REPO / "tests" / "badinput")])
     counts = collections.Counter(r.get("kind", "?") for r in rows.values())
     lines = [f"{len(rows)} cases in `tests/badinput` ({dt:.0f} s): "
@@ -59,22 +60,29 @@ def main(argv: list[str]) -> int:
         test = nodeid.split("/")[-1]
         lines.append(f"| {i} | {_cell(r.get('case', ''))} | {_cell(r.get('expected', ''))} | {r.get('kind', '?')} "
                      f"| {_cell(r.get('observed', ''))} | `{test}` |")
-    fuzz = REPO / "tests" / "test_fuzz_readers.py"
-    if fuzz.exists():
-        frows, fdt = run([str(fuzz)])
-        lines += ["", f"Reader fuzz (`tests/test_fuzz_readers.py`, hypothesis, {fdt:.0f} s):", "",
-                  "| test | result | examples and outcomes |", "|---|---|---|"]
-        for nodeid, r in sorted(frows.items()):
-            lines.append(f"| `{nodeid.split('::')[-1]}` | {r['status']} | {_cell(r.get('fuzz_summary', ''))} |")
-    if "--no-kill" not in argv:
-        lines += ["", f"`run_batch` ({N_SCANS} phantoms of 96x96x56; lungs, levels, density, every output and the report; "
-                  "1 worker, in its own process) killed with SIGKILL "
-                  f"(the whole process group) at random times {N_KILLS} times; after each kill the folder is checked "
-                  "(every scan folder complete with its analysis.json, cohort rows matching analysis.json, the table "
-                  "holding every scan once, no scan done twice):", ""] + sigkill_trials()
+    frows, fdt = run([str(REPO / "tests" / "test_fuzz_readers.py")])
+    lines += ["", f"Reader fuzz (`tests/test_fuzz_readers.py`, hypothesis, {fdt:.0f} s):", "",
+              "| test | result | examples and outcomes |", "|---|---|---|"]
+    for nodeid, r in sorted(frows.items()):
+        lines.append(f"| `{nodeid.split('::')[-1]}` | {r['status']} | "
+                     f"{_cell(r.get('fuzz_summary', r.get('observed', '')))} |")
     write_section("reliability", "Reliability: the bad-input corpus (issue 16)", "python bench/run_all.py reliability",
                   lines)
-    bad = counts.get("TRACEBACK", 0) + counts.get("WRONG OUTCOME", 0)
+    return counts.get("TRACEBACK", 0) + counts.get("WRONG OUTCOME", 0) + sum(
+        r["status"] == "failed" for r in frows.values())
+
+
+def main(argv: list[str]) -> int:
+    """``--no-kill``: only the corpus and the fuzz; ``--kill-only``: only the SIGKILL acceptance."""
+    bad = corpus_section() if "--kill-only" not in argv else 0
+    if "--no-kill" not in argv:
+        lines = [f"`run_batch` ({N_SCANS} phantoms of 96x96x56; lungs, levels, density, every output and the report; "
+                 "1 worker, in its own process) killed with SIGKILL "
+                 f"(the whole process group) at random times {N_KILLS} times; after each kill the folder is checked "
+                 "(every scan folder complete with its analysis.json, cohort rows matching analysis.json, the table "
+                 "holding every scan once, no scan done twice):", ""] + sigkill_trials()
+        write_section("reliability_kill", "Reliability: a batch killed with SIGKILL 10 times (issue 16)",
+                      "python bench/run_all.py reliability", lines)
     return 1 if bad else 0
 
 

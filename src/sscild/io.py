@@ -214,8 +214,8 @@ def _load_image_file(p: Path, allow_single: bool, min_slices: int) -> CTScan:
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise NotCTError(f"{p} has {img.GetNumberOfComponentsPerPixel()} components per pixel (colour/vector "
                          "image): a CT is one grey value per voxel")
-    if img.GetDimension() == 4:
-        raise AbsurdSizeError(f"{p} is a 4D image {img.GetSize()}: give one 3D CT volume")
+    if img.GetDimension() > 3:
+        raise AbsurdSizeError(f"{p} is a {img.GetDimension()}D image {img.GetSize()}: give one 3D CT volume")
     if img.GetDimension() == 2 or img.GetSize()[2] == 1:
         if not allow_single:
             raise SingleSliceError(f"{p} holds a single 2D slice; a volume of the chest is needed (the whole "
