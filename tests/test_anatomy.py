@@ -109,3 +109,32 @@ def test_only_lung_is_lung_on_phantoms_with_neck_table_bowel_prone_coarse(kw):
     assert (lungs.labels[outside] > 0).sum() < 0.002 * (truth.lungs > 0).sum()
     assert lungs.notes["position"].startswith("prone" if kw.get("prone") else "supine")
     assert not lungs.cut_off["apex"] and not lungs.cut_off["base"]
+
+
+REAL_SCANS = {"acrin": "chest-ct-acrin-flt-breast-013/ct.nii.gz", "lidc": "chest-ct-lidc-idri-0001/ct.nii.gz",
+              "fused": "chest-ct-lung-fused-ct-pathology-0001/ct.nii.gz", "a0002": "chest-ct-lung-pet-ct-dx-a0002/ct.nii.gz"}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(REAL_SCANS))
+def test_only_lung_is_lung_on_the_other_real_scans(name):
+    """Looked at by eye (coronal and axial overlays): these are the figures of the correct segmentations."""
+    from shared_data import shared_path
+
+    from sscild.io import load_ct
+
+    scan = load_ct(shared_path(*REAL_SCANS[name].split("/")))
+    lungs = segment_lungs(scan)
+    v = lungs.volume_ml(scan)
+    # both lungs present and of comparable size: no cushion or table air taken as a lung (ACRIN's cushion made a
+    # 3.8 L 'left lung' before), no lung lost on the contrast scan
+    assert min(v["right"], v["left"]) >= 0.35 * v["total"], v
+    assert lungs.notes["position"].startswith("supine")
+    assert 3 <= lungs.airways.sum() * scan.voxel_volume_ml <= 150
+    assert not np.any(lungs.airways & (lungs.labels > 0))
+    if name == "fused":        # the scan reaches 20 mm into the neck: the apex is inside, the base cut off
+        assert not lungs.cut_off["apex"] and lungs.cut_off["base"]
+    if name == "a0002":        # 8 mm slices: the carina is still found
+        assert lungs.carina_index is not None
+    if name == "acrin":
+        assert 1500 <= v["total"] <= 4000

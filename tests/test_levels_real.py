@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_path
+from shared_data import shared_path
 from sscild.anatomy import segment_lungs
 from sscild.domain import LEVELS
 from sscild.levels import find_levels
