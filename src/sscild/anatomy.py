@@ -213,11 +213,15 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     if start is None:
         return airway, None
     k0, seed = start
+    # the next slice's branch is searched 2 voxels around the current one; in slices thicker than 5 mm a bronchus
+    # leaving at ~35 degrees moves 0.7 x the spacing sideways from one slice to the next (wider on 5 mm slices
+    # took the esophagus for a bronchus on the real series)
+    reach = 2 if spacing[0] <= 5.0 else max(2, int(np.ceil(0.7 * spacing[0] / spacing[1])))
     # go up while the trachea continues (so the mask covers the whole visible trachea)
     prev = seed
     for k in range(k0, nz):
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
-        hit = np.unique(lab[_dilate(prev, iterations=2)])
+        hit = np.unique(lab[_dilate(prev, iterations=reach)])
         cur = _select(lab, n, hit[hit > 0])
         if not cur.any() or cur.sum() * px > 900:
             break
@@ -233,7 +237,7 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     persist = int(np.ceil(12.0 / spacing[0]))
     for k in range(k0 - 1, -1, -1):
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
-        hit = np.unique(lab[_dilate(prev, iterations=2)])
+        hit = np.unique(lab[_dilate(prev, iterations=reach)])
         hit = hit[hit > 0]
         cur = _select(lab, n, hit)
         area = np.bincount(lab[cur], minlength=n + 1)[hit] * px     # counted on the touched components only
