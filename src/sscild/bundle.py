@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ModelError
+from .errors import ModelError, ModelMissingError
 
 SCHEMA_VERSION = 2
 KINDS = ("snet", "lnet", "lesions", "outcome-deep")
@@ -182,7 +182,7 @@ def read_card(directory: str | Path, what: str = "model", train_hint: str = "ssc
     directory = Path(directory)
     wpath, cpath = directory / WEIGHTS_FILE, directory / CARD_FILE
     if not wpath.is_file() or not cpath.is_file():
-        raise ModelError(f"no {what} weights at {directory} (need {WEIGHTS_FILE} and {CARD_FILE}): train one "
+        raise ModelMissingError(f"no {what} weights at {directory} (need {WEIGHTS_FILE} and {CARD_FILE}): train one "
                          f"with `{train_hint}` or pass --weights DIR")
     try:
         card = json.loads(cpath.read_text())

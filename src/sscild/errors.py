@@ -96,7 +96,12 @@ class NoLungsError(SscildError):
 
 # --- models, configs, data -------------------------------------------------------------------
 class ModelError(SscildError):
-    """A model's weights or card are missing, or do not fit the network they are loaded into."""
+    """A model's weights or card are missing, corrupt, or do not fit the network they are loaded into."""
+
+
+class ModelMissingError(ModelError):
+    """No weights at all where a model was looked for: the stage is skipped with a warning. Every other
+    ``ModelError`` (corrupt, tampered, unfit weights) stops the analysis: a damaged model must not score."""
 
 
 class ConfigError(SscildError):

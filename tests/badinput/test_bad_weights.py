@@ -172,3 +172,21 @@ def test_config_typo(tmp_path, outcome):
     p.write_text("data: {phantoms: {n: 1, seed0: 1}}\ntrain: {stpes: 5}\n")
     with outcome.error(ConfigError, match="known keys"):
         train_from_config(p, quiet=True)
+
+
+def test_analyze_with_corrupted_weights_stops(tmp_path, outcome):
+    """sscild analyze --weights W where W/snet has flipped bytes: exit 2 naming the file, no output folder, no scores"""
+    from sscild.phantom import make_phantom, write_phantom
+
+    scan, truth = make_phantom(3, extent=10, shape=(40, 64, 64), spacing=(5.0, 5.0, 5.0))
+    files = write_phantom(scan, truth, tmp_path / "ph", fmt="nifti")
+    w = tmp_path / "w"
+    shutil.copytree(MODELS_DIR / "snet", w / "snet")
+    raw = bytearray((w / "snet" / "model.safetensors").read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 200):
+        raw[i] ^= 0xFF
+    (w / "snet" / "model.safetensors").write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    outcome.cli(["analyze", "-i", str(files["scan"]), "-o", str(out), "--weights", str(w), "--quiet"], 2,
+                match=r"model\.safetensors")
+    assert not (out / "scores.json").exists() and not (out / "analysis.json").exists()
