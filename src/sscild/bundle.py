@@ -14,7 +14,7 @@ Examples
 >>> problems = card_problems(card)
 >>> "missing field 'schema_version'" in problems
 True
->>> LABEL_STATEMENTS["synthetic exact"][:30]
+>>> LABEL_STATEMENTS["synthetic exact"][:31]
 'Trained on synthetic data whose'
 """
 from __future__ import annotations
