@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------
 # acceptance: a batch killed with SIGKILL at random points, 10 times
 # --------------------------------------------------------------------------------------------
-N_SCANS, N_KILLS = 8, 10
+N_SCANS, N_KILLS = 12, 10
 
 
 def _kill_phantoms(folder):
@@ -138,7 +138,7 @@ def _state(out):
             problems.append(f"{d.name}: cohort row and analysis.json disagree")
     if (out / "cohort.csv").exists():
         t = pd.read_csv(out / "cohort.csv", dtype={"scan_id": str})
-        if sorted(t["scan_id"]) != [f"s{i}" for i in range(N_SCANS)]:
+        if sorted(t["scan_id"]) != sorted(f"s{i}" for i in range(N_SCANS)):
             problems.append("cohort.csv does not hold every scan once")
     return done, problems
 
@@ -166,11 +166,12 @@ def sigkill_trials(seed: int = 16) -> list[str]:
            "workers=1, quiet=True, options={'scores': False, 'lesions': False})", str(manifest), str(out)]
     rng = random.Random(seed)
     seen: dict[str, str] = {}
-    lines = ["| kill | after (s) | scans done before the kill | done by this run | checks |", "|---|---|---|---|---|"]
+    lines = ["| kill | killed after (s) | scans done before this run | done by this run | checks after the kill |",
+             "|---|---|---|---|---|"]
     redone = 0
     for k in range(1, N_KILLS + 1):
         before = len(seen)
-        delay = rng.uniform(4.0, 40.0)
+        delay = rng.uniform(12.0, 45.0)
         p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         os.killpg(p.pid, signal.SIGKILL)
