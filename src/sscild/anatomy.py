@@ -173,26 +173,18 @@ def _lung_components(hu: np.ndarray, internal: np.ndarray, vox_ml: float) -> np.
     return _select(lab, n, keep)
 
 
-def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
-                   ) -> tuple[np.ndarray, float | None]:
-    """Trachea + main bronchi by slice-wise tracking from the top; returns the mask and the carina z index."""
-    nz, ny, nx = hu.shape
-    px = spacing[1] * spacing[2]
-    airway = np.zeros(hu.shape, bool)
-    dark = hu < AIR_THRESHOLD
-    # the trachea: in the upper third of the lungs, a round dark component inside the lung/air mask, near the
-    # middle of the body in x, present in several consecutive slices
+def _find_trachea(dark: np.ndarray, lung: np.ndarray, spacing) -> tuple[int, np.ndarray] | None:
+    """The trachea's first slice from the top of the lungs: a round dark component (1-5 cm^2) inside the lung/air
+    mask near the middle of the body in x; returns (slice, its mask) or None."""
     zs = np.nonzero(lung.any(axis=(1, 2)))[0]
     if len(zs) == 0:
-        return airway, None
+        return None
+    px = spacing[1] * spacing[2]
     top = zs.max()
     xs = np.nonzero(lung.any(axis=(0, 1)))[0]
     x_mid = (xs.min() + xs.max()) / 2
-    start = None
     for k in range(top, max(zs.min(), top - int(120 / spacing[0])), -1):
         lab, n = ndi.label(dark[k] & lung[k])
-        if n == 0:
-            continue
         best = None
         for j, sl in enumerate(ndi.find_objects(lab), start=1):
             comp = lab[sl] == j
@@ -200,26 +192,20 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
             if not 60 <= area <= 700:      # trachea cross-section ~1-5 cm^2
                 continue
             h, w = comp.shape
-            fill = comp.sum() / float(h * w)
             cx = (sl[1].start + sl[1].stop) / 2
-            if fill < 0.5 or abs(cx - x_mid) * spacing[2] > 35:
+            if comp.sum() / float(h * w) < 0.5 or abs(cx - x_mid) * spacing[2] > 35:
                 continue
-            score = abs(cx - x_mid)
-            if best is None or score < best[0]:
-                best = (score, j)
+            if best is None or abs(cx - x_mid) < best[0]:
+                best = (abs(cx - x_mid), j)
         if best is not None:
-            start = (k, lab == best[1])
-            break
-    if start is None:
-        return airway, None
-    k0, seed = start
-    # the next slice's branch is searched 2 voxels around the current one; in slices thicker than 5 mm a bronchus
-    # leaving at ~35 degrees moves 0.7 x the spacing sideways from one slice to the next (wider on 5 mm slices
-    # took the esophagus for a bronchus on the real series)
-    reach = 2 if spacing[0] <= 5.0 else max(2, int(np.ceil(0.7 * spacing[0] / spacing[1])))
-    # go up while the trachea continues (so the mask covers the whole visible trachea)
+            return k, lab == best[1]
+    return None
+
+
+def _follow_up(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, reach: int, px: float) -> None:
+    """Mark the trachea upward from slice ``k0`` while it continues (the whole visible trachea)."""
     prev = seed
-    for k in range(k0, nz):
+    for k in range(k0, dark.shape[0]):
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
         hit = np.unique(lab[_dilate(prev, iterations=reach)])
         cur = _select(lab, n, hit[hit > 0])
@@ -227,12 +213,15 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
             break
         airway[k] = cur
         prev = cur
-    # go down: follow every branch; the carina is where one branch becomes two and stays two for >= 12 mm
-    # (a short-lived second component, e.g. a cyst touching the trachea, is not a carina)
-    prev = seed
-    carina = None
-    candidate = None
-    max_below = None
+
+
+def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, reach: int, spacing
+                 ) -> float | None:
+    """Follow every branch downward from ``k0``; the carina is where one branch becomes two and stays two for
+    >= 12 mm (a short-lived second component, e.g. a cyst touching the trachea, is not a carina). Returns the
+    carina's z index (between two slices) or None."""
+    px = spacing[1] * spacing[2]
+    prev, carina, candidate, max_below = seed, None, None, None
     branch_area = seed.sum() * px
     persist = int(np.ceil(12.0 / spacing[0]))
     for k in range(k0 - 1, -1, -1):
@@ -261,6 +250,24 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
             break
         airway[k] = cur
         prev = cur
+    return carina
+
+
+def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
+                   ) -> tuple[np.ndarray, float | None]:
+    """Trachea + main bronchi by slice-wise tracking from the top; returns the mask and the carina z index."""
+    airway = np.zeros(hu.shape, bool)
+    dark = hu < AIR_THRESHOLD
+    start = _find_trachea(dark, lung, spacing)
+    if start is None:
+        return airway, None
+    k0, seed = start
+    # the next slice's branch is searched 2 voxels around the current one; in slices thicker than 5 mm a bronchus
+    # leaving at ~35 degrees moves 0.7 x the spacing sideways from one slice to the next (wider on 5 mm slices
+    # took the esophagus for a bronchus on the real series)
+    reach = 2 if spacing[0] <= 5.0 else max(2, int(np.ceil(0.7 * spacing[0] / spacing[1])))
+    _follow_up(dark, airway, k0, seed, reach, spacing[1] * spacing[2])
+    carina = _follow_down(dark, airway, k0, seed, reach, spacing)
     return airway, carina
 
 
