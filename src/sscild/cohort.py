@@ -213,16 +213,16 @@ def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, An
     """Batch worker: read, analyse, write the scan's folder, return the cohort row (errors propagate).
 
     ``options`` holds analysis settings (see :class:`sscild.settings.AnalysisSettings`) plus ``series_uid`` (the
-    DICOM series to read) and ``deidentify`` (write ``seg.dcm`` with the DICOM basic de-identification profile).
+    DICOM series to read); ``deidentify`` (a setting) writes ``seg.dcm`` with the DICOM basic de-identification
+    profile inside the temporary output folder, so no identified copy is ever in place.
     """
-    from .dicomseg import deidentify_file
     from .io import load_ct
     from .outputs import write_outputs
     from .pipeline import analyze
     from .settings import AnalysisSettings
 
     opts = dict(options)
-    series_uid, deidentify = opts.pop("series_uid", None), bool(opts.pop("deidentify", False))
+    series_uid = opts.pop("series_uid", None)
     moves = opts.pop("level_moves", None)  # a reviewer's moved levels (sscild.gallery overrides)
     st = AnalysisSettings.from_mapping(opts)
     t0 = time.perf_counter()
@@ -233,9 +233,7 @@ def process_scan(scan_id: str, path: str, outdir: Path, options: Mapping[str, An
         from .gallery import relevel
 
         a = relevel(a, scan, moves, st, _worker_models())
-    written = write_outputs(a, scan, outdir)
-    if deidentify and (Path(written.folder) / "seg.dcm").exists():
-        deidentify_file(Path(written.folder) / "seg.dcm")
+    write_outputs(a, scan, outdir)          # with settings.deidentify, seg.dcm is de-identified before the rename
     row = cohort_row(a)
     row["series_uid"] = scan.meta.get("series_uid")
     row["time_read_s"] = round(t_read, 3)
