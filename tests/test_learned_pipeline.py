@@ -44,6 +44,14 @@ def test_analyze_writes_scores_heatmaps_and_lesions(phantom, tmp_path):
     assert lab.shape == scan.shape and not lab[~a.lungs.mask].any()
     assert les["whole"]["involvement_pct"] == pytest.approx(100 * (lab >= 2).sum() / (lab > 0).sum())
     assert "lesions" in files and "S-Net" in (tmp_path / "report.html").read_text()
+    # vessels count as normal lung; S-Net's spread under TTA and the lesion map's ratio beside it, per level
+    assert a.vessels.mask.any() and not (lab[a.vessels.mask] >= 2).any() and "vessels" in les["excluded"]
+    assert (tmp_path / "vessels.nii.gz").exists() and (tmp_path / "regions.png").exists()
+    for n, v in sc["levels"].items():
+        assert v["TOT_sd"] >= 0 and v["agreement"]["snet_tot"] == v["TOT"]
+        k = v["slice"]
+        assert v["agreement"]["lesion_tot"] == pytest.approx(100 * (lab[k] >= 2).sum() / a.lungs.mask[k].sum())
+    assert json.loads((tmp_path / "regions.json").read_text())["measure"] == "involvement_pct"
     # the shipped models see real signal: a 30 % phantom scores clearly above a healthy one
     healthy, _ = make_phantom(22, size="small", extent=0.0)
     h = analyze(healthy, options={"lesions": False})
@@ -82,8 +90,8 @@ def test_one_model_set_loads_each_model_once(phantom):
 
     def fake_snet(directory, device="cpu"):
         calls.append(directory)
-        from sscild.errors import ModelError
-        raise ModelError("no S-Net here: sscild train scoring --config ...")
+        from sscild.errors import ModelMissingError
+        raise ModelMissingError("no S-Net here: sscild train scoring --config ...")
 
     models = ModelSet(loaders={"snet": fake_snet})
     for _ in range(2):

@@ -82,10 +82,28 @@ def test_dicom_input_written_twice_differs_only_in_the_seg_uids_and_times(analys
     write_outputs(a, scan, tmp_path / "one")
     write_outputs(a, scan, tmp_path / "two")
     one, two = _folder(tmp_path / "one"), _folder(tmp_path / "two")
-    assert sorted(one) == sorted(two) and "seg.dcm" in one
-    assert [k for k in one if one[k] != two[k]] in ([], ["seg.dcm"])
+    assert sorted(one) == sorted(two) and {"seg.dcm", "sr.dcm"} <= set(one)
+    assert set(k for k in one if one[k] != two[k]) <= {"seg.dcm", "sr.dcm"}
     s1, s2 = (_without_uids_and_times(tmp_path / d / "seg.dcm") for d in ("one", "two"))
     assert s1 == s2 and s1.PixelData == s2.PixelData
+    r1, r2 = (_without_uids_and_times(tmp_path / d / "sr.dcm") for d in ("one", "two"))
+    assert r1 == r2
+
+
+def test_dicom_input_gets_an_sr_with_the_lung_volumes(analysed_dicom, tmp_path):
+    import pydicom
+
+    from sscild.sr import read_sr
+
+    scan, a = analysed_dicom
+    w = write_outputs(a, scan, tmp_path / "out")
+    sr, seg = pydicom.dcmread(w["dicom_sr"]), pydicom.dcmread(w["dicom_seg"])
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == seg.StudyInstanceUID
+    vals = read_sr(w["dicom_sr"])
+    right = [v for v in vals["Right lung"].values() if isinstance(v, float)]
+    assert any(abs(v - a.volumes_ml["right"]) < 0.01 for v in right)          # the right lung's volume, mL
+    doc = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert not [x for x in doc["warnings"] if "SR not written" in x]
 
 
 def test_analysis_json_is_written_last_and_holds_the_dicom_seg_failure(analysed_dicom, tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def test_analyze_writes_every_output_in_the_input_geometry(phantom_nifti, tmp_pa
     r = runner.invoke(app, ["analyze", "-i", str(path), "-o", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     for f in ("lungs.nii.gz", "airways.nii.gz", "levels.json", "density.json", "analysis.json", "levels.png",
-              "report.html"):
+              "report.html", "vessels.nii.gz", "quality.json", "regions.json", "regions.png"):
         assert (out / f).exists(), f
     src, lab = sitk.ReadImage(str(path)), sitk.ReadImage(str(out / "lungs.nii.gz"))
     assert lab.GetSize() == src.GetSize() and lab.GetDirection() == pytest.approx(src.GetDirection())
@@ -66,6 +66,9 @@ def test_analyze_dicom_input_also_writes_dicom_seg(tmp_path):
     back = read_dicom_seg(out / "seg.dcm", tmp_path / "ph" / "dicom", load_ct(tmp_path / "ph" / "dicom"))
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lungs.nii.gz")))
     assert np.array_equal(back["Right lung"], lab == 1) and np.array_equal(back["Left lung"], lab == 2)
+    import pydicom
+    sr = pydicom.dcmread(out / "sr.dcm")                   # the measurements as DICOM SR beside the SEG
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == pydicom.dcmread(out / "seg.dcm").StudyInstanceUID
 
 
 def test_bad_input_gives_one_clear_line_not_a_traceback(tmp_path):
@@ -84,3 +87,104 @@ def test_phantom_command(tmp_path):
     assert t["extent"]["TOT"] == pytest.approx(20, abs=1)
     r = runner.invoke(app, ["phantom", "-o", str(tmp_path / "q"), "--extent", "150"])
     assert r.exit_code != 0
+
+
+SMALL = dict(shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
+
+
+@pytest.fixture(scope="module")
+def small():
+    from sscild.anatomy import segment_lungs
+    from sscild.vessels import segment_vessels
+
+    scan, truth = make_phantom(55, extent=30, **SMALL)
+    lungs = segment_lungs(scan)
+    return scan, lungs, segment_vessels(scan, lungs)
+
+
+def test_lesion_stage_counts_vessels_and_airways_as_normal_lung(small, monkeypatch):
+    """A lesion model that calls every lung voxel ground glass: after the stage no GG/RET voxel lies on a vessel
+    or an airway, every other lung voxel is still GG, and lesions.json says what was excluded."""
+    import sscild.lesions as lesions_mod
+    from sscild.modelset import ModelSet
+    from sscild.pipeline import lesion_stage
+    from sscild.settings import AnalysisSettings
+
+    scan, lungs, vessels = small
+    assert vessels.mask.sum() > 50
+    monkeypatch.setattr(lesions_mod, "segment_lesions",
+                        lambda model, cfg, scan, lung, **kw: np.where(lung, 2, 0).astype(np.uint8))
+    models = ModelSet(loaders={"lesions": lambda d, device="cpu": (None, None, {"name": "lesion U-Net"})})
+    step = lesion_stage(scan, lungs, None, AnalysisSettings(), models, vessels)
+    lab = step.value.labels
+    assert not (lab[vessels.mask] >= 2).any() and (lab[vessels.mask & lungs.mask] == 1).all()
+    assert (lab[lungs.mask & ~vessels.mask & ~lungs.airways] == 2).all()
+    assert "vessels" in step.value.summary["excluded"]
+    assert step.value.summary["whole"]["involvement_pct"] == pytest.approx(
+        100 * (lungs.mask & ~vessels.mask & ~lungs.airways).sum() / lungs.mask.sum(), abs=0.01)
+
+
+class _FakeScorer:
+    """Stands in for S-Net: TOT = 20 % (+1 on the mirrored copy), GG 12, RET 8."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, images, lungs):
+        out = np.tile([20.0, 12.0, 8.0], (len(images), 1))
+        out[1:2] += 1.0
+        return out
+
+
+def test_score_stage_skips_slices_with_too_little_lung_and_keeps_the_tta_spread(small, monkeypatch):
+    import types
+
+    import sscild.scoring.snet as snet_mod
+    from sscild.anatomy import Lungs
+    from sscild.modelset import ModelSet
+    from sscild.pipeline import Step, agreement_stage, score_stage
+    from sscild.results import LesionMaps
+    from sscild.settings import AnalysisSettings
+
+    scan, lungs, _ = small
+    monkeypatch.setattr(snet_mod, "SNetScorer", _FakeScorer)
+    k_big = int(np.argmax(lungs.mask.sum(axis=(1, 2))))
+    labels = lungs.labels.copy()
+    k_small = k_big - 3
+    ys, xs = np.nonzero(labels[k_small])
+    labels[k_small] = 0
+    labels[k_small, ys[:50], xs[:50]] = 1                   # 50 px x 3.6 x 3.6 mm = 6.5 cm2 < 15 cm2
+    thin = Lungs(labels, lungs.airways)
+    z = {n: None for n in ("L1", "L2", "L3", "L4", "L5")}
+    z.update(L2=scan.z_mm(k_small), L3=scan.z_mm(k_big))
+    models = ModelSet(loaders={"snet": lambda d, device="cpu": (None, None, {"name": "S-Net"})})
+    sc = score_stage(scan, thin, types.SimpleNamespace(z_mm=z), AnalysisSettings(), models).value
+    assert sc.levels["L2"].TOT is None and sc.levels["L2"].note == "too little lung on the slice (< 15 cm2)"
+    assert sc.levels["L1"].TOT is None and sc.n_levels_scored == 1
+    l3 = sc.levels["L3"]
+    assert l3.TOT == 20.0 and l3.TOT_sd == pytest.approx(np.std([20, 21, 20, 20], ddof=1))
+    # the lesion map calls half of the L3 slice's lung GG: 50 % beside S-Net's 20 %: a warning
+    les = np.where(thin.mask, 1, 0).astype(np.uint8)
+    ys, xs = np.nonzero(thin.mask[k_big])
+    half = ys < np.median(ys)
+    les[k_big, ys[half], xs[half]] = 2
+    step = agreement_stage(thin, Step(sc), LesionMaps(les, {}))
+    ag = step.value.levels["L3"].agreement
+    assert ag["lesion_tot"] == pytest.approx(100 * half.mean(), abs=0.01) and ag["headline"] == "S-Net"
+    assert any(w.startswith("L3: S-Net 20.0 % vs lesion map") for w in step.warnings)
+    assert step.value.to_dict()["levels"]["L3"]["agreement"]["difference"] == pytest.approx(ag["difference"])
+
+
+def test_analysis_holds_vessels_quality_and_regions(small):
+    from sscild import AnalysisSettings, analyze
+
+    scan, _, vessels = small
+    a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
+    d = a.to_dict()
+    assert d["vessels"]["volume_ml"] == pytest.approx(vessels.volume_ml)
+    assert set(d["quality"]["measures"]) >= {"tracheal_air_hu", "head_up"}
+    assert all(w in a.warnings for w in a.quality.warnings)
+    assert d["regions"]["measure"] == "HAA_pct" and "lower" in d["regions"]["regions"]
+    assert {"vessels", "quality", "regions"} <= set(a.timings_s)
+    off = analyze(scan, AnalysisSettings(scores=False, lesions=False, vessels=False, quality=False, regions=False))
+    assert off.vessels is None and off.to_dict()["regions"] is None

@@ -42,13 +42,16 @@ class LoadedModel:
 
     def summary(self) -> dict[str, Any]:
         """What ``analysis.json`` and the report say about the model (:func:`sscild.bundle.card_summary`: name,
-        version, weights hash, training data, the held-out figures with their split)."""
+        version, weights hash, training data, the held-out figures with their split), plus ``weights_sha256``
+        and the card's ``training`` block (for the provenance and the DICOM SR)."""
         from .bundle import card_summary
 
         try:
             d = card_summary(self.card)
         except (KeyError, TypeError, AttributeError):      # a card without the schema (e.g. a test double)
             d = {"name": self.card.get("name", MODEL_NAMES[self.name][2])}
+        sha = (self.card.get("weights") or {}).get("sha256") if isinstance(self.card.get("weights"), dict) else None
+        d.update({"weights_sha256": sha, "training": self.card.get("training")})
         if self.note:
             d["note"] = self.note
         return d

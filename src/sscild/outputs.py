@@ -11,7 +11,10 @@ changed, so writing it twice gives identical folders. Files::
     levels.json      the five Goh levels (fixed schema)        density.json     density metrics
     scores.json      S-Net scores (+ heat-map derived)          lesions.nii.gz / lesions.json   lesion U-Net
     heatmap_<level>_<pattern>.nii.gz/.png                      levels.png       the five level slices
-    report.html      the report (+ report_*.png)               seg.dcm          DICOM-SEG (DICOM input only)
+    vessels.nii.gz   lung vessels (model-free)                 quality.json     scan quality checks
+    regions.json / regions.png   regional distribution         report.html      the report (+ report_*.png)
+    seg.dcm          DICOM-SEG (DICOM input only)              sr.dcm           DICOM SR (TID 1500) beside seg.dcm
+    heatmap_<pattern>.dcm   DICOM Parametric Maps of the heat maps (DICOM input with heat maps)
     analysis.json    everything, with version, settings, timings and warnings (written last)
 
 Privacy: patient name, id, dates and free-text DICOM descriptions go into ``analysis.json`` and the report only
@@ -272,6 +275,7 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
     if a.lesions is not None:
         files["lesions"] = save_like(a.lesions.labels, scan, folder / "lesions.nii.gz")
         files["lesions_json"] = write_json(folder / "lesions.json", a.lesions.to_dict())
+    files.update(_write_stage_files(a, scan, folder))
     if a.levels is not None:
         from .figures import levels_png
 
@@ -284,6 +288,11 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
     seg = _write_dicom_seg(a, scan, folder, dicom_seg)
     if isinstance(seg, Path):
         files["dicom_seg"] = seg
+        sr = _write_dicom_sr(a, scan, folder, seg)
+        if isinstance(sr, str):
+            warns.append(sr)
+        else:
+            files.update(sr)
     elif seg:
         warns.append(seg)
     phi = patient_details(scan) if show_phi else {}
@@ -297,6 +306,45 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
         files["report"] = _write_report(a, scan, folder, doc, phi)
     files["analysis"] = write_json(folder / "analysis.json", doc)      # last: the folder is complete
     return WrittenOutputs(folder, files, tuple(warns[len(a.warnings):]))
+
+
+def _write_stage_files(a: "Analysis", scan: "CTScan", folder: Path) -> dict[str, Path]:
+    """``vessels.nii.gz`` (input geometry), ``quality.json``, ``regions.json`` and ``regions.png``."""
+    from .io import save_like
+
+    files: dict[str, Path] = {}
+    if a.vessels is not None:
+        files["vessels"] = save_like(a.vessels.mask.astype(np.uint8), scan, folder / "vessels.nii.gz")
+    if a.quality is not None:
+        files["quality"] = write_json(folder / "quality.json", a.quality.to_dict())
+    if a.regions is not None:
+        from .regions import regional_figure
+
+        files["regions"] = write_json(folder / "regions.json", a.regions.to_dict())
+        files["regions_png"] = regional_figure(scan, a.lungs, a.regions, folder / "regions.png", a.lesion_labels)
+    return files
+
+
+def _write_dicom_sr(a: "Analysis", scan: "CTScan", folder: Path, seg: Path) -> dict[str, Path] | str:
+    """``sr.dcm`` (TID 1500, de-identified as ``seg.dcm``) and, with heat maps, their DICOM Parametric Maps; a
+    failure is returned as a warning, the other outputs stand."""
+    from .domain import PATTERNS
+    from .errors import SscildError
+    from .sr import write_parametric_maps, write_sr
+
+    files: dict[str, Path] = {}
+    try:
+        files["dicom_sr"] = write_sr(a.to_dict(), scan.source, seg, folder / "sr.dcm", fvc_pct=a.settings.fvc_pct,
+                                     weights=a.settings.weights, deidentify=a.settings.deidentify,
+                                     sop_uids=scan.meta.get("sop_instance_uids"))
+        if a.heatmaps is not None:
+            maps = {n: {"slice": a.heatmaps.slice_index[n], **{p: hm.map(p) for p in PATTERNS}}
+                    for n, hm in a.heatmaps.maps.items()}
+            files.update({f"heatmap_pm_{p}": f for p, f in
+                          write_parametric_maps(maps, scan, scan.source, folder).items()})
+    except (SscildError, ValueError, AttributeError, TypeError) as err:
+        return f"DICOM SR not written: {type(err).__name__}: {err}"
+    return files
 
 
 def _write_heatmaps(a: "Analysis", scan: "CTScan", folder: Path) -> dict[str, dict[str, str]]:

@@ -13,7 +13,7 @@ Examples
 >>> scan, truth = make_phantom(0, extent=10, shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
 >>> a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
 >>> sorted(a.timings_s), a.levels.method
-(['density', 'levels', 'lungs'], 'anatomy')
+(['density', 'levels', 'lungs', 'quality', 'regions', 'vessels'], 'anatomy')
 >>> abs(a.volumes_ml["total"] - sum(truth.volumes_ml[k] for k in ("right", "left"))) < 0.05 * a.volumes_ml["total"]
 True
 """
@@ -21,21 +21,24 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from .anatomy import Lungs, segment_lungs
 from .density import density_metrics
-from .domain import LEVELS, PATTERNS
-from .errors import ModelError
+from .domain import LEVELS, PATTERNS, LesionClass, area_percent
+from .errors import ModelMissingError
 from .levels import GohLevels, find_levels
 from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
 from .outputs import write_outputs
+from .quality import quality_checks
+from .regions import regional_metrics
 from .results import Analysis, HeatMaps, LesionMaps, LevelScore, LevelScores, describe, level_warnings
 from .scan import CTScan
 from .settings import AnalysisSettings
+from .vessels import Vessels, segment_vessels
 
 __all__ = ["analyze", "Analysis", "AnalysisSettings", "ModelSet", "write_outputs", "DEFAULT_MODELS"]
 
@@ -90,12 +93,8 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
     clock = _Clock()
     with clock("lungs"):
         lungs = segment_lungs(scan)
-    levels = None
-    if st.levels:
-        with clock("levels"):
-            levels = find_levels(scan, lungs)
-    with clock("density"):
-        dens = density_metrics(scan, lungs)
+    free = model_free_stages(scan, lungs, st, clock)
+    levels = free["levels"]
     steps: dict[str, Step] = {}
     if st.lnet:
         with clock("levels_lnet"):
@@ -109,13 +108,38 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
                 steps["heatmaps"] = heatmap_stage(scan, lungs, steps["scores"].value, st, models)
     if st.lesions:
         with clock("lesions"):
-            steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models)
-    warns = level_warnings(lungs, levels) + [w for s in steps.values() for w in s.warnings]
-    return Analysis(describe(scan), lungs, levels, dens, {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()},
-                    clock.seconds, st, tuple(warns), scores=steps.get("scores", Step()).value,
-                    lesions=steps.get("lesions", Step()).value, heatmaps=steps.get("heatmaps", Step()).value,
-                    levels_lnet=steps.get("lnet", Step()).value,
-                    models=tuple(m for s in steps.values() for m in s.models))
+            steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"])
+        steps["scores"] = agreement_stage(lungs, steps.get("scores", Step()), steps["lesions"].value)
+    regions = None
+    if st.regions:
+        with clock("regions"):
+            regions = regional_metrics(scan, lungs, getattr(steps.get("lesions", Step()).value, "labels", None))
+    quality = free["quality"]
+    warns = level_warnings(lungs, levels) + (list(quality.warnings) if quality is not None else []) \
+        + [w for s in steps.values() for w in s.warnings]
+    return Analysis(describe(scan), lungs, levels, free["density"],
+                    {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}, clock.seconds, st, tuple(warns),
+                    scores=steps.get("scores", Step()).value, lesions=steps.get("lesions", Step()).value,
+                    heatmaps=steps.get("heatmaps", Step()).value, levels_lnet=steps.get("lnet", Step()).value,
+                    models=tuple(m for s in steps.values() for m in s.models), vessels=free["vessels"],
+                    quality=quality, regions=regions)
+
+
+def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _Clock) -> dict[str, Any]:
+    """The stages without a model after the lungs: levels, vessels, scan quality, density (None when not asked)."""
+    out: dict[str, Any] = {"levels": None, "vessels": None, "quality": None}
+    if st.levels:
+        with clock("levels"):
+            out["levels"] = find_levels(scan, lungs)
+    if st.vessels:
+        with clock("vessels"):
+            out["vessels"] = segment_vessels(scan, lungs)
+    if st.quality:
+        with clock("quality"):
+            out["quality"] = quality_checks(scan, lungs)
+    with clock("density"):
+        out["density"] = density_metrics(scan, lungs)
+    return out
 
 
 def _load(models: ModelSet, name: str, st: AnalysisSettings) -> LoadedModel:
@@ -130,7 +154,7 @@ def lnet_stage(scan: CTScan, st: AnalysisSettings, models: ModelSet) -> Step:
     """The five levels placed by L-Net (a :class:`~sscild.levels.GohLevels` with method ``lnet``)."""
     try:
         m = _load(models, "lnet", st)
-    except ModelError as err:
+    except ModelMissingError as err:
         return Step(None, (f"no L-Net levels: {err}",))
     from .scoring.lnet import predict_levels
 
@@ -140,22 +164,55 @@ def lnet_stage(scan: CTScan, st: AnalysisSettings, models: ModelSet) -> Step:
 
 
 def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSettings, models: ModelSet) -> Step:
-    """S-Net scores of the five level slices; the Goh extent and stage by :mod:`sscild.domain`."""
+    """S-Net scores of the five level slices with their spread under test-time augmentation
+    (:func:`sscild.consensus.tta_scores`); a slice with too little lung is not scored. The Goh extent and stage
+    by :mod:`sscild.domain`."""
     try:
         m = _load(models, "snet", st)
-    except ModelError as err:
+    except ModelMissingError as err:
         return Step(None, (f"no scores: {err}",))
-    from .scoring.snet import score_levels
+    from .scoring.snet import SNetScorer
 
-    raw = score_levels(m.model, m.config, scan, lungs.mask, levels.z_mm, device=st.device)
-    per = {n: LevelScore(*(None if v.get(p) is None else float(v[p]) for p in PATTERNS),
-                         slice=v.get("slice"), note=str(v.get("note", "")))
-           for n, v in raw["levels"].items()}
+    scorer = SNetScorer(m.model, m.config, st.device, pixel_mm=float(scan.spacing[1]))
+    per = {n: _score_level(scorer, scan, lungs, levels.z_mm.get(n)) for n in LEVELS}
     scores = LevelScores.from_levels(per, fvc_pct=st.fvc_pct)
     notes, used = _used(m)
     if 0 < scores.n_levels_scored < len(LEVELS):
         notes += (f"Goh extent {scores.extent_note}; stage {scores.goh_stage} ({scores.stage_rule})",)
     return Step(scores, notes, used)
+
+
+def _score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> LevelScore:
+    from .consensus import MIN_LUNG_AREA_CM2, enough_lung, tta_scores
+
+    k = scan.slice_at_z(z) if z is not None else None
+    if k is None:
+        return LevelScore(None, None, None, None, note="level not found in the scan")
+    if not enough_lung(lungs.mask[k], tuple(scan.spacing[1:])):
+        return LevelScore(None, None, None, int(k), note=f"too little lung on the slice (< {MIN_LUNG_AREA_CM2:g} cm2)")
+    s, sd = tta_scores(scorer, scan.hu[k], lungs.mask[k])
+    return LevelScore(*(float(v) for v in s), slice=int(k), TOT_sd=float(sd[0]), GG_sd=float(sd[1]),
+                      RET_sd=float(sd[2]))
+
+
+def agreement_stage(lungs: Lungs, scores: Step, lesions: LesionMaps | None) -> Step:
+    """The score step with, per level, the lesion map's area ratio beside S-Net's TOT
+    (:func:`sscild.consensus.level_agreement`; S-Net stays the headline) and a warning where they disagree by more
+    than :data:`sscild.consensus.DISAGREE_POINTS`."""
+    from .consensus import DISAGREE_POINTS, level_agreement
+
+    sc = scores.value
+    if sc is None or lesions is None:
+        return scores
+    per, warns = {}, []
+    for n, s in sc.levels.items():
+        les = None if s.slice is None else area_percent(lesions.labels[s.slice] >= LesionClass.GG,
+                                                         lungs.mask[s.slice])
+        ag = level_agreement(s.TOT, les)
+        per[n] = replace(s, agreement=asdict(ag))
+        if ag.difference is not None and ag.difference > DISAGREE_POINTS:
+            warns.append(f"{n}: {ag.note}")
+    return Step(replace(sc, levels=per), scores.warnings + tuple(warns), scores.models)
 
 
 def heatmap_stage(scan: CTScan, lungs: Lungs, scores: LevelScores, st: AnalysisSettings, models: ModelSet) -> Step:
@@ -191,19 +248,35 @@ def heatmap_thresholds(card: Mapping[str, Any], st: AnalysisSettings) -> tuple[d
     return {p: float(fitted[p]) for p in PATTERNS}, notes
 
 
+#: What ``lesions.json`` says about the voxels the lesion map may not call ground glass or reticulation.
+EXCLUDED_TEXT = {True: "vessels and airway walls (model-free masks) are counted as normal lung, never GG/RET",
+                 False: "airway walls (model-free mask) are counted as normal lung, never GG/RET"}
+
+
 def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: AnalysisSettings,
-                 models: ModelSet) -> Step:
-    """Lesion U-Net over the whole scan and its summary (per lung, zone, level)."""
+                 models: ModelSet, vessels: Vessels | None = None) -> Step:
+    """Lesion U-Net over the whole scan and its summary (per lung, zone, level); the vessel and airway voxels
+    inside the lungs are set to normal (1) before summarising (:func:`exclude_structures`)."""
     try:
         m = _load(models, "lesions", st)
-    except ModelError as err:
+    except ModelMissingError as err:
         return Step(None, (f"no lesion segmentation: {err}",))
     from .lesions import segment_lesions, summarise
 
     lab = segment_lesions(m.model, m.config, scan, lungs.mask, device=st.device, quiet=st.quiet)
+    lab = exclude_structures(lab, lungs, vessels)
     ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
     notes, used = _used(m)
-    return Step(LesionMaps(lab, summarise(lab, lungs.labels, scan, ks)), notes, used)
+    summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": EXCLUDED_TEXT[vessels is not None]}
+    return Step(LesionMaps(lab, summary), notes, used)
+
+
+def exclude_structures(labels: np.ndarray, lungs: Lungs, vessels: Vessels | None) -> np.ndarray:
+    """Lesion labels with every GG/RET voxel on a vessel or an airway (inside the lung) set to normal (1)."""
+    keep = lungs.airways if vessels is None else (lungs.airways | vessels.mask)
+    out = np.array(labels, copy=True)
+    out[keep & (out >= LesionClass.GG)] = LesionClass.NORMAL
+    return out
 
 
 def __getattr__(name: str) -> Any:

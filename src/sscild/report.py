@@ -325,8 +325,10 @@ def _level_card(inp: ReportInput, name: str, out: Path) -> str:
 
 
 def _levels_section(inp: ReportInput, out: Path) -> str:
-    return ("<h2>Goh levels</h2><p><small class='h'>Lung outline cyan; lesion overlay ground glass orange, "
-            "reticulation red.</small></p><div class='levels'>"
+    head = ("<p>S-Net's score is the headline number of each level (and of the Goh extent); the lesion map's area "
+            "ratio of the same slice is shown beside it as a check.</p>") if inp.scores else ""
+    return ("<h2>Goh levels</h2>" + head + "<p><small class='h'>Lung outline cyan; lesion overlay ground glass "
+            "orange, reticulation red.</small></p><div class='levels'>"
             + "".join(_level_card(inp, n, out) for n in LEVELS) + "</div>")
 
 
@@ -346,6 +348,30 @@ def _tables(inp: ReportInput) -> str:
         header, rows = _density_rows({k: v for k, v in inp.lesion_summary.items() if k != "levels"})
         if rows:
             parts.append("<h2>Lesions (U-Net)</h2>" + _table(header, rows) + _sls2_table(inp.lesion_summary))
+    return "".join(parts)
+
+
+def _stage_sections(inp: ReportInput) -> str:
+    """Scan quality and the regional distribution, from ``inp.analysis`` (``regions.png`` is written beside)."""
+    a = inp.analysis or {}
+    parts = []
+    q = a.get("quality")
+    if isinstance(q, Mapping):
+        rows = [[k, html.escape(v) if isinstance(v, str) else v] for k, v in q["measures"].items()]
+        parts.append("<h2>Scan quality</h2><p>" + ("all checks passed" if q.get("ok") else
+                                                   f"{len(q['warnings'])} check(s) failed (see the warnings)")
+                     + "</p>" + _table(["check", "value"], rows))
+    r = a.get("regions")
+    if isinstance(r, Mapping):
+        from .regions import REGIONS
+
+        keys = ("volume_ml", "MLA_HU", "HAA_pct", "GG_pct", "RET_pct", "involvement_pct", "lesion_share_pct")
+        rows = [[n] + [r["regions"][n].get(k) for k in keys] for n in REGIONS]
+        pattern = " + ".join(r.get("pattern") or []) or "none"
+        parts.append("<h2>Regional distribution</h2><img src='regions.png' alt='regional distribution' "
+                     f"style='max-width:100%'><p>Predominance ({html.escape(str(r.get('measure')))}): "
+                     f"{html.escape(pattern)}.</p>" + _table(["region", "volume (mL)", "MLA (HU)", "HAA %", "GG %",
+                                                              "RET %", "involved %", "share of lesion %"], rows))
     return "".join(parts)
 
 
@@ -456,7 +482,8 @@ def write_report(inp: ReportInput, outdir: str | os.PathLike, *, show_phi: bool 
     parts = [_header(inp, show_phi), _summary(inp, goh),
              "<h2>Overview</h2><img src='report_coronal.png' alt='coronal overview with level lines' "
              "style='max-width:520px'>",
-             _levels_section(inp, out), _tables(inp), _models_section(inp, facts), _closing(inp, facts)]
+             _levels_section(inp, out), _tables(inp), _stage_sections(inp), _models_section(inp, facts),
+             _closing(inp, facts)]
     path = out / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")

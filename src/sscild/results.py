@@ -29,8 +29,11 @@ if TYPE_CHECKING:  # the stage modules import scipy/torch; the types are only ne
     from .density import DensityMetrics
     from .explain import HeatMap
     from .levels import GohLevels
+    from .quality import QualityReport
+    from .regions import RegionalMetrics
     from .scan import CTScan
     from .settings import AnalysisSettings
+    from .vessels import Vessels
 
 #: DICOM free-text fields that can hold a name or a note about the patient: only with ``show_phi``.
 FREE_TEXT_META = ("series_description", "study_description", "protocol_name", "image_comments")
@@ -40,16 +43,29 @@ PHI_META = ("patient_name", "patient_id", "patient_birth_date", "study_date", "a
 
 @dataclass(frozen=True)
 class LevelScore:
-    """S-Net's scores of one level slice (% of the slice's lung area); ``slice`` is the array index."""
+    """S-Net's scores of one level slice (% of the slice's lung area); ``slice`` is the array index.
+
+    ``TOT_sd``, ``GG_sd``, ``RET_sd``: the scores' SD under test-time augmentation
+    (:func:`sscild.consensus.tta_scores`); ``agreement``: the lesion map's ratio on the same slice beside S-Net
+    (:func:`sscild.consensus.level_agreement` as a dict), when the lesion model ran.
+    """
 
     TOT: float | None
     GG: float | None
     RET: float | None
     slice: int | None
     note: str = ""
+    TOT_sd: float | None = None
+    GG_sd: float | None = None
+    RET_sd: float | None = None
+    agreement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"TOT": self.TOT, "GG": self.GG, "RET": self.RET, "slice": self.slice}
+        if self.TOT_sd is not None:
+            d.update({"TOT_sd": self.TOT_sd, "GG_sd": self.GG_sd, "RET_sd": self.RET_sd})
+        if self.agreement is not None:
+            d["agreement"] = self.agreement
         if self.note:
             d["note"] = self.note
         return d
@@ -138,6 +154,9 @@ class Analysis:
     heatmaps: HeatMaps | None = None
     levels_lnet: "GohLevels | None" = None
     models: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    vessels: "Vessels | None" = None
+    quality: "QualityReport | None" = None
+    regions: "RegionalMetrics | None" = None
 
     @property
     def lesion_labels(self) -> np.ndarray | None:
@@ -164,6 +183,9 @@ class Analysis:
             "scores": self.scores_dict(),
             "lesions": self.lesions.to_dict() if self.lesions is not None else None,
         }
+        for key in ("vessels", "quality", "regions"):
+            part = getattr(self, key)
+            d[key] = part.to_dict() if part is not None else None
         if self.levels_lnet is not None:
             d["levels_lnet"] = self.levels_lnet.to_dict()
         d.update({"timings_s": self.timings_s, "warnings": list(self.warnings), "models": list(self.models)})
@@ -188,8 +210,9 @@ def describe(scan: "CTScan", show_phi: bool = False) -> dict[str, Any]:
     >>> describe(s, show_phi=True)["series_description"]
     'Smith lung'
     """
+    # the series note names series UIDs and file names (quasi-identifiers): with show_phi only
     keep = ("format", "modality", "manufacturer", "model", "kernel", "slice_thickness_mm", "kvp",
-            "series_note", "n_slices") + ((FREE_TEXT_META + PHI_META) if show_phi else ())
+            "n_slices") + ((FREE_TEXT_META + PHI_META + ("series_note",)) if show_phi else ())
     d = {k: scan.meta[k] for k in keep if k in scan.meta and scan.meta[k] not in ("", None)}
     lo, hi = scan.extent_mm()
     d.update({"shape_zyx": list(scan.shape), "spacing_zyx_mm": [round(float(s), 4) for s in scan.spacing],

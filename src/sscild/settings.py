@@ -36,6 +36,12 @@ class AnalysisSettings:
     ----------
     levels : bool
         Place the five Goh levels from anatomy (needed by the scores).
+    vessels : bool
+        Segment the lung vessels model-free (``vessels.nii.gz``); their voxels count as normal lung in the lesion map.
+    quality : bool
+        Check the scan's quality from the image (calibration, coverage, sharpness, noise, inspiration).
+    regions : bool
+        Regional distribution (zones, ventral/dorsal, subpleural/core; ``regions.json``, ``regions.png``).
     scores : bool
         Score the level slices with S-Net (TOT, GG, RET % of lung).
     lesions : bool
@@ -65,6 +71,9 @@ class AnalysisSettings:
     """
 
     levels: bool = True
+    vessels: bool = True
+    quality: bool = True
+    regions: bool = True
     scores: bool = True
     lesions: bool = True
     heatmaps: bool = False
