@@ -1,4 +1,4 @@
-"""`sscild train levels`: train L-Net from a YAML config."""
+"""`sscild train levels|scoring|lesions|...`: train a model from a YAML config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,59 +9,55 @@ from . import train_app
 from .common import console
 
 
-@train_app.command("levels")
-def train_levels(
-    config: Path = typer.Option(..., "--config", help="YAML config (see configs/lnet_phantoms.yaml)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Train L-Net (3D regression of the five Goh levels); writes model.safetensors, card.json, metrics.jsonl."""
+_CONFIG_HELP = "YAML config (see configs/{})."
+_RESUME = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder.")
+_DEVICE = typer.Option("cpu", "--device", help="cpu or cuda.")
+_QUIET = typer.Option(False, "--quiet", help="No progress bars.")
+
+
+def _train(what: str, train_from_config, config: Path, **kw) -> None:
+    """Check the config exists, train from it, say where the model went."""
     from ..errors import ConfigError
-    from ..scoring.lnet import train_from_config
     from ..util import pick_device
 
     if not config.exists():
         raise ConfigError(f"config {config} does not exist")
-    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet)
-    console.print(f"L-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+    out = train_from_config(config, device=pick_device(kw.pop("device")), **kw)
+    console.print(f"{what} written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+
+
+@train_app.command("levels")
+def train_levels(
+    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("lnet_phantoms.yaml")),
+    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
+) -> None:
+    """Train L-Net (3D regression of the five Goh levels); writes model.safetensors, card.json, metrics.jsonl."""
+    from ..scoring.lnet import train_from_config
+
+    _train("L-Net", train_from_config, config, resume=resume, device=device, quiet=quiet)
 
 
 @train_app.command("scoring")
 def train_scoring(
-    config: Path = typer.Option(..., "--config", help="YAML config (see configs/snet_phantoms.yaml)."),
+    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("snet_phantoms.yaml")),
     init: Path = typer.Option(None, "--init", help="Start from your own checkpoint (folder or .safetensors)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
 ) -> None:
     """Train S-Net (TOT/GG/RET per level slice); writes model.safetensors, card.json, metrics.jsonl."""
-    from ..errors import ConfigError
     from ..scoring.snet import train_from_config
-    from ..util import pick_device
 
-    if not config.exists():
-        raise ConfigError(f"config {config} does not exist")
-    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet, init=init)
-    console.print(f"S-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+    _train("S-Net", train_from_config, config, resume=resume, device=device, quiet=quiet, init=init)
 
 
 @train_app.command("lesions")
 def train_lesions(
-    config: Path = typer.Option(..., "--config", help="YAML config (see configs/lesions_phantoms.yaml)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("lesions_phantoms.yaml")),
+    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
 ) -> None:
     """Train the lesion U-Net (normal / GG / RET); writes model.safetensors, card.json, metrics.jsonl."""
-    from ..errors import ConfigError
     from ..lesions import train_from_config
-    from ..util import pick_device
 
-    if not config.exists():
-        raise ConfigError(f"config {config} does not exist")
-    out = train_from_config(config, resume=resume, device=pick_device(device), quiet=quiet)
-    console.print(f"lesion U-Net written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
+    _train("lesion U-Net", train_from_config, config, resume=resume, device=device, quiet=quiet)
 
 
 @train_app.command("scoring-calibration")
