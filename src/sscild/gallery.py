@@ -44,7 +44,7 @@ import pandas as pd
 
 from .domain import LEVELS
 from .errors import ConfigError
-from .util import atomic_path, read_json, write_json
+from .util import atomic_path, finite_float, read_json, write_json
 
 OVERRIDE_COLUMNS = ("scan_id", "action", "level", "slice", "reason", "reviewer")
 ACTIONS = ("reject", "move_level")
@@ -189,14 +189,6 @@ def move_levels(levels, scan, moves: Mapping[str, int] | None):
 # --------------------------------------------------------------------------------------------
 # QA checks
 # --------------------------------------------------------------------------------------------
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
-
-
 def robust_z(values: pd.Series) -> pd.Series:
     """Modified z-score 0.6745 (x - median) / MAD (Iglewicz & Hoaglin); NaN where undefined (MAD 0 or fewer than
     :data:`MIN_FOR_Z` values).
@@ -214,9 +206,9 @@ def robust_z(values: pd.Series) -> pd.Series:
 
 def _level_issues(levels: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    zs = [(n, _num((levels.get(n) or {}).get("z_mm"))) for n in LEVELS]
+    zs = [(n, finite_float((levels.get(n) or {}).get("z_mm"))) for n in LEVELS]
     for n, z in zs:
-        conf = _num((levels.get(n) or {}).get("confidence"))
+        conf = finite_float((levels.get(n) or {}).get("confidence"))
         if z is None and levels:
             out.append({"kind": "level", "severity": 10, "text": f"{n} not placed"})
         elif conf is not None and conf < LOW_CONFIDENCE:
@@ -242,7 +234,7 @@ def qa_issues(table: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
             continue
         iss = []
         for c, (lo, hi, label) in PLAUSIBLE.items():
-            v = _num(r.get(c))
+            v = finite_float(r.get(c))
             if v is not None and not lo <= v <= hi:
                 iss.append({"kind": "range", "severity": 20, "text": f"{label} {v:.4g} outside {lo:g}..{hi:g}"})
         iss += _level_issues(r.get("_levels") or {})
@@ -265,7 +257,7 @@ def _scan_info(out: Path, sid: str) -> dict[str, Any]:
     lv = read_json(d / "levels.json") if (d / "levels.json").exists() else {}
     an = read_json(d / "analysis.json") if (d / "analysis.json").exists() else {}
     levels = {e["name"]: e for e in lv.get("levels", [])}
-    z = [_num(levels.get(n, {}).get("z_mm")) for n in ("L1", "L5")]
+    z = [finite_float(levels.get(n, {}).get("z_mm")) for n in ("L1", "L5")]
     sp = ((an.get("input") or {}).get("spacing_zyx_mm") or [None])[0]
     img = {k: f"{folder}/{f}" for k, f in [("coronal", "report_coronal.png")] +
            [(n, f"report_{n}.png") for n in LEVELS] if (d / f).exists()}
@@ -273,7 +265,7 @@ def _scan_info(out: Path, sid: str) -> dict[str, Any]:
         img["strip"] = f"{folder}/levels.png"
     return {"_levels": levels, "_warnings": list(an.get("warnings") or []), "_img": img,
             "_report": f"{folder}/report.html" if (d / "report.html").exists() else None,
-            "level_span_mm": None if None in z else z[0] - z[1], "slice_spacing_mm": _num(sp)}
+            "level_span_mm": None if None in z else z[0] - z[1], "slice_spacing_mm": finite_float(sp)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +356,7 @@ q('#n-edits').textContent = csvRows().length - 1; filter();
 
 
 def _fmt(v: Any, nd: int | None) -> str:
-    f = _num(v)
+    f = finite_float(v)
     if nd is None or f is None:
         return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else html.escape(str(v))
     return f"{f:.{nd}f}"

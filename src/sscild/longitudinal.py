@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .domain import LEVEL_NAMES, LEVELS, PATTERNS, goh_extent
-from .util import atomic_path
+from .util import atomic_path, finite_float
 
 #: Whole-scan measures followed over time (cohort-table column -> label).
 MEASURES: dict[str, str] = {
@@ -132,16 +132,8 @@ class PatientTrend:
         return d
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
-
-
 def _change(measure: str, label: str, years: np.ndarray, values: Sequence[Any]) -> Change:
-    vals = [_num(v) for v in values]
+    vals = [finite_float(v) for v in values]
     ok = [i for i, v in enumerate(vals) if v is not None]
     if not ok:
         return Change(measure, label, vals, None, None, None, None, 0)
@@ -154,11 +146,11 @@ def _change(measure: str, label: str, years: np.ndarray, values: Sequence[Any]) 
 def fibrotic_extent(row: Mapping[str, Any]) -> float | None:
     """Fibrotic extent of one cohort row: ``fibrotic_extent`` if present, else the mean RET of the scored Goh levels
     (reticulation incl. honeycombing, pure ground glass not counted), else the reticulation % of the lung volume."""
-    v = _num(row.get("fibrotic_extent"))
+    v = finite_float(row.get("fibrotic_extent"))
     if v is not None:
         return v
-    ext = goh_extent({n: _num(row.get(f"{n}_RET")) for n in LEVELS}).extent
-    return ext if ext is not None else _num(row.get("lesions_RET_pct"))
+    ext = goh_extent({n: finite_float(row.get(f"{n}_RET")) for n in LEVELS}).extent
+    return ext if ext is not None else finite_float(row.get("lesions_RET_pct"))
 
 
 def _pairs(days: Sequence[int], a: Sequence[float | None], window_days: float, b=None):
@@ -298,8 +290,8 @@ def patient_trend(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, date_key:
     changes = [_change(m, lab, years, df[m]) for m, lab in MEASURES.items() if m in df.columns]
     levels = [_change(f"{n}_{p}", f"{n} {p} ({LEVEL_NAMES[n]})", years, df[f"{n}_{p}"])
               for n in LEVELS for p in PATTERNS if f"{n}_{p}" in df.columns]
-    level_z = {n: [_num(v) for v in df[f"{n}_z_mm"]] for n in LEVELS if f"{n}_z_mm" in df.columns}
-    col = {k: [_num(v) for v in df[k]] if k in df.columns else [None] * len(df) for k in ("fvc_pct", "dlco_pct")}
+    level_z = {n: [finite_float(v) for v in df[f"{n}_z_mm"]] for n in LEVELS if f"{n}_z_mm" in df.columns}
+    col = {k: [finite_float(v) for v in df[k]] if k in df.columns else [None] * len(df) for k in ("fvc_pct", "dlco_pct")}
     flags = progression_flags(days, col["fvc_pct"], col["dlco_pct"], list(df["fibrotic_extent"]))
     return PatientTrend(label, [str(d.date()) for d in df["_d"]], days, changes, levels, level_z, flags)
 

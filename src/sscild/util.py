@@ -108,3 +108,16 @@ def draw_contour(ax, mask, spacing_yx: tuple[float, float] = (1.0, 1.0), **kwarg
     ys = (np.arange(m.shape[0]) + 0.5) * sy
     xs = (np.arange(m.shape[1]) + 0.5) * sx
     ax.contour(xs, ys, m, levels=[0.5], **kwargs)
+
+
+def finite_float(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number, else None (blank cells, text, NaN, inf).
+
+    >>> finite_float("3.5"), finite_float(""), finite_float(float("nan"))
+    (3.5, None, None)
+    """
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
