@@ -155,18 +155,24 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
+def _usable_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]):
+    """(name, y, p) of each model with its non-finite pairs left out; models whose outcomes are all one class
+    are skipped (no curve to draw)."""
+    for name, (y, p) in curves.items():
+        y, p = np.asarray(y, float), np.asarray(p, float)
+        ok = np.isfinite(y) & np.isfinite(p)
+        if len(np.unique(y[ok])) >= 2:
+            yield name, y[ok], p[ok]
+
+
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: str = "") -> Path:
     """ROC curves of several models (name -> (y, p)) with their AUC in the legend, as a PNG."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = _subplots((4.5, 4.5))
-    for name, (y, p) in curves.items():
-        y, p = np.asarray(y, float), np.asarray(p, float)
-        ok = np.isfinite(y) & np.isfinite(p)
-        if len(np.unique(y[ok])) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y[ok], p[ok])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y[ok], p[ok]):.2f})")
+    for name, y, p in _usable_curves(curves):
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.2f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7, loc="lower right")
@@ -180,12 +186,8 @@ def plot_calibration(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, 
     from sklearn.calibration import calibration_curve
 
     fig, ax = _subplots((4.5, 4.5))
-    for name, (y, p) in curves.items():
-        y, p = np.asarray(y, float), np.asarray(p, float)
-        ok = np.isfinite(y) & np.isfinite(p)
-        if len(np.unique(y[ok])) < 2:
-            continue
-        obs, pred = calibration_curve(y[ok], p[ok], n_bins=n_bins, strategy="quantile")
+    for name, y, p in _usable_curves(curves):
+        obs, pred = calibration_curve(y, p, n_bins=n_bins, strategy="quantile")
         ax.plot(pred, obs, marker="o", label=name)
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="predicted risk", ylabel="observed proportion", title=title, xlim=(0, 1), ylim=(0, 1))
