@@ -188,3 +188,23 @@ def test_analysis_holds_vessels_quality_and_regions(small):
     assert {"vessels", "quality", "regions"} <= set(a.timings_s)
     off = analyze(scan, AnalysisSettings(scores=False, lesions=False, vessels=False, quality=False, regions=False))
     assert off.vessels is None and off.to_dict()["regions"] is None
+
+
+def test_batch_manifest_fvc_goes_into_that_scans_settings(tmp_path):
+    """A manifest column fvc / fvc_pct reaches the scan's AnalysisSettings (empty cells: the batch default)."""
+    import pandas as pd
+
+    from sscild.cohort import run_batch
+    from sscild.settings import AnalysisSettings
+
+    def process(scan_id, path, outdir, options):
+        outdir.mkdir(parents=True, exist_ok=True)
+        opts = {k: v for k, v in options.items() if k != "series_uid"}
+        return {"fvc_used": AnalysisSettings.from_mapping(opts).fvc_pct}
+
+    for col in ("fvc", "fvc_pct"):
+        m = tmp_path / f"{col}.csv"
+        pd.DataFrame({"scan_id": ["a", "b"], "path": ["/x/a", "/x/b"], col: [62.5, None]}).to_csv(m, index=False)
+        table = run_batch(m, tmp_path / col, options={"fvc_pct": 90.0}, process=process, quiet=True).table
+        got = dict(zip(table["scan_id"], table["fvc_used"]))
+        assert got == {"a": 62.5, "b": 90.0}, col

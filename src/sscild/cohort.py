@@ -47,7 +47,7 @@ STATUS_COLUMNS = ("scan_id", "status", "reason", "seconds", "peak_rss_mb")
 LOCK_NAME = ".sscild-batch.lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ATOMIC_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.[A-Za-z0-9]+)*$")  # util.atomic_path's temporary names
-_ROW_OPTIONS = ("series_uid",)  # manifest columns passed to the per-scan function as options
+_ROW_OPTIONS = ("series_uid", "fvc", "fvc_pct")  # manifest columns passed to the per-scan function as options
 
 # process(scan_id, path, outdir, options) -> flat dict of measurements (the cohort row)
 Process = Callable[[str, str, Path, Mapping[str, Any]], dict]
@@ -114,7 +114,7 @@ def check_manifest(df: pd.DataFrame, source: str | os.PathLike = "manifest") -> 
     df["path"] = [str(p) if Path(str(p)).is_absolute() else str(base / str(p)) for p in df["path"]]
     for col in _ROW_OPTIONS:
         if col in df.columns:
-            df[col] = df[col].where(df[col].notna(), None)
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
     return df
 
 
@@ -266,6 +266,8 @@ def cohort_row(analysis) -> dict[str, Any]:
         for k, v in (analysis.lesions.summary.get("whole") or {}).items():
             if isinstance(v, (int, float)):
                 row[f"lesions_{k}"] = v
+    if getattr(analysis, "regions", None) is not None:
+        row.update(analysis.regions.row())
     row["n_warnings"] = len(analysis.warnings)
     for k, v in analysis.timings_s.items():
         row[f"time_{k}_s"] = v
