@@ -321,7 +321,8 @@ def _write_stage_files(a: "Analysis", scan: "CTScan", folder: Path) -> dict[str,
         from .regions import regional_figure
 
         files["regions"] = write_json(folder / "regions.json", a.regions.to_dict())
-        files["regions_png"] = regional_figure(scan, a.lungs, a.regions, folder / "regions.png", a.lesion_labels)
+        files["regions_png"] = regional_figure(scan, a.lungs, a.regions, folder / "regions.png", a.lesion_labels,
+                                               a.region_map)
     return files
 
 

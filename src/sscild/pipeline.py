@@ -34,7 +34,7 @@ from .levels import GohLevels, find_levels
 from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
 from .outputs import write_outputs
 from .quality import quality_checks
-from .regions import regional_metrics
+from .regions import region_map, regional_metrics
 from .results import Analysis, HeatMaps, LesionMaps, LevelScore, LevelScores, describe, level_warnings
 from .scan import CTScan
 from .settings import AnalysisSettings
@@ -110,10 +110,11 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
         with clock("lesions"):
             steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"])
         steps["scores"] = agreement_stage(lungs, steps.get("scores", Step()), steps["lesions"].value)
-    regions = None
+    regions = rmap = None
     if st.regions:
         with clock("regions"):
-            regions = regional_metrics(scan, lungs, getattr(steps.get("lesions", Step()).value, "labels", None))
+            rmap = region_map(scan, lungs)
+            regions = regional_metrics(scan, lungs, getattr(steps.get("lesions", Step()).value, "labels", None), rmap)
     quality = free["quality"]
     warns = level_warnings(lungs, levels) + (list(quality.warnings) if quality is not None else []) \
         + [w for s in steps.values() for w in s.warnings]
@@ -122,7 +123,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
                     scores=steps.get("scores", Step()).value, lesions=steps.get("lesions", Step()).value,
                     heatmaps=steps.get("heatmaps", Step()).value, levels_lnet=steps.get("lnet", Step()).value,
                     models=tuple(m for s in steps.values() for m in s.models), vessels=free["vessels"],
-                    quality=quality, regions=regions)
+                    quality=quality, regions=regions, region_map=rmap)
 
 
 def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _Clock) -> dict[str, Any]:

@@ -157,6 +157,7 @@ class Analysis:
     vessels: "Vessels | None" = None
     quality: "QualityReport | None" = None
     regions: "RegionalMetrics | None" = None
+    region_map: Any = None          # the regions' partition (sscild.regions.RegionMap), reused by regions.png
 
     @property
     def lesion_labels(self) -> np.ndarray | None:
