@@ -44,7 +44,13 @@ STAGE_TEXT = {
     "scores": "the total extent (TOT), ground glass (GG) and reticulation (RET) of each level slice, in % of its lung "
               "area, regressed by the S-Net network",
     "heatmaps": "replacement-based occlusion heat maps of the S-Net scores",
-    "lesions": "every lung voxel classified as normal, ground glass or reticulation by a 2D U-Net",
+    "lesions": "every lung voxel classified as normal, ground glass or reticulation by a 2D U-Net (voxels of the "
+               "model-free vessel and airway masks counted as normal lung)",
+    "vessels": "lung vessels segmented model-free (multi-scale Hessian vesselness of bright tubes inside the lungs)",
+    "quality": "scan quality checked from the image (air and blood-pool HU, coverage, slice spacing, kernel "
+               "sharpness, noise, inspiration, orientation)",
+    "regions": "density and lesion extent measured per region (thirds of the lung height, ventral/dorsal halves, "
+               "10 mm subpleural band against the core)",
 }
 
 
