@@ -224,8 +224,9 @@ def main():
     n_check = int(os.environ.get("LNET_REAL_PHANTOM_CHECK", 0))
     if n_check:
         lines += phantom_check(names, cfg, shipped, n_check)
+    env = f"LNET_REAL_PHANTOM_CHECK={n_check} " if n_check else ""
     write_section("lnet_real", "L-Net on real anatomy, leave one real scan out (issue 17 item 5)",
-                  "python bench/run_all.py lnet_real", lines)
+                  f"{env}python bench/run_all.py lnet_real", lines)
 
 
 if __name__ == "__main__":
