@@ -31,14 +31,52 @@ PICS = Path(__file__).resolve().parent / "results" / "real"
 
 
 def _models(name: str):
+    """S-Net and the lesion U-Net for held-out scan ``name``: the leave-one-out weights where trained, else the
+    shipped ones; the first value says which."""
     from sscild.lesions import load_unet
     from sscild.scoring.snet import load_snet
 
     d = LOSO / name
-    src = "leave-one-out" if (d / "snet").exists() and (d / "lesions").exists() else "shipped"
-    snet = load_snet(d / "snet" if src != "shipped" else None)
-    unet = load_unet(d / "lesions" if src != "shipped" else None)
-    return src, snet, unet
+    has = {k: (d / k / "card.json").exists() for k in ("snet", "lesions")}
+    src = "/".join(f"{k} {'leave-one-out' if v else 'shipped'}" for k, v in has.items())
+    return src, load_snet(d / "snet" if has["snet"] else None), load_unet(d / "lesions" if has["lesions"] else None)
+
+
+def _draw_segsets(rs, cfg):
+    """Real draws (sscild.realdata) as U-Net slices: the slices of one draw share one lung box, as at inference."""
+    from sscild.lesion_data import prepare_volume
+
+    sets, i = [], 0
+    while i < len(rs):
+        j = i
+        while j < len(rs) and rs.info[j] == rs.info[i] and rs.hu[j].shape == rs.hu[i].shape:
+            j += 1
+        sl = slice(i, j)
+        sets.append(prepare_volume(np.stack(rs.hu[sl]), np.stack(rs.lung[sl]), rs.pixel_mm[i], cfg,
+                                   labels=np.stack(rs.labels[sl]), group=rs.group[i])[0])
+        i = j
+    return sets
+
+
+def train_loso(held_out: str, steps: int = 800, draws: int = 4) -> None:
+    """Fine-tune the shipped lesion U-Net without scan ``held_out``: real draws (3D insertion + acquisition model,
+    half of them healthy hard negatives) of the other real scans plus phantom slices; weights to
+    ``bench/work/real_loso/<held_out>/lesions``."""
+    from sscild.lesion_data import SegSet, phantom_segset
+    from sscild.lesion_train import train_unet
+    from sscild.lesions import load_unet, save_unet, unet_card
+    from sscild.realdata import real_slices
+
+    model, cfg, _ = load_unet()
+    others = [(n, SHARED_DATA / r) for n, r in REAL if n != held_out and (SHARED_DATA / r).exists()]
+    rs = real_slices(others, draws, seed=21, healthy=0.5, n_slices=8, cache=WORK / "real_draws")
+    data = SegSet.concat(_draw_segsets(rs, cfg) + [phantom_segset(range(8000, 8016), cfg, every=3)])
+    print(f"training on {len(data)} slices ({len(rs)} real, scans {[n for n, _ in others]})", flush=True)
+    model, _ = train_unet(data, cfg=cfg, model=model, steps=steps, lr=5e-4)
+    desc = (f"shipped lesion U-Net fine-tuned {steps} steps on {len(rs)} slices of real scans "
+            f"{', '.join(n for n, _ in others)} (sscild.realdata: 3D insertion + acquisition model, half healthy) "
+            "and 16 phantoms; scan " + held_out + " held out")
+    save_unet(model, cfg, LOSO / held_out / "lesions", unet_card(cfg, description=desc))
 
 
 def _level_slices(scan, lungs):
@@ -205,4 +243,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--train":      # python bench/bench_real.py --train SCAN [STEPS]
+        sys.exit(train_loso(sys.argv[2], *(int(a) for a in sys.argv[3:4])))
     sys.exit(main())
