@@ -7,7 +7,7 @@ annotated ranges (levels out of view are left out of the loss). The held-out sca
 method (find_levels), the shipped L-Net, the fine-tuned L-Net and the combined method (combine_levels), each level
 as "in" (inside the annotated range) or its distance to the range in mm.
 
-Prepared volumes, anatomy and per-fold predictions are cached under bench/work/lnet_real (delete it to start over).
+Prepared volumes, anatomy and per-fold predictions are cached in the benchmarks' work folder (lnet_real) (delete it to start over).
 Environment: LNET_REAL_FOLDS=a,b (scan names, default all), LNET_REAL_STEPS (default 150),
 LNET_REAL_PHANTOM_CHECK=N (also fine-tune on all real scans and compare with the shipped weights on N of the
 phantom test seeds of bench/bench_lnet.py).

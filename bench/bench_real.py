@@ -8,7 +8,7 @@ Two parts, each per real scan, not only pooled:
    sharp HRCT. S-Net MAE / weighted kappa at five slices per case, lesion Dice GG / RET / total and the
    whole-lung involvement error.
 
-Leave-one-real-scan-out: for scan X the models are read from ``bench/work/real_loso/X/{snet,lesions}`` when
+Leave-one-real-scan-out: for scan X the models are read from the benchmarks' work folder, ``real_loso/X/{snet,lesions}``, when
 present (trained without X: ``python bench/bench_real.py --train``), else the shipped models are measured and the
 section says so. Run: ``python bench/run_all.py real``.
 """
@@ -61,7 +61,7 @@ def _draw_segsets(rs, cfg):
 def train_loso(held_out: str, steps: int = 800, draws: int = 4) -> None:
     """Fine-tune the shipped lesion U-Net without scan ``held_out``: real draws (3D insertion + acquisition model,
     half of them healthy hard negatives) of the other real scans plus phantom slices; weights to
-    ``bench/work/real_loso/<held_out>/lesions``."""
+    ``real_loso/<held_out>/lesions`` in the benchmarks' work folder."""
     from sscild.lesion_data import SegSet, phantom_segset
     from sscild.lesion_train import train_unet
     from sscild.lesions import load_unet, save_unet, unet_card

@@ -9,7 +9,7 @@
    (``sscild train scoring --config``); shipped and fine-tuned S-Net on a held-out set: a real scan never used for
    fine-tuning (with inserted ILD) and new phantom seeds.
 
-Run: nice -n 10 python bench/bench_review.py   (work files in bench/work/review)
+Run: nice -n 10 python bench/bench_review.py   (work files in the benchmarks' work folder, review/)
 """
 from __future__ import annotations
 

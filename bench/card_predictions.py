@@ -1,5 +1,5 @@
 """Predictions of the shipped S-Net and lesion U-Net on the bench's held-out test sets (and the U-Net's validation
-phantoms), written to bench/work/card_predictions_<model>.json so the model cards' test figures can be recomputed
+phantoms), written to card_predictions_<model>.json in the benchmarks' work folder so the model cards' test figures can be recomputed
 from stored predictions (``sscild.bundle.recompute_metrics``).
 
 Run: python bench/card_predictions.py [snet] [lnet] [lesions]
