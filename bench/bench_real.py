@@ -211,9 +211,21 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
             f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {rho:.2f} | {fib_txt} |"]
 
 
-def main() -> None:
+def scan_row(name: str, rel: str, seed: int) -> str:
+    """The table row of one real scan (models from :func:`_models`)."""
     from sscild.anatomy import segment_lungs
     from sscild.io import load_ct
+
+    scan = load_ct(SHARED_DATA / rel)
+    lungs = segment_lungs(scan)
+    ks = _level_slices(scan, lungs)
+    src, snet, unet = _models(name)
+    spec = specificity(name, scan, lungs, ks, snet, unet)
+    rows = sensitivity(scan, lungs, ks, snet, unet, seed=seed)
+    return _per_scan_lines(name, src, spec, rows)[0]
+
+
+def main() -> None:
 
     lines = ["Per real scan (none has known ILD). Specificity on the scan as it is; sensitivity on ILD inserted by "
              "`bench/realcases.py` (independent of the training generator; S-Net at five level slices per case; "
@@ -229,13 +241,7 @@ def main() -> None:
         if not p.exists():
             lines.append(f"| {name} | not available at {rel} |" + " |" * 11)
             continue
-        scan = load_ct(p)
-        lungs = segment_lungs(scan)
-        ks = _level_slices(scan, lungs)
-        src, snet, unet = _models(name)
-        spec = specificity(name, scan, lungs, ks, snet, unet)
-        rows = sensitivity(scan, lungs, ks, snet, unet, seed=100 + j)
-        lines += _per_scan_lines(name, src, spec, rows)
+        lines.append(scan_row(name, rel, 100 + j))
         print(lines[-1], flush=True)
     lines += ["", "False-positive pictures: `bench/results/real/fp_<scan>.png`."]
     write_section("real", "Real anatomy: specificity and inserted-pattern accuracy per real scan",
@@ -244,5 +250,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--train":      # python bench/bench_real.py --train SCAN [STEPS]
-        sys.exit(train_loso(sys.argv[2], *(int(a) for a in sys.argv[3:4])))
+        train_loso(sys.argv[2], *(int(a) for a in sys.argv[3:4]))
+        j = [n for n, _ in REAL].index(sys.argv[2])
+        print(scan_row(sys.argv[2], REAL[j][1], 100 + j), flush=True)   # the held-out scan, as in the table
+        sys.exit(0)
     sys.exit(main())
