@@ -104,12 +104,11 @@ def _snet_scores(snet, hu, lung, ks, pixel_mm, spread: bool = False):
 
 
 def _truth_scores(labels, ks):
-    out = []
-    for k in ks:
-        n = max(1, int((labels[k] > 0).sum()))
-        gg, ret = int((labels[k] == 2).sum()), int((labels[k] == 3).sum())
-        out.append([100.0 * (gg + ret) / n, 100.0 * gg / n, 100.0 * ret / n])
-    return np.array(out)
+    """TOT/GG/RET (% of the slice's lung area) of label maps at slices ``ks``."""
+    from sscild.domain import PATTERNS
+    from sscild.scoring.synthesis import scores_from_labels
+
+    return np.array([[scores_from_labels(labels[k])[p] for p in PATTERNS] for k in ks])
 
 
 def _lesions(unet, scan_like, lung):

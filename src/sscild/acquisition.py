@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .domain import LesionClass
+
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
@@ -153,15 +155,15 @@ def _xy_resample(vol: np.ndarray, factor: float, order: int) -> np.ndarray:
 
 
 def _labels_to_fractions(labels: np.ndarray) -> np.ndarray:
-    return np.stack([(labels == c).astype(np.float32) for c in (2, 3)])
+    return np.stack([(labels == c).astype(np.float32) for c in (LesionClass.GG, LesionClass.RET)])
 
 
 def _fractions_to_labels(frac: np.ndarray, lung: np.ndarray) -> np.ndarray:
     gg, ret = frac
-    lab = np.where(lung, 1, 0).astype(np.uint8)
+    lab = np.where(lung, int(LesionClass.NORMAL), 0).astype(np.uint8)
     les = (gg + ret) >= 0.5
-    lab[les & (ret >= gg) & lung] = 3
-    lab[les & (gg > ret) & lung] = 2
+    lab[les & (ret >= gg) & lung] = int(LesionClass.RET)
+    lab[les & (gg > ret) & lung] = int(LesionClass.GG)
     return lab
 
 
