@@ -144,6 +144,8 @@ def test_login_and_images_need_a_token(client):
     ({"misplaced": True, "corrected_offset": 3}, "a misplaced level needs the right slice"),
     ({"likert": {"TOT": 4, "GG": 3}}, "rate every heat map (1-5): missing RET"),
     ({"likert": {"TOT": 4, "GG": 3, "RET": 6}}, "heat-map ratings are 1-5"),
+    ({"comment": "x" * 2001}, "the comment is 2001 characters; keep it under 2000"),
+    ({"seconds": -1}, "the time spent on a level is 0-86400 s"),
 ])
 def test_answers_are_validated_by_the_server(client, bad, message):
     c, tokens = client

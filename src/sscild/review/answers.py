@@ -19,6 +19,7 @@ from ..errors import SscildError
 
 STEP = 5
 MAX_COMMENT = 2000
+MAX_SECONDS = 86400
 
 
 class AnswerError(SscildError):
@@ -27,7 +28,8 @@ class AnswerError(SscildError):
 
 @dataclass(frozen=True)
 class AnswerIn:
-    """One level's answer as a reader gives it."""
+    """One level's answer as a reader gives it (also the body of ``PUT /api/answer``: FastAPI checks the types,
+    :func:`check_answer` the rules)."""
 
     TOT: int
     GG: int
@@ -71,3 +73,5 @@ def check_answer(a: AnswerIn, *, neighbours: int, heatmaps: bool) -> None:
         raise AnswerError("this study has no heat maps to rate")
     if len(a.comment) > MAX_COMMENT:
         raise AnswerError(f"the comment is {len(a.comment)} characters; keep it under {MAX_COMMENT}")
+    if a.seconds is not None and not 0 <= a.seconds <= MAX_SECONDS:
+        raise AnswerError(f"the time spent on a level is 0-{MAX_SECONDS} s, got {a.seconds!r}")

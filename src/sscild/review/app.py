@@ -58,17 +58,6 @@ class Login(BaseModel):
     token: str = Field(max_length=200)
 
 
-class AnswerBody(BaseModel):
-    TOT: int
-    GG: int
-    RET: int
-    misplaced: bool = False
-    corrected_offset: int | None = None
-    likert: dict[str, int] | None = None
-    comment: str = Field("", max_length=4000)
-    seconds: float | None = Field(None, ge=0, le=86400)
-
-
 def _answer_dict(a: Answer) -> dict[str, Any]:
     lk = {"TOT": a.likert_tot, "GG": a.likert_gg, "RET": a.likert_ret}
     return {"level": a.level, "TOT": a.tot, "GG": a.gg, "RET": a.ret, "misplaced": a.misplaced,
@@ -132,8 +121,7 @@ class ReviewApp:
                     "heatmaps": lv["heatmaps"] if self.study.heatmaps else [],
                     "answered": len(ans), "total": total, "answer": _answer_dict(prev) if prev else None}
 
-    def save(self, reader: Reader, position: int, level: str, body: AnswerBody) -> dict[str, Any]:
-        a_in = AnswerIn(**body.model_dump())
+    def save(self, reader: Reader, position: int, level: str, a_in: AnswerIn) -> dict[str, Any]:
         try:
             check_answer(a_in, neighbours=self.study.neighbours, heatmaps=self.study.heatmaps)
         except AnswerError as err:
@@ -220,7 +208,7 @@ def _routes(app: FastAPI, st: ReviewApp) -> None:
         return st.task(reader, position, level)
 
     @app.put("/api/answer/{position}/{level}")
-    def answer(position: int, level: str, body: AnswerBody, reader: Reader = me):
+    def answer(position: int, level: str, body: AnswerIn, reader: Reader = me):
         return st.save(reader, position, level, body)
 
     @app.get("/api/answers")
