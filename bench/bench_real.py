@@ -27,6 +27,7 @@ REAL = [("a0001", "chest-ct-lung-pet-ct-dx-a0001"), ("lidc0001", "chest-ct-lidc-
         ("a0002", "chest-ct-lung-pet-ct-dx-a0002/ct.nii.gz"), ("acrin013", "chest-ct-acrin-flt-breast-013/ct.nii.gz")]
 CASES = [("gg", 0.15), ("mixed", 0.30), ("fibrotic", 0.40)]
 LOSO = WORK / "real_loso"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PICS = Path(__file__).resolve().parent / "results" / "real"
 
 
@@ -42,41 +43,22 @@ def _models(name: str):
     return src, load_snet(d / "snet" if has["snet"] else None), load_unet(d / "lesions" if has["lesions"] else None)
 
 
-def _draw_segsets(rs, cfg):
-    """Real draws (sscild.realdata) as U-Net slices: the slices of one draw share one lung box, as at inference."""
-    from sscild.lesion_data import prepare_volume
+def train_loso(held_out: str, steps: int | None = None) -> None:
+    """Train the lesion U-Net as ``configs/lesions_real.yaml`` says but without scan ``held_out`` (its real draws
+    excluded); weights to ``real_loso/<held_out>/lesions`` in the benchmarks' work folder."""
+    import yaml
 
-    sets, i = [], 0
-    while i < len(rs):
-        j = i
-        while j < len(rs) and rs.info[j] == rs.info[i] and rs.hu[j].shape == rs.hu[i].shape:
-            j += 1
-        sl = slice(i, j)
-        sets.append(prepare_volume(np.stack(rs.hu[sl]), np.stack(rs.lung[sl]), rs.pixel_mm[i], cfg,
-                                   labels=np.stack(rs.labels[sl]), group=rs.group[i])[0])
-        i = j
-    return sets
+    from sscild.lesion_train import train_from_config
 
-
-def train_loso(held_out: str, steps: int = 800, draws: int = 4) -> None:
-    """Fine-tune the shipped lesion U-Net without scan ``held_out``: real draws (3D insertion + acquisition model,
-    half of them healthy hard negatives) of the other real scans plus phantom slices; weights to
-    ``real_loso/<held_out>/lesions`` in the benchmarks' work folder."""
-    from sscild.lesion_data import SegSet, phantom_segset
-    from sscild.lesion_train import train_unet
-    from sscild.lesions import load_unet, save_unet, unet_card
-    from sscild.realdata import real_slices
-
-    model, cfg, _ = load_unet()
-    others = [(n, SHARED_DATA / r) for n, r in REAL if n != held_out and (SHARED_DATA / r).exists()]
-    rs = real_slices(others, draws, seed=21, healthy=0.5, n_slices=8, cache=WORK / "real_draws")
-    data = SegSet.concat(_draw_segsets(rs, cfg) + [phantom_segset(range(8000, 8016), cfg, every=3)])
-    print(f"training on {len(data)} slices ({len(rs)} real, scans {[n for n, _ in others]})", flush=True)
-    model, _ = train_unet(data, cfg=cfg, model=model, steps=steps, lr=5e-4)
-    desc = (f"shipped lesion U-Net fine-tuned {steps} steps on {len(rs)} slices of real scans "
-            f"{', '.join(n for n, _ in others)} (sscild.realdata: 3D insertion + acquisition model, half healthy) "
-            "and 16 phantoms; scan " + held_out + " held out")
-    save_unet(model, cfg, LOSO / held_out / "lesions", unet_card(cfg, description=desc))
+    d = LOSO / held_out
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = {"extends": str(CONFIGS / "lesions_real.yaml"), "out": str(d / "lesions"),
+           "description": f"configs/lesions_real.yaml without the real draws of {held_out} (held out)",
+           "data": {"real_draws": {"exclude": [held_out]}}}
+    if steps:
+        cfg["train"] = {"steps": int(steps)}
+    (d / "lesions_config.yaml").write_text(yaml.safe_dump(cfg))
+    train_from_config(d / "lesions_config.yaml", quiet=True, allow_package=False)
 
 
 def _level_slices(scan, lungs):
@@ -111,11 +93,15 @@ def _truth_scores(labels, ks):
     return np.array([[scores_from_labels(labels[k])[p] for p in PATTERNS] for k in ks])
 
 
-def _lesions(unet, scan_like, lung):
+def _lesions(unet, scan_like, lungs):
+    """The lesion map as ``sscild analyze`` makes it: the U-Net, then vessels and airways set to normal."""
     from sscild.lesions import segment_lesions
+    from sscild.pipeline import exclude_structures
+    from sscild.vessels import segment_vessels
 
     model, cfg, _ = unet
-    return segment_lesions(model, cfg, scan_like, lung)
+    lab = segment_lesions(model, cfg, scan_like, lungs.mask)
+    return exclude_structures(lab, lungs, segment_vessels(scan_like, lungs))
 
 
 def _with_hu(scan, hu):
@@ -126,13 +112,14 @@ def _with_hu(scan, hu):
 
 def specificity(name, scan, lungs, ks, snet, unet) -> dict:
     from sscild.domain import goh_extent, goh_stage
+    from sscild.pipeline import model_input
 
-    lab = _lesions(unet, scan, lungs.mask)
+    lab = _lesions(unet, scan, lungs)
     lung_n = max(1, int((lab > 0).sum()))
     inv = 100.0 * int((lab >= 2).sum()) / lung_n
     per_slice = [(lab[k] >= 2).sum() / max(1, (lab[k] > 0).sum()) for k in range(len(lab)) if (lab[k] > 0).any()]
     full = int(sum(1 for v in per_slice if v >= 0.999))
-    sc = _snet_scores(snet, scan.hu, lungs.mask, ks, float(scan.spacing[1]))
+    sc = _snet_scores(snet, model_input(scan, lungs)[1].hu, lungs.mask, ks, float(scan.spacing[1]))
     ext = goh_extent({f"L{i + 1}": float(v) for i, v in enumerate(sc[:, 0])})
     _fp_picture(name, scan, lab, ks)
     return {"involvement": inv, "slices_100": full, "goh": ext.extent,
@@ -162,12 +149,13 @@ def sensitivity(scan, lungs, ks, snet, unet, seed) -> list[dict]:
     rng = np.random.default_rng(seed)
     for kind, ext in CASES:
         hu, lab = realcases.make_case(scan.hu, lungs.mask, scan.spacing, rng, kind=kind, extent=ext)
-        rows.append(_measure_case(kind, _with_hu(scan, hu), lab, lungs.mask, ks, snet, unet))
+        rows.append(_measure_case(kind, _with_hu(scan, hu), lab, lungs, ks, snet, unet))
         if kind == "fibrotic" and scan.spacing[0] <= 2.5:
             img, slab, slung, sp = realcases.sparse_hrct(hu, lab, lungs.mask, scan.spacing)
             sparse = _sparse_scan(scan, img, sp)
             ks2 = [k for k in range(len(img)) if slung[k].mean() > 0.04]
-            rows.append(_measure_case("fibrotic sparse HRCT", sparse, slab, slung, ks2, snet, unet))
+            rows.append(_measure_case("fibrotic sparse HRCT", sparse, slab, _lungs_like(slung), ks2,
+                                      snet, unet))
     return rows
 
 
@@ -177,13 +165,24 @@ def _sparse_scan(scan, img, sp):
     return replace(scan, hu=np.clip(np.round(img), -1024, 3071).astype(np.int16), spacing=tuple(float(v) for v in sp))
 
 
-def _measure_case(kind, scan_like, lab, lung, ks, snet, unet) -> dict:
-    from sscild.evaluate import dice
+def _lungs_like(lung):
+    """Lungs of a resampled sparse stack: its lung mask as one lung, no airways (none are tracked on 1 mm slices
+    10 mm apart); vessels are still found on the stack itself."""
+    from sscild.anatomy import Lungs
 
-    pred = _lesions(unet, scan_like, lung)
+    return Lungs(np.where(lung, 1, 0).astype(np.uint8), np.zeros_like(lung, dtype=bool))
+
+
+def _measure_case(kind, scan_like, lab, lungs, ks, snet, unet) -> dict:
+    from sscild.evaluate import dice
+    from sscild.pipeline import model_input
+
+    lung = lungs.mask
+    pred = _lesions(unet, scan_like, lungs)
     t = np.where(lung, lab, 0)
     n = max(1, int(lung.sum()))
-    sc, sd = _snet_scores(snet, scan_like.hu, lung, ks, float(scan_like.spacing[1]), spread=True)
+    sc, sd = _snet_scores(snet, model_input(scan_like, lungs)[1].hu, lung, ks, float(scan_like.spacing[1]),
+                          spread=True)
     return {"kind": kind, "pred": sc, "sd": sd, "truth": _truth_scores(t, ks), "unet": _truth_scores(pred, ks),
             "dice": {"GG": dice(pred == 2, t == 2), "RET": dice(pred == 3, t == 3), "total": dice(pred >= 2, t >= 2)},
             "inv_err": abs(100.0 * (pred >= 2).sum() / n - 100.0 * (t >= 2).sum() / n),
@@ -250,6 +249,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--train":      # python bench/bench_real.py --train SCAN [STEPS]
         train_loso(sys.argv[2], *(int(a) for a in sys.argv[3:4]))
+        if "--no-row" in sys.argv:
+            sys.exit(0)
         j = [n for n, _ in REAL].index(sys.argv[2])
         print(scan_row(sys.argv[2], REAL[j][1], 100 + j), flush=True)   # the held-out scan, as in the table
         sys.exit(0)

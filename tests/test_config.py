@@ -74,7 +74,8 @@ def test_relative_paths_are_taken_from_the_config_file_and_extends_merges(tmp_pa
 @pytest.mark.parametrize("name,kind,cls", [("snet_phantoms.yaml", "snet", SNetConfig),
                                            ("lnet_phantoms.yaml", "lnet", LNetConfig),
                                            ("lesions_phantoms.yaml", "lesions", UNetConfig),
-                                           ("lesions_phantoms_phase2.yaml", "lesions", UNetConfig)])
+                                           ("lesions_phantoms_phase2.yaml", "lesions", UNetConfig),
+                                           ("lesions_real.yaml", "lesions", UNetConfig)])
 def test_shipped_configs_are_valid_and_point_at_the_shipped_models(name, kind, cls):
     """the configs in configs/ pass the strict reader; their out is the shipped model folder."""
     tc = trainer_config(kind, REPO / "configs" / name, cls, "out")

@@ -3,8 +3,9 @@
 Training and test data for the learned stages are real volumes (with or without inserted patterns) passed
 through :func:`simulate`, which applies, in this order, to the image and to its label fractions together:
 
-1. gravity: dependent density (a few tens of HU) in the lowest ~2-3 cm of each lung, posterior for a supine
-   and anterior for a prone patient (the labels stay "normal": this is a hard negative);
+1. breath-hold: a shallower inspiration (free breathing, the CT of a PET/CT) raises the density of the whole
+   lung parenchyma by up to ~150 HU; gravity: dependent density (a few tens of HU) in the lowest ~2-3 cm of each
+   lung, posterior for a supine and anterior for a prone patient (the labels stay "normal": hard negatives);
 2. the reconstruction kernel in-plane, as a Gaussian MTF (smooth kernels) or an unsharp mask (sharp kernels);
 3. quantum noise, Gaussian with a correlation length (noise grain) of its own;
 4. the slice profile along z (Gaussian of the requested FWHM, combined with the native one) and the slice
@@ -44,7 +45,8 @@ class Acquisition:
 
     ``kernel_mm`` > 0 smooths in-plane (Gaussian sigma); ``sharpen`` > 0 adds an unsharp mask of that amount
     (sharp kernels); ``noise_hu`` is the added noise SD and ``noise_grain_mm`` its correlation length;
-    ``dependent_hu`` the gravity-dependent density added at the dependent lung border.
+    ``dependent_hu`` the gravity-dependent density added at the dependent lung border; ``aeration_hu`` the
+    density added to all lung parenchyma by a shallower inspiration.
     """
 
     slice_thickness_mm: float = 1.0
@@ -56,11 +58,13 @@ class Acquisition:
     noise_grain_mm: float = 0.5
     prone: bool = False
     dependent_hu: float = 0.0
+    aeration_hu: float = 0.0
 
     def describe(self) -> str:
         k = f"sharpen {self.sharpen:.1f}" if self.sharpen > 0 else f"smooth {self.kernel_mm:.1f} mm"
         return (f"{self.slice_thickness_mm:.1f} mm every {self.slice_interval_mm:.1f} mm, {self.pixel_mm:.2f} mm "
-                f"pixels, {k}, noise {self.noise_hu:.0f} HU, {'prone' if self.prone else 'supine'}")
+                f"pixels, {k}, noise {self.noise_hu:.0f} HU, {'prone' if self.prone else 'supine'}"
+                + (f", lung +{self.aeration_hu:.0f} HU (shallow inspiration)" if self.aeration_hu > 0 else ""))
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,11 @@ class Simulated:
 
 
 def random_acquisition(rng: np.random.Generator, native_spacing: tuple[float, float, float], *,
-                       sparse: float = 0.15, prone: float = 0.15) -> Acquisition:
+                       sparse: float = 0.15, prone: float = 0.15, shallow: float = 0.0) -> Acquisition:
     """A plausible acquisition no finer than the native one: slices 0.6-8 mm (contiguous or, with chance
-    ``sparse``, 1 mm every 10 mm), pixels 0.4-1.4 mm, kernels very smooth to very sharp, noise 0-60 HU."""
+    ``sparse``, 1 mm every 10 mm), pixels 0.4-1.4 mm, kernels very smooth to very sharp, noise 0-60 HU; with
+    chance ``shallow`` a shallow inspiration (lung parenchyma +30..150 HU; drawn last, so 0 keeps the other draws
+    of a seed as they were)."""
     dz, dy = float(native_spacing[0]), float(native_spacing[1])
     if rng.random() < sparse and dz <= 2.5:
         th, step = max(1.0, dz), 10.0
@@ -91,7 +97,8 @@ def random_acquisition(rng: np.random.Generator, native_spacing: tuple[float, fl
     return Acquisition(slice_thickness_mm=th, slice_interval_mm=step, pixel_mm=px, kernel_mm=kernel,
                        sharpen=sharpen, noise_hu=float(rng.uniform(0.0, 60.0)),
                        noise_grain_mm=float(rng.uniform(0.3, 1.0)), prone=bool(rng.random() < prone),
-                       dependent_hu=float(rng.uniform(0.0, 120.0)))
+                       dependent_hu=float(rng.uniform(0.0, 120.0)),
+                       aeration_hu=float(rng.uniform(30.0, 150.0)) if shallow > 0 and rng.random() < shallow else 0.0)
 
 
 def dependent_density(hu: np.ndarray, lung: np.ndarray, spacing, amount_hu: float, *, prone: bool = False,
@@ -184,6 +191,8 @@ def simulate(hu: np.ndarray, spacing, acq: Acquisition, rng: np.random.Generator
     """
     dz, dy = float(spacing[0]), float(spacing[1])
     v = np.asarray(hu, np.float32)
+    if acq.aeration_hu > 0 and lung is not None:
+        v = v + acq.aeration_hu * (lung & (v < -500))
     v = dependent_density(v, lung, spacing, acq.dependent_hu, prone=acq.prone)
     v = apply_kernel(v, spacing, acq.kernel_mm, acq.sharpen)
     v = add_correlated_noise(v, spacing, acq.noise_hu, acq.noise_grain_mm, rng)

@@ -15,6 +15,8 @@ Every trainer's YAML has the same sections::
     validation: {...}           # like data
     cv: {folds: 5}
     calibrate: true             # S-Net only
+    finetune: {...}             # S-Net only: fine-tune ``init`` on new labels with replay and a guard
+                                # (:class:`FinetuneSettings`; ``sscild review export`` writes such a config)
 
 A YAML error, an unknown key (with the keys that are known), a value of the wrong type or a missing file is a
 ``ConfigError``. Defaults live here only (:data:`TRAIN_DEFAULTS`). Relative paths are taken from the folder of the
@@ -41,7 +43,7 @@ from typing import Any, Mapping
 from .bundle import LABEL_KINDS
 from .errors import ConfigError
 TOP_KEYS = ("extends", "description", "label_kind", "out", "init", "config", "data", "synthetic", "pretrain",
-            "train", "validation", "cv", "calibrate")
+            "train", "validation", "cv", "calibrate", "finetune")
 
 
 @dataclass(frozen=True)
@@ -83,16 +85,65 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
              "checkpoint_every": 200, "log_every": 200, "loss": "mse"},
     "lesions": {"steps": 1000, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 0,
                 "final_lr_fraction": 1.0, "checkpoint_every": 250, "log_every": 50, "loss": "dice+ce"},
+    # an S-Net config with a finetune: section: few steps at a low rate from init weights; no weight decay
+    # (it pulls towards zero; L2-SP pulls towards the initial weights instead)
+    "snet_finetune": {"steps": 300, "batch_size": 16, "lr": 5e-5, "weight_decay": 0.0, "warmup_steps": 20,
+                      "checkpoint_every": 100, "log_every": 50, "loss": "mse"},
 }
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The ``finetune:`` section of an S-Net config: fine-tuning ``init`` weights on new labels (``data:``, e.g. a
+    reader study's consensus) without forgetting what they could do.
+
+    - ``replay``: a data section (phantoms, real_backgrounds, dataset_csv) of the original training distribution;
+      its scored slices plus synthetic slices as the ``synthetic:`` section says make the replay set, and
+      ``replay_share`` of every batch is drawn from it (the rest from the new labels);
+    - ``l2sp``: weight of the L2-SP penalty ``l2sp / 2 * sum((w - w_init) ** 2)``; ``freeze_bn``: batch-norm
+      statistics stay those of ``init`` (new labels would otherwise shift them for every input);
+    - ``val_share``: share of the new labels' patients held out for validation (with the ``validation:`` section,
+      the original distribution, it fits the output calibration; neither is a test set);
+    - the guard: ``init`` and the fine-tuned net are scored on the ``validation:`` section; when the fine-tuned
+      net's MAE on TOT, GG or RET is worse by more than ``tolerance`` points, a warning says so and
+      ``on_worse: keep_init`` writes the initial weights to ``out`` (the fine-tuned ones to ``out/rejected``);
+      ``keep_finetuned`` writes the fine-tuned ones with the warning in their card;
+    - ``cache``: keep the prepared replay and validation slices in ``out/cache`` (reruns and resumes reuse them).
+    """
+
+    replay: dict = field(default_factory=dict)
+    replay_share: float = 0.67
+    l2sp: float = 0.01
+    freeze_bn: bool = True
+    val_share: float = 0.25
+    tolerance: float = 0.5
+    on_worse: str = "keep_init"
+    cache: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.replay_share < 1:
+            raise ConfigError(f"finetune: replay_share must be within 0..1 (below 1), got {self.replay_share}")
+        if not 0 <= self.val_share < 1:
+            raise ConfigError(f"finetune: val_share must be within 0..1 (below 1), got {self.val_share}")
+        if self.l2sp < 0 or self.tolerance < 0:
+            raise ConfigError(f"finetune: l2sp and tolerance must be >= 0, got {self.l2sp} and {self.tolerance}")
+        if self.on_worse not in ("keep_init", "keep_finetuned"):
+            raise ConfigError(f"finetune: on_worse must be keep_init or keep_finetuned, got {self.on_worse!r}")
+        if self.replay_share > 0 and not self.replay:
+            raise ConfigError("finetune: replay_share > 0 needs a replay data section (phantoms, real_backgrounds, "
+                              "dataset_csv) of the original training data; or set replay_share: 0")
 #: keys of the data sections per trainer (validation takes the same, plus the listed extras)
 DATA_KEYS = {"snet": ("phantoms", "dataset_csv", "real_backgrounds"),
              "lnet": ("phantoms", "dataset_csv"),
-             "lesions": ("phantoms", "pairs_csv", "name_map", "real_backgrounds")}
+             "lesions": ("phantoms", "pairs_csv", "name_map", "real_backgrounds", "real_draws")}
 VALIDATION_EXTRA = {"snet": ("synthetic_n",), "lnet": (), "lesions": ()}
 PHANTOM_KEYS = ("n", "seed0", "size", "neighbours", "noise_hu", "every")
 BACKGROUND_KEYS = ("path", "keep", "optional", "weight")
+#: ``real_draws``: 3D insertion + acquisition model on real scans (:mod:`sscild.realdata`); ``scans`` lists
+#: ``{name, path}``, ``exclude`` names scans to leave out (leave-one-scan-out), ``weight`` the share of batches
+REAL_DRAW_KEYS = ("scans", "exclude", "draws", "healthy", "n_slices", "seed", "shallow", "cache", "weight")
 SYNTHETIC_KEYS = ("fraction", "n", "noise_hu", "source", "real_gg")
-PATH_KEYS = ("dataset_csv", "pairs_csv", "path", "real_gg")
+PATH_KEYS = ("dataset_csv", "pairs_csv", "path", "real_gg", "cache")
 
 
 def check_keys(d: Any, known: tuple[str, ...] | list[str], where: str) -> dict:
@@ -201,7 +252,7 @@ def load_config(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     for k in ("out", "init"):
         if c.get(k) is not None:
             c[k] = str(resolve(base, c[k]))
-    for k in ("data", "synthetic", "validation"):
+    for k in ("data", "synthetic", "validation", "finetune"):
         if k in c:
             c[k] = _absolute(c[k], base)
     parent = c.pop("extends", None)
@@ -232,6 +283,7 @@ class TrainerConfig:
     validation: dict = field(default_factory=dict)
     cv_folds: int = 0
     calibrate: bool = True
+    finetune: FinetuneSettings | None = None
 
 
 def _check_data(kind: str, d: Any, where: str, extra: tuple[str, ...] = ()) -> dict:
@@ -244,6 +296,11 @@ def _check_data(kind: str, d: Any, where: str, extra: tuple[str, ...] = ()) -> d
     for i, rb in enumerate(d.get("real_backgrounds") or []):
         if "path" not in check_keys(rb, BACKGROUND_KEYS, f"{where}.real_backgrounds[{i}]"):
             raise ConfigError(f"{where}.real_backgrounds[{i}] needs a path")
+    if d.get("real_draws"):
+        rd = check_keys(d["real_draws"], REAL_DRAW_KEYS, f"{where}.real_draws")
+        for i, sc in enumerate(rd.get("scans") or []):
+            if not {"name", "path"} <= set(check_keys(sc, ("name", "path", "optional"), f"{where}.real_draws.scans[{i}]")):
+                raise ConfigError(f"{where}.real_draws.scans[{i}] needs a name and a path")
     return d
 
 
@@ -257,13 +314,27 @@ def trainer_config(kind: str, path: str | Path, network_cls, default_out: str) -
         raise ConfigError(f"{where}: label_kind must be one of {', '.join(LABEL_KINDS)}; got {label_kind!r}")
     cv = check_keys(c.get("cv"), ("folds",), f"{where}: cv")
     pre = check_keys(c.get("pretrain"), ("steps",), f"{where}: pretrain")
+    ft = _finetune(kind, c, where)
     return TrainerConfig(
         kind=kind, path=path, description=str(c.get("description", "see config")), label_kind=label_kind,
         out=Path(c.get("out") or resolve(path.resolve().parent, default_out)), init=Path(c["init"]) if c.get("init") else None,
         network=from_dict(network_cls, c.get("config"), f"{where}: config"),
-        train=train_settings(kind, c.get("train"), f"{where}: train"),
+        train=train_settings(f"{kind}_finetune" if ft else kind, c.get("train"), f"{where}: train"),
         data=_check_data(kind, c.get("data"), f"{where}: data"),
         synthetic=check_keys(c.get("synthetic"), SYNTHETIC_KEYS, f"{where}: synthetic"),
         pretrain_steps=int(pre.get("steps", 0)),
         validation=_check_data(kind, c.get("validation"), f"{where}: validation", VALIDATION_EXTRA[kind]),
-        cv_folds=int(cv.get("folds", 0)), calibrate=bool(c.get("calibrate", True)))
+        cv_folds=int(cv.get("folds", 0)), calibrate=bool(c.get("calibrate", True)), finetune=ft)
+
+
+def _finetune(kind: str, c: dict, where: str) -> FinetuneSettings | None:
+    """The checked ``finetune:`` section (S-Net only; it needs ``init``), or None."""
+    if c.get("finetune") is None:
+        return None
+    if kind != "snet":
+        raise ConfigError(f"{where}: finetune: is for S-Net configs only")
+    if not c.get("init"):
+        raise ConfigError(f"{where}: finetune: needs init: (the weights to fine-tune, e.g. the shipped S-Net)")
+    ft = from_dict(FinetuneSettings, c["finetune"], f"{where}: finetune")
+    replay = _check_data(kind, ft.replay, f"{where}: finetune.replay") if ft.replay else {}
+    return dataclasses.replace(ft, replay=replay)

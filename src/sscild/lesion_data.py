@@ -41,9 +41,12 @@ class SegSet(SliceArrays):
 def prepare_volume(hu: np.ndarray, lung: np.ndarray, pixel_mm: float, cfg: UNetConfig,
                    labels: np.ndarray | None = None, slices: Sequence[int] | None = None, group: str = ""
                    ) -> tuple[SegSet, Any]:
-    """Crop slices of a volume (z, y, x) to the scan's lung box and resample; returns (SegSet, crop)."""
+    """Crop slices of a volume (z, y, x) to the scan's lung box and resample; returns (SegSet, crop). The lung
+    voxels are shifted to the reference aeration of the whole volume first, as :func:`segment_lesions` does."""
+    from .density import aeration, normalise_aeration
     from .scoring.snet import crop_resample
 
+    hu = normalise_aeration(hu, lung, aeration(hu, lung, pixel_mm))
     crop = scan_crop(lung, cfg.margin)
     ks = list(range(len(hu))) if slices is None else list(slices)
     h, lu, lab, f = crop_resample(np.asarray(hu, np.float32)[ks], np.asarray(lung, bool)[ks], cfg.size, crop=crop,
@@ -86,6 +89,20 @@ def synthetic_segset(backgrounds: SegSet, n: int, rng: np.random.Generator, sour
         labs.append(r.labels)
     return SegSet(np.stack(hus), backgrounds.lung[idx], np.stack(labs), backgrounds.pixel_mm[idx],
                   backgrounds.group[idx])
+
+
+def real_draw_segset(rs, cfg: UNetConfig) -> SegSet:
+    """Real draws (:class:`sscild.realdata.RealSlices`) as U-Net slices: the slices of one draw share one lung box
+    and one aeration reference, as at inference."""
+    sets, i = [], 0
+    while i < len(rs):
+        j = i
+        while j < len(rs) and rs.info[j] == rs.info[i] and rs.hu[j].shape == rs.hu[i].shape:
+            j += 1
+        sets.append(prepare_volume(np.stack(rs.hu[i:j]), np.stack(rs.lung[i:j]), rs.pixel_mm[i], cfg,
+                                   labels=np.stack(rs.labels[i:j]), group=rs.group[i])[0])
+        i = j
+    return SegSet.concat(sets)
 
 
 def real_background_segset(path: str | Path, cfg: UNetConfig, keep: tuple[float, float] = (0.0, 1.0)) -> SegSet:

@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .lesion_data import SegSet, pairs_segset, phantom_segset, real_background_segset, synthetic_segset
+from .lesion_data import (SegSet, pairs_segset, phantom_segset, real_background_segset, real_draw_segset,
+                          synthetic_segset)
 from .lesions import (UNetConfig, _inputs, build_unet, confusion, dice_from_confusion, dice_table, load_unet,
                       predict_prepared, save_unet, unet_card)
 
 def train_unet(data: SegSet, *, cfg: UNetConfig = UNetConfig(), settings=None, device: str = "cpu", model=None,
                quiet: bool = True, lesion_weighted: bool = True, out: str | Path | None = None,
-               resume: bool = False, stop_after: int | None = None, **overrides):
+               resume: bool = False, stop_after: int | None = None, slice_weight: np.ndarray | None = None,
+               **overrides):
     """Train the U-Net (Dice + CE) with :func:`sscild.engine.fit`; slices with lesions are drawn as often as healthy
-    ones when ``lesion_weighted``; ``augment`` flips and rotates by 90 degrees. ``settings`` default to the lesion
-    trainer's (:data:`sscild.config.TRAIN_DEFAULTS`), keyword overrides of its fields (``steps``, ``lr``, ...).
+    ones when ``lesion_weighted``, and ``slice_weight`` (one value per slice) multiplies each slice's chance;
+    ``augment`` flips and rotates by 90 degrees. ``settings`` default to the lesion trainer's
+    (:data:`sscild.config.TRAIN_DEFAULTS`), keyword overrides of its fields (``steps``, ``lr``, ...).
     Returns ``(model, TrainLog)``."""
     import torch
     from monai.losses import DiceCELoss
@@ -32,6 +35,7 @@ def train_unet(data: SegSet, *, cfg: UNetConfig = UNetConfig(), settings=None, d
     has = np.array([(data.labels[i] >= 2).any() for i in range(len(data))])
     p = np.where(has, 0.5 / max(has.sum(), 1), 0.5 / max((~has).sum(), 1)) if lesion_weighted and has.any() \
         and (~has).any() else np.full(len(data), 1.0 / len(data))
+    p = p * (np.asarray(slice_weight, float) if slice_weight is not None else 1.0)
     p = p / p.sum()
 
     def step_fn(m, step, rng):
@@ -49,8 +53,30 @@ def train_unet(data: SegSet, *, cfg: UNetConfig = UNetConfig(), settings=None, d
     return log.model, log
 
 
-def _train_data(tc, quiet: bool) -> SegSet:
-    """The training slices a config names: phantoms, users' label maps, inserted patterns on healthy slices."""
+def _real_draws(spec: dict, cfg: UNetConfig, quiet: bool) -> SegSet | None:
+    """``data.real_draws``: 3D insertion + acquisition model on the real scans listed (``exclude`` leaves scans
+    out); a missing scan is skipped unless ``optional: false``."""
+    from .realdata import real_slices
+
+    scans = []
+    for sc in spec.get("scans") or []:
+        if sc["name"] in (spec.get("exclude") or []):
+            continue
+        if Path(sc["path"]).exists():
+            scans.append((sc["name"], sc["path"]))
+        elif not sc.get("optional", True):
+            raise ConfigError(f"real_draws scan {sc['path']} does not exist")
+    if not scans:
+        return None
+    rs = real_slices(scans, int(spec.get("draws", 8)), seed=int(spec.get("seed", 0)),
+                     healthy=float(spec.get("healthy", 0.5)), n_slices=int(spec.get("n_slices", 8)),
+                     shallow=float(spec.get("shallow", 0.0)), cache=spec.get("cache"), quiet=quiet)
+    return real_draw_segset(rs, cfg)
+
+
+def _train_data(tc, quiet: bool) -> tuple[SegSet, np.ndarray]:
+    """The training slices a config names (phantoms, users' label maps, inserted patterns on healthy slices, real
+    draws) and each slice's sampling weight (``real_draws.weight`` for real draws, else 1)."""
     from .scoring.snet import pattern_source_from_spec
 
     d, cfg = tc.data, tc.network
@@ -71,7 +97,12 @@ def _train_data(tc, quiet: bool) -> SegSet:
     if n_syn:
         source = pattern_source_from_spec(tc.synthetic, tc.path.parent)
         sets.append(synthetic_segset(SegSet.concat(bgs), n_syn, np.random.default_rng(tc.train.seed), source))
-    return SegSet.concat(sets)
+    weights = [np.ones(len(x)) for x in sets]
+    real = _real_draws(d["real_draws"], cfg, quiet) if d.get("real_draws") else None
+    if real is not None:
+        sets.append(real)
+        weights.append(np.full(len(real), float(d["real_draws"].get("weight", 1.0))))
+    return SegSet.concat(sets), np.concatenate(weights)
 
 
 def _cross_validate(data: SegSet, tc, device: str, quiet: bool) -> list[dict]:
@@ -117,7 +148,7 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
 
     tc = trainer_config("lesions", config, UNetConfig, "lesions_out")
     t0 = time.perf_counter()
-    data = _train_data(tc, quiet)
+    data, weight = _train_data(tc, quiet)
     cv = _cross_validate(data, tc, device, quiet) if tc.cv_folds > 1 else []
     if cv:
         write_json(tc.out / "cv.json", cv)
@@ -128,7 +159,7 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
             raise ConfigError(f"{tc.path}: init {tc.init} is a U-Net of another config ({icfg}); it cannot start "
                               f"a {tc.network}")
     model, log = train_unet(data, cfg=tc.network, settings=tc.train, device=device, quiet=quiet, model=init,
-                            out=tc.out, resume=resume)
+                            out=tc.out, resume=resume, slice_weight=weight)
     metrics, preds = _validation(model, tc)
     card = unet_card(tc.network, description=tc.description, label_kind=tc.label_kind, metrics=metrics,
                      training={"config_file": tc.path.name, "train_slices": len(data), "steps": tc.train.steps,

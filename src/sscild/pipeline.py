@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .anatomy import Lungs, segment_lungs
-from .density import density_metrics
+from .density import Aeration, aeration, density_metrics, normalise_aeration
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
 from .levels import GohLevels, find_levels
@@ -100,15 +100,17 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
         with clock("levels_lnet"):
             steps["lnet"] = lnet_stage(scan, st, models)
     scoring_levels = levels if levels is not None else steps.get("lnet", Step()).value
+    aer, mscan = model_input(scan, lungs)
     if st.scores and scoring_levels is not None:
         with clock("scores"):
-            steps["scores"] = score_stage(scan, lungs, scoring_levels, st, models)
+            steps["scores"] = score_stage(mscan, lungs, scoring_levels, st, models)
         if st.heatmaps and steps["scores"].value is not None:
             with clock("heatmaps"):
-                steps["heatmaps"] = heatmap_stage(scan, lungs, steps["scores"].value, st, models)
+                steps["heatmaps"] = heatmap_stage(mscan, lungs, steps["scores"].value, st, models)
     if st.lesions:
         with clock("lesions"):
-            steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"])
+            steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"],
+                                            aer)
         steps["scores"] = agreement_stage(lungs, steps.get("scores", Step()), steps["lesions"].value)
     regions = rmap = None
     if st.regions:
@@ -117,6 +119,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
             regions = regional_metrics(scan, lungs, getattr(steps.get("lesions", Step()).value, "labels", None), rmap)
     quality = free["quality"]
     warns = level_warnings(lungs, levels) + (list(quality.warnings) if quality is not None else []) \
+        + ([aer.note()] if aer.note() and (st.scores or st.lesions) else []) \
         + [w for s in steps.values() for w in s.warnings]
     return Analysis(describe(scan), lungs, levels, free["density"],
                     {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}, clock.seconds, st, tuple(warns),
@@ -141,6 +144,16 @@ def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _
     with clock("density"):
         out["density"] = density_metrics(scan, lungs)
     return out
+
+
+def model_input(scan: CTScan, lungs: Lungs) -> tuple[Aeration, CTScan]:
+    """The scan as S-Net sees it: lung voxels shifted to the reference aeration (:func:`sscild.density.aeration`;
+    the lesion U-Net applies the same shift itself). The model-free stages keep the original HU."""
+    aer = aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
+    if aer.shift_hu <= 0:
+        return aer, scan
+    hu = np.clip(np.round(normalise_aeration(scan.hu, lungs.mask, aer)), -32768, 32767).astype(scan.hu.dtype)
+    return aer, replace(scan, hu=hu)
 
 
 def _load(models: ModelSet, name: str, st: AnalysisSettings) -> LoadedModel:
@@ -255,7 +268,7 @@ EXCLUDED_TEXT = {True: "vessels and airway walls (model-free masks) are counted 
 
 
 def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: AnalysisSettings,
-                 models: ModelSet, vessels: Vessels | None = None) -> Step:
+                 models: ModelSet, vessels: Vessels | None = None, aer: Aeration | None = None) -> Step:
     """Lesion U-Net over the whole scan and its summary (per lung, zone, level); the vessel and airway voxels
     inside the lungs are set to normal (1) before summarising (:func:`exclude_structures`)."""
     try:
@@ -268,7 +281,10 @@ def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: Analy
     lab = exclude_structures(lab, lungs, vessels)
     ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
     notes, used = _used(m)
-    summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": EXCLUDED_TEXT[vessels is not None]}
+    aer = aer if aer is not None else aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
+    summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": EXCLUDED_TEXT[vessels is not None],
+               "aeration": {"p10_HU": round(aer.p10_hu, 1), "shift_HU": round(aer.shift_hu, 1),
+                            "note": aer.note() or "lung well inflated: no shift"}}
     return Step(LesionMaps(lab, summary), notes, used)
 
 
