@@ -281,16 +281,25 @@ def test_tool_scores_only_after_the_answer_and_only_when_the_study_says_so(tmp_p
             assert r == {"saved": True}
 
 
-def test_finetune_config_starts_from_the_shipped_snet_and_can_replay_its_phantoms():
+def test_finetune_config_starts_from_the_shipped_snet_and_replays_its_training():
     import yaml
 
-    from sscild.config import TOP_KEYS
-    from sscild.review.export import finetune_config
+    from sscild.config import TOP_KEYS, FinetuneSettings
+    from sscild.review.export import finetune_config, shipped_training_config
     from sscild.scoring.snet import DEFAULT_DIR
 
-    c = yaml.safe_load(finetune_config(Path("study/labels.csv"), 3, steps=10, replay_phantoms=5))
-    assert set(c) <= set(TOP_KEYS) and c["label_kind"] == "expert"
+    c = yaml.safe_load(finetune_config(Path("study/labels.csv"), 3, steps=10, replay_phantoms=15))
+    assert set(c) <= set(TOP_KEYS) and c["label_kind"] == "expert" and c["calibrate"] is True
     assert Path(c["init"]) == DEFAULT_DIR and c["train"]["steps"] == 10 and "calibration" not in c["config"]
-    assert c["data"] == {"dataset_csv": "labels.csv",
-                         "phantoms": [{"n": 5, "seed0": 7000, "size": "small", "neighbours": 1}]}
-    assert "phantoms" not in yaml.safe_load(finetune_config(Path("labels.csv"), 3))["data"]
+    assert c["data"] == {"dataset_csv": "labels.csv"} and c["train"]["lr"] == 5e-5
+    ft = c["finetune"]
+    assert ft["replay_share"] == FinetuneSettings.replay_share and ft["on_worse"] == "keep_init"
+    shipped = shipped_training_config()
+    if shipped is not None:                      # a source checkout: the shipped config's lists, scaled 150 -> 15
+        assert [(p["seed0"], p["size"], p["n"]) for p in ft["replay"]["phantoms"]] == [(7000, "small", 12),
+                                                                                       (7200, "medium", 3)]
+        assert ft["replay"]["real_backgrounds"][0]["weight"] == pytest.approx(12 * 15 / 150)
+        assert c["validation"] == shipped["validation"] and c["synthetic"] == shipped["synthetic"]
+    none = yaml.safe_load(finetune_config(Path("labels.csv"), 3, replay_phantoms=0))
+    assert none["finetune"]["replay_share"] == 0.0 and "replay" not in none["finetune"]
+    assert none["validation"]["phantoms"]["seed0"] == 7500      # the shipped validation seeds, not the test seeds

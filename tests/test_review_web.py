@@ -265,7 +265,11 @@ def test_export_then_train_scoring_fine_tunes(env):
     assert lab[[f"{n}_TOT" for n in LEVELS]].to_numpy().mean() == pytest.approx(
         _first_readings_mean(root, typed), abs=1e-3)
     cfg = yaml.safe_load(e.config.read_text())
-    cfg["train"]["batch_size"] = 4
+    assert cfg["finetune"]["replay"]["phantoms"] and cfg["validation"]        # replay and a guard by default
+    cfg["train"]["batch_size"] = 4                                            # a small run of the same path:
+    cfg["finetune"]["replay"] = {"phantoms": [{"n": 1, "seed0": 7000, "size": "small", "neighbours": 1}]}
+    cfg["synthetic"] = {"fraction": 0.5, "source": "procedural"}
+    cfg["validation"] = {"phantoms": {"n": 2, "seed0": 7500, "size": "small", "neighbours": 1}}
     e.config.write_text(yaml.safe_dump(cfg))
     from typer.testing import CliRunner
 
@@ -279,7 +283,12 @@ def test_export_then_train_scoring_fine_tunes(env):
 
     card = json.loads((out / "card.json").read_text())
     tr = card.get("training", card)                                   # the card keeps the run under "training"
-    assert tr["steps"] == 4 and tr["train_slices"] == 15 * 3          # 15 levels, each with +-1 neighbour
+    ft = card["notes"].get("finetune") or card["notes"]["finetune_rejected"]
+    n_val = len(ft["new_validation_patients"])                       # a quarter of the 3 cases: 1 held out
+    assert n_val == 1 and ft["new_train_slices"] == (3 - n_val) * 5 * 3   # 5 levels, each with +-1 neighbour
+    assert ft["guard"]["checked"] and set(ft["guard"]["init_MAE"]) == set(PATTERNS)
+    if ft["kept"] == "finetuned":
+        assert tr["steps"] == 4 and tr["replay_slices"] > 0
     from sscild.scoring.snet import load_snet
 
     model, cfg_, _ = load_snet(out)                                   # the fine-tuned S-Net loads and runs

@@ -101,8 +101,8 @@ def export(
     out: Path = typer.Option(..., "-o", "--out", help="Labels CSV to write (S-Net dataset layout)."),
     how: str = typer.Option("mean", "--consensus", help="mean or median of the readers."),
     steps: int = typer.Option(300, "--steps", help="Training steps in the fine-tuning config written beside."),
-    replay: int = typer.Option(0, "--replay-phantoms", help="Mix the level slices of this many of S-Net's own "
-                               "training phantoms into the fine-tuning (keeps what it could do)."),
+    replay: int = typer.Option(40, "--replay-phantoms", help="Replay this many of S-Net's own training phantoms "
+                               "(and synthetic slices) in every fine-tuning batch (0: none)."),
     db_url: str = DB_URL,
 ) -> None:
     """The readers' consensus as training labels (+ level positions for L-Net, + a fine-tuning config)."""

@@ -9,13 +9,19 @@ Writes, beside each other:
 - ``labels_levels.csv``: the level positions for L-Net (``data: {dataset_csv: ...}`` of ``sscild train levels``):
   where most readers marked a level misplaced, the median of the slices they picked; else the tool's slice (scans
   with a level out of view are left out: L-Net learns the five together).
-- ``labels_snet.yaml``: a fine-tuning config (start from the shipped S-Net, a few hundred steps on these labels).
+- ``labels_snet.yaml``: a fine-tuning config: start from the shipped S-Net, a few hundred steps at a low rate on
+  these labels with a ``finetune:`` section (:class:`sscild.config.FinetuneSettings`): part of every batch replays
+  the shipped S-Net's own training distribution (its training config's phantoms, scaled down, and synthetic
+  slices), L2-SP towards the shipped weights, frozen batch norm, the calibration refitted on a validation split
+  (the shipped config's validation section + held-out readers' cases), and a guard that keeps the shipped weights
+  when the fine-tuned ones are worse on that validation.
 
 ``scan_path`` comes from the study's ``key.csv`` (the link to the source scans, kept apart from what readers see).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,24 +87,67 @@ def label_tables(study: Study, answers: pd.DataFrame, how: str = "mean") -> tupl
     return pd.DataFrame(scores), pd.DataFrame(levels)
 
 
-def finetune_config(labels: Path, n_cases: int, steps: int = 300, replay_phantoms: int = 0) -> str:
-    """A ``sscild train scoring`` config that fine-tunes the shipped S-Net on ``labels`` (paths beside it).
+#: replay and validation when the shipped S-Net's training config is not at hand (an installed package)
+FALLBACK_REPLAY = {"phantoms": [{"n": 40, "seed0": 7000, "size": "small", "neighbours": 1, "noise_hu": [0, 60]}]}
+FALLBACK_SYNTHETIC = {"fraction": 0.5, "noise_hu": [0, 60]}
+FALLBACK_VALIDATION = {"phantoms": {"n": 20, "seed0": 7500, "size": "small", "neighbours": 0}}
 
-    ``replay_phantoms`` > 0 mixes in the level slices of that many of the shipped S-Net's own training phantoms
-    (seeds from 7000), so the net does not forget what it could do while it learns the readers' labels."""
+
+def shipped_training_config() -> dict | None:
+    """The shipped S-Net's training config (``configs/`` of a source checkout, named in its card), paths made
+    absolute; None when it is not there."""
+    from ..bundle import read_card
+    from ..config import load_config
+    from ..scoring.snet import DEFAULT_DIR
+
+    name = read_card(DEFAULT_DIR, "S-Net")["training"].get("config_file")
+    path = DEFAULT_DIR.parents[3] / "configs" / str(name)
+    return load_config(path) if name and path.is_file() else None
+
+
+def replay_sections(n_phantoms: int) -> tuple[dict, dict, dict]:
+    """(replay data, synthetic, validation) sections of the shipped S-Net's training: its phantom lists scaled to
+    ``n_phantoms`` phantoms in all (same seeds, sizes and noise), its real backgrounds and synthetic slices, its
+    validation section (not the test set of ``bench/run_all.py snet``)."""
+    c = shipped_training_config()
+    if c is None:
+        phs = [dict(FALLBACK_REPLAY["phantoms"][0], n=n_phantoms)]
+        return {"phantoms": phs}, dict(FALLBACK_SYNTHETIC), dict(FALLBACK_VALIDATION)
+    data = dict(c["data"])
+    phs = data.get("phantoms") or []
+    phs = phs if isinstance(phs, list) else [phs]
+    total = sum(int(p["n"]) for p in phs) or 1
+    data["phantoms"] = [{**p, "n": max(1, int(round(int(p["n"]) * n_phantoms / total)))} for p in phs]
+    scale = sum(p["n"] for p in data["phantoms"]) / total        # real slices keep their share of the draws
+    data["real_backgrounds"] = [{**r, "weight": round(float(r.get("weight", 1.0)) * scale, 3)}
+                                for r in data.get("real_backgrounds") or []]
+    return data, dict(c.get("synthetic", {})), dict(c.get("validation", {}))
+
+
+def finetune_config(labels: Path, n_cases: int, steps: int | None = None, replay_phantoms: int = 40) -> str:
+    """A ``sscild train scoring`` config that fine-tunes the shipped S-Net on ``labels`` (paths beside it) with
+    replay of ``replay_phantoms`` of its own training phantoms (0: no replay), L2-SP, frozen batch norm, a refitted
+    calibration and a guard (the ``finetune:`` section; defaults from :mod:`sscild.config`)."""
     import yaml
 
+    from ..config import TRAIN_DEFAULTS, FinetuneSettings
     from ..scoring.snet import DEFAULT_DIR, load_snet
 
     _, cfg, _ = load_snet()
     conf = {k: v for k, v in cfg.__dict__.items() if k != "calibration"}
+    ft = {f.name: f.default for f in dataclasses.fields(FinetuneSettings) if f.name != "replay"}
+    replay, synthetic, validation = replay_sections(replay_phantoms) if replay_phantoms else ({}, {}, {})
+    if replay_phantoms:
+        ft["replay"] = replay
+    else:
+        ft["replay_share"] = 0.0
+        validation = dict(FALLBACK_VALIDATION)
+    train = {**{k: v for k, v in TRAIN_DEFAULTS["snet_finetune"].items() if k != "loss"}, "seed": 0}
     c = {"description": f"expert consensus of a sscild reader study ({n_cases} scans), fine-tuned from the shipped "
                         "S-Net", "label_kind": "expert", "out": f"{labels.stem}_snet", "init": str(DEFAULT_DIR),
-         "config": conf, "data": {"dataset_csv": labels.name, **({"phantoms": [
-             {"n": replay_phantoms, "seed0": 7000, "size": "small", "neighbours": 1}]} if replay_phantoms else {})},
-         "synthetic": {"fraction": 0.0},
-         "train": {"steps": steps, "batch_size": 8, "lr": 1e-4, "seed": 0, "checkpoint_every": max(50, steps)},
-         "calibrate": False}
+         "config": conf, "data": {"dataset_csv": labels.name}, "synthetic": synthetic or {"fraction": 0.0},
+         "validation": validation, "finetune": ft,
+         "train": {**train, **({"steps": int(steps)} if steps else {})}, "calibrate": True}
     return "# sscild train scoring --config " + f"{labels.stem}_snet.yaml\n" + yaml.safe_dump(c, sort_keys=False)
 
 
@@ -109,7 +158,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
 
 
 def export_labels(study_dir: str | Path, out: str | Path, *, how: str = "mean", db_url: str | None = None,
-                  steps: int = 300, replay_phantoms: int = 0) -> Export:
+                  steps: int | None = None, replay_phantoms: int = 40) -> Export:
     """Write the consensus labels (``out``), the level positions and a fine-tuning config (see module docstring)."""
     study = open_study(study_dir)
     if how not in ("mean", "median"):

@@ -181,10 +181,11 @@ def calibrate_weights(directory: str | Path, *, allow_package: bool = False) -> 
 # --------------------------------------------------------------------------------------------
 # sscild train scoring
 # --------------------------------------------------------------------------------------------
-def _training_data(tc, quiet: bool) -> SliceSet:
-    """Scored slices of the config's data section plus ``synthetic.fraction`` of synthetic slices."""
+def _training_data(tc, quiet: bool, spec: dict | None = None) -> SliceSet:
+    """Scored slices of the config's data section (or of ``spec``, a section in that layout) plus
+    ``synthetic.fraction`` of synthetic slices."""
     syn = {"fraction": 0.5, **tc.synthetic}
-    scored, backgrounds = load_data_spec(tc.data, tc.network, tc.path.parent, quiet=quiet)
+    scored, backgrounds = load_data_spec(tc.data if spec is None else spec, tc.network, tc.path.parent, quiet=quiet)
     parts = [s for s in (scored,) if s is not None]
     frac = float(syn["fraction"])
     if frac > 0:
@@ -214,20 +215,28 @@ def _start_model(tc, data: SliceSet, init, resume: bool, device: str, quiet: boo
     return model, notes
 
 
-def _validation(model, tc, quiet: bool) -> tuple[list, dict | None]:
-    """Metrics on the config's validation section (held out: not in-sample) and the predictions they come from."""
-    from ..bundle import metric_set
-
+def _validation_set(tc, quiet: bool) -> SliceSet | None:
+    """The slices of the config's validation section (None without one)."""
     spec = tc.validation
     if not spec:
-        return [], None
+        return None
     cfg = tc.network
     vs, vbg = load_data_spec({k: v for k, v in spec.items() if k != "synthetic_n"}, cfg, tc.path.parent, quiet=quiet)
     parts = [s for s in (vs,) if s is not None]
     if len(vbg):
         parts.append(synthesize(vbg, int(spec.get("synthetic_n", 2 * len(vbg))), np.random.default_rng(999), cfg,
                                 source=pattern_source_from_spec({**tc.synthetic}, tc.path.parent)))
-    val = SliceSet.concat(parts)
+    return SliceSet.concat(parts)
+
+
+def _validation(model, tc, quiet: bool) -> tuple[list, dict | None]:
+    """Metrics on the config's validation section (held out: not in-sample) and the predictions they come from."""
+    from ..bundle import metric_set
+
+    val = _validation_set(tc, quiet)
+    if val is None:
+        return [], None
+    cfg = tc.network
     pred = predict_prepared(model, val, cfg)
     sets = {"validation": {"pred": pred, "truth": val.scores, "group": val.group.tolist(),
                            "synthetic": val.synthetic}}
@@ -241,11 +250,18 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     returns the output folder with the bundle (``model.safetensors``, ``card.json``, ``card.md``,
     ``validation.json`` when a validation set is given) and ``metrics.jsonl``. ``resume`` continues from the
     checkpoint in the output folder (safetensors + JSON). With ``calibrate`` (default) and at least 20 validation
-    slices the output calibration is fitted at the end (:func:`calibrate_weights`)."""
+    slices the output calibration is fitted at the end (:func:`calibrate_weights`). A config with a ``finetune:``
+    section fine-tunes its ``init`` weights instead (:func:`sscild.scoring.snet_finetune.finetune_from_config`:
+    replay, L2-SP, a guard against getting worse on the original distribution)."""
     from ..config import trainer_config
     from ..util import write_json
 
     tc = trainer_config("snet", config, SNetConfig, "snet_out")
+    if tc.finetune is not None:
+        from .snet_finetune import finetune_from_config
+
+        return finetune_from_config(tc, init=init, resume=resume, device=device, quiet=quiet,
+                                    allow_package=allow_package)
     t0 = time.perf_counter()
     data = _training_data(tc, quiet)
     model, notes = _start_model(tc, data, init, resume, device, quiet)
