@@ -42,8 +42,8 @@ def main() -> None:
               f"{df.patient_id.nunique()} patients, {len(df)} scans (1-3 per patient, same anatomy, ILD growing), "
               "phantoms of 85x85 px of 4.2 mm and 5 mm slices with their true lung masks. Known hazard between scans "
               f"h = {hz.base_per_year} x exp({hz.beta_extent} x extent% + {hz.beta_age} x (age - 60)) per year, set by "
-              f"the latest scan; censoring by study end (entry over {hz.accrual_years:g} years) and loss to follow-up "
-              f"({hz.loss_per_year}/year). {int(df.groupby('patient_id').event.max().sum())} of {df.patient_id.nunique()} "
+              f"the latest scan; censoring by study end (entry over {hz.censoring.accrual_years:g} years) and loss to follow-up "
+              f"({hz.censoring.loss_per_year}/year). {int(df.groupby('patient_id').event.max().sum())} of {df.patient_id.nunique()} "
               "patients died during follow-up.", "",
               "| horizon | labelled scans | patients | died (1) | alive (0) | censored (left out) |",
               "|---|---|---|---|---|---|"]

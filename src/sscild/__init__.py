@@ -32,21 +32,22 @@ from __future__ import annotations
 
 TYPE_CHECKING = False            # typing.TYPE_CHECKING without importing typing (it is most of the import time)
 
-#: Public name -> the module that defines it (imported on first use).
-_EXPORTS = {
-    "load_ct": "io", "save_like": "io",
-    "CTScan": "scan",
-    "segment_lungs": "anatomy", "Lungs": "anatomy",
-    "find_levels": "levels", "GohLevels": "levels",
-    "density_metrics": "density", "DensityMetrics": "density",
-    "analyze": "pipeline",
-    "write_outputs": "outputs", "WrittenOutputs": "outputs",
-    "AnalysisSettings": "settings",
-    "ModelSet": "modelset",
-    "Analysis": "results", "LevelScores": "results", "LevelScore": "results", "LesionMaps": "results",
-    "HeatMaps": "results",
-    "SscildError": "errors",
+#: Module -> the public names it defines; each module is imported when one of its names is first used.
+_MODULES = {
+    "io": ("load_ct", "save_like"),
+    "scan": ("CTScan",),
+    "anatomy": ("segment_lungs", "Lungs"),
+    "levels": ("find_levels", "GohLevels"),
+    "density": ("density_metrics", "DensityMetrics"),
+    "pipeline": ("analyze",),
+    "outputs": ("write_outputs", "WrittenOutputs"),
+    "settings": ("AnalysisSettings",),
+    "modelset": ("ModelSet",),
+    "results": ("Analysis", "LevelScores", "LevelScore", "LesionMaps", "HeatMaps"),
+    "errors": ("SscildError",),
 }
+#: Public name -> its module.
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -180,33 +180,56 @@ def quality_checks(scan: CTScan, lungs: Lungs) -> QualityReport:
     Parameters
     ----------
     scan : CTScan
+        The chest CT whose calibration, coverage, resolution, sharpness, noise and orientation are measured.
     lungs : Lungs
-        From :func:`sscild.anatomy.segment_lungs`.
+        Its lung and airway masks (as :func:`sscild.anatomy.segment_lungs` makes them): the trachea gives the air
+        calibration, the space between the lungs the blood pool, ``lungs.cut_off`` the coverage.
 
     Returns
     -------
     QualityReport
+        ``measures`` (one figure per check, None where it could not be measured), ``warnings`` (each naming what
+        failed and the results it affects; empty when all passed) and ``notes`` (how figures were measured).
 
     Raises
     ------
     NoLungsError
-        When ``lungs`` is empty.
+        If the lung mask holds no voxel: the checks need the lungs and the trachea.
 
     Examples
     --------
+    A healthy phantom passes the orientation check and its tracheal air reads about -1000 HU:
+
     >>> from sscild.phantom import make_phantom
     >>> from sscild.anatomy import segment_lungs
-    >>> scan, _ = make_phantom(0, extent=0)
-    >>> q = quality_checks(scan, segment_lungs(scan))
-    >>> q.measures["head_up"], -1100 < q.measures["tracheal_air_hu"] < -900
+    >>> ct, _ = make_phantom(0, extent=0)
+    >>> report = quality_checks(ct, segment_lungs(ct))
+    >>> report.measures["head_up"], -1100 < report.measures["tracheal_air_hu"] < -900
     (True, True)
     """
     if not lungs.mask.any():
         raise NoLungsError("no lungs to check the scan's quality on: the lung mask is empty")
     body = _coarse_body(scan)
+    up, why = _head_up(scan, lungs)
     m: dict[str, Any] = {}
     w: list[str] = []
-    m["tracheal_air_hu"] = _tracheal_air(scan, lungs)
+    for measures, warnings in (_calibration(scan, lungs), _coverage(scan, lungs), _sharpness_and_noise(scan, body),
+                               _filling(scan, lungs, body)):
+        m.update(measures)
+        w += warnings
+    m["head_up"] = up
+    if up is False:
+        w.append(f"the scan looks upside down ({why}): the slice order may be reversed; levels and zones are wrong")
+    notes = {"edge_width_mm": "skin edge along x: rise / steepest slope (= 10-90 % width of a blurred step)", "orientation": why,
+             "noise": "median local SD in 3x3 windows x sqrt(9/8); air noise is low when the scanner clips air at "
+                      "-1024", "blood_pool_hu": "most common HU of the tissue between the lungs (heart, vessels)"}
+    return QualityReport(m, w, notes)
+
+
+def _calibration(scan: CTScan, lungs: Lungs) -> tuple[dict[str, Any], list[str]]:
+    """Tracheal air and blood pool: is the HU scale right, and is there contrast?"""
+    m: dict[str, Any] = {"tracheal_air_hu": _tracheal_air(scan, lungs)}
+    w: list[str] = []
     if m["tracheal_air_hu"] is not None and not -1050 <= m["tracheal_air_hu"] <= -950:
         w.append(f"tracheal air is {m['tracheal_air_hu']:.0f} HU, not about -1000: the HU calibration (or a "
                  "partial-volume trachea) is off; HAA, mean lung attenuation and the density thresholds are affected")
@@ -215,11 +238,16 @@ def quality_checks(scan: CTScan, lungs: Lungs) -> QualityReport:
     if m["blood_pool_hu"] is not None and not 20 <= m["blood_pool_hu"] <= 600:
         w.append(f"blood pool at {m['blood_pool_hu']:.0f} HU (expected 20-70 HU, or higher with contrast): the HU "
                  "calibration may be off; density metrics are affected")
-    m["apex_in_scan"] = not lungs.cut_off.get("apex", False)
-    m["base_in_scan"] = not lungs.cut_off.get("base", False)
-    for end, lv in (("apex", "L1 and the upper zone"), ("base", "L4/L5 (the dome) and the lower zone")):
-        if not m[f"{end}_in_scan"]:
-            w.append(f"the lung {end} is cut off by the scan range: {lv} and whole-lung extents are affected")
+    return m, w
+
+
+def _coverage(scan: CTScan, lungs: Lungs) -> tuple[dict[str, Any], list[str]]:
+    """Lung apex and base inside the scan range; slice spacing and thickness."""
+    m: dict[str, Any] = {"apex_in_scan": not lungs.cut_off.get("apex", False),
+                         "base_in_scan": not lungs.cut_off.get("base", False)}
+    w = [f"the lung {end} is cut off by the scan range: {lv} and whole-lung extents are affected"
+         for end, lv in (("apex", "L1 and the upper zone"), ("base", "L4/L5 (the dome) and the lower zone"))
+         if not m[f"{end}_in_scan"]]
     m["slice_spacing_mm"] = float(scan.spacing[0])
     thick = scan.meta.get("slice_thickness_mm")
     m["slice_thickness_mm"] = float(thick) if thick else None
@@ -229,7 +257,13 @@ def quality_checks(scan: CTScan, lungs: Lungs) -> QualityReport:
     if thick and float(thick) < scan.spacing[0] - 0.1:
         w.append(f"gaps between slices (thickness {float(thick):.1f} mm < spacing {scan.spacing[0]:.1f} mm): "
                  "volumes are interpolated and small lesions can be missed")
-    m["edge_width_mm"] = _edge_width(scan, body)
+    return m, w
+
+
+def _sharpness_and_noise(scan: CTScan, body: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+    """Reconstruction kernel from the skin edge's width; noise in air and soft tissue."""
+    m: dict[str, Any] = {"edge_width_mm": _edge_width(scan, body)}
+    w: list[str] = []
     if m["edge_width_mm"] is not None and m["edge_width_mm"] > 2.5:
         w.append(f"smooth reconstruction kernel (skin edge {m['edge_width_mm']:.1f} mm wide): fine reticulation is "
                  "blurred, so RET is underestimated and GG overestimated")
@@ -237,16 +271,15 @@ def quality_checks(scan: CTScan, lungs: Lungs) -> QualityReport:
     if m["noise_soft_tissue_hu"] is not None and m["noise_soft_tissue_hu"] > 60:
         w.append(f"noisy image (SD {m['noise_soft_tissue_hu']:.0f} HU in soft tissue): texture-based scores "
                  "(GG/RET, heat maps) and density tails (HAA) are affected")
-    m["lung_volume_ml"] = float(lungs.volume_ml(scan)["total"])
-    m["lung_share_of_chest"] = _inspiration(scan, lungs, body)
+    return m, w
+
+
+def _filling(scan: CTScan, lungs: Lungs, body: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+    """Lung volume and the lungs' share of the chest section (a proxy of inspiration)."""
+    m: dict[str, Any] = {"lung_volume_ml": float(lungs.volume_ml(scan)["total"]),
+                         "lung_share_of_chest": _inspiration(scan, lungs, body)}
+    w: list[str] = []
     if m["lung_share_of_chest"] is not None and m["lung_share_of_chest"] < 0.35:
         w.append(f"shallow inspiration (the lungs fill {100 * m['lung_share_of_chest']:.0f} % of the chest section, "
                  "expect >= 35 %): dependent lung is denser, so GG extent and HAA are overestimated")
-    up, why = _head_up(scan, lungs)
-    m["head_up"] = up
-    if up is False:
-        w.append(f"the scan looks upside down ({why}): the slice order may be reversed; levels and zones are wrong")
-    notes = {"edge_width_mm": "skin edge along x: rise / steepest slope (= 10-90 % width of a blurred step)", "orientation": why,
-             "noise": "median local SD in 3x3 windows x sqrt(9/8); air noise is low when the scanner clips air at "
-                      "-1024", "blood_pool_hu": "most common HU of the tissue between the lungs (heart, vessels)"}
-    return QualityReport(m, w, notes)
+    return m, w

@@ -15,26 +15,37 @@ _DEVICE = typer.Option("cpu", "--device", help="cpu or cuda.")
 _QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 
 
-def _train(what: str, train_from_config, config: Path, **kw) -> None:
-    """Check the config exists, train from it, say where the model went."""
+def _train(what: str, module: str, config: Path, **kw) -> None:
+    """Check the config exists, train from it with ``module``'s ``train_from_config``, say where the model went."""
+    from importlib import import_module
+
     from ..errors import ConfigError
     from ..util import pick_device
 
     if not config.exists():
         raise ConfigError(f"config {config} does not exist")
+    train_from_config = import_module(module, __package__).train_from_config
     out = train_from_config(config, device=pick_device(kw.pop("device")), **kw)
     console.print(f"{what} written to {out}/ (model.safetensors, card.json, metrics.jsonl)")
 
 
-@train_app.command("levels")
-def train_levels(
-    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("lnet_phantoms.yaml")),
-    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
-) -> None:
-    """Train L-Net (3D regression of the five Goh levels); writes model.safetensors, card.json, metrics.jsonl."""
-    from ..scoring.lnet import train_from_config
+def _register_trainer(name: str, what: str, module: str, example: str, summary: str) -> None:
+    """Add ``sscild train NAME``: train ``what`` from a YAML config (example: ``configs/EXAMPLE``) with the options
+    every trainer shares (--resume, --device, --quiet)."""
 
-    _train("L-Net", train_from_config, config, resume=resume, device=device, quiet=quiet)
+    def command(
+        config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format(example)),
+        resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
+    ) -> None:
+        _train(what, module, config, resume=resume, device=device, quiet=quiet)
+
+    command.__doc__ = f"{summary}; writes model.safetensors, card.json, metrics.jsonl."
+    command.__name__ = f"train_{name}"
+    train_app.command(name)(command)
+
+
+_register_trainer("levels", "L-Net", "..scoring.lnet", "lnet_phantoms.yaml",
+                  "Train L-Net (3D regression of the five Goh levels)")
 
 
 @train_app.command("scoring")
@@ -44,20 +55,11 @@ def train_scoring(
     resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
 ) -> None:
     """Train S-Net (TOT/GG/RET per level slice); writes model.safetensors, card.json, metrics.jsonl."""
-    from ..scoring.snet import train_from_config
-
-    _train("S-Net", train_from_config, config, resume=resume, device=device, quiet=quiet, init=init)
+    _train("S-Net", "..scoring.snet", config, resume=resume, device=device, quiet=quiet, init=init)
 
 
-@train_app.command("lesions")
-def train_lesions(
-    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("lesions_phantoms.yaml")),
-    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
-) -> None:
-    """Train the lesion U-Net (normal / GG / RET); writes model.safetensors, card.json, metrics.jsonl."""
-    from ..lesions import train_from_config
-
-    _train("lesion U-Net", train_from_config, config, resume=resume, device=device, quiet=quiet)
+_register_trainer("lesions", "lesion U-Net", "..lesions", "lesions_phantoms.yaml",
+                  "Train the lesion U-Net (normal / GG / RET)")
 
 
 @train_app.command("scoring-calibration")

@@ -30,7 +30,7 @@ Labels for a horizon of N years, counted from each scan's date (N years = 365.25
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -200,7 +200,7 @@ def grouped_folds(patient_ids: Sequence, strata: Sequence | None = None, n_split
     Examples
     --------
     >>> f = grouped_folds(["a", "a", "b", "c", "c", "d"], n_splits=2)
-    >>> f[0] == f[1] and f[3] == f[4]
+    >>> bool(f[0] == f[1] and f[3] == f[4])
     True
     """
     from sklearn.model_selection import StratifiedGroupKFold
@@ -244,22 +244,33 @@ def permute_labels_by_patient(y: Sequence[float], patient_ids: Sequence, seed: i
 # synthetic cohort
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Censoring:
+    """How follow-up of the synthetic cohort ends, independently of the hazard of death."""
+
+    loss_per_year: float = 0.03
+    """Rate of loss to follow-up (per year, exponential)."""
+    accrual_years: float = 12.0
+    """The study ends this long after the first patient's first scan; patients enter uniformly over that time."""
+    min_followup_years: float = 1.0
+    """The last patient enters at least this long before the study ends."""
+
+
+@dataclass(frozen=True)
 class HazardModel:
     """Known survival model of the synthetic cohort.
 
     Between scans the hazard of death is constant and set by the latest scan:
     ``h = base_per_year * exp(beta_extent * extent_pct + beta_age * (age - 60))`` (per year). The log of that
-    hazard at a scan is its ``truth_log_hazard``, the ceiling covariate. Independent censoring: the study ends
-    ``accrual_years`` after the first patient's first scan (patients enter uniformly over that time), and each
-    patient is lost to follow-up at ``loss_per_year``.
+    hazard at a scan is its ``truth_log_hazard``, the ceiling covariate. Follow-up ends as ``censoring`` says.
     """
 
     base_per_year: float = 0.02
+    """Hazard of death per year of a 60-year-old patient without ILD."""
     beta_extent: float = 0.05
+    """Log hazard ratio per % point of ILD extent."""
     beta_age: float = 0.05
-    loss_per_year: float = 0.03
-    accrual_years: float = 12.0
-    min_followup_years: float = 1.0
+    """Log hazard ratio per year of age (centred on 60)."""
+    censoring: Censoring = field(default_factory=Censoring)
 
     def log_hazard(self, extent_pct, age):
         return (np.log(self.base_per_year) + self.beta_extent * np.asarray(extent_pct, float)
@@ -280,9 +291,10 @@ def simulate_cohort_table(n_patients: int, seed: int = 0, hazard: HazardModel = 
     rows = []
     for i in range(n_patients):
         pid = f"P{seed:03d}{i:05d}"
-        entry = rng.uniform(0, hazard.accrual_years - hazard.min_followup_years)
-        admin_end = hazard.accrual_years - entry                     # years from the first scan
-        loss = rng.exponential(1 / hazard.loss_per_year) if hazard.loss_per_year > 0 else np.inf
+        cens = hazard.censoring
+        entry = rng.uniform(0, cens.accrual_years - cens.min_followup_years)
+        admin_end = cens.accrual_years - entry                       # years from the first scan
+        loss = rng.exponential(1 / cens.loss_per_year) if cens.loss_per_year > 0 else np.inf
         censor = min(admin_end, loss)
         age0 = rng.uniform(35, 80)
         sex = float(rng.random() < 0.8)                              # SSc: mostly women

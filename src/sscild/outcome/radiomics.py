@@ -156,14 +156,16 @@ def load_mask(path: str | os.PathLike, scan: CTScan, what: str = "mask") -> np.n
     """Read a label image written on ``scan``'s grid (any orientation) as an array (z, y, x) in LPS."""
     import SimpleITK as sitk
 
+    from ..scan import orientation_of
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {p} does not exist: fix the path in the cohort CSV or leave it empty")
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as err:
-        raise InputError(f"{what} {p} cannot be read ({str(err).splitlines()[0][:120]}); is it corrupt?") from None
-    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()) != "LPS":
+        why = ("does not exist: fix the path in the cohort CSV or leave it empty" if not p.exists() else
+               f"cannot be read ({str(err).strip().splitlines()[-1][:120]}); is it corrupt?")
+        raise InputError(f"{what} {p} {why}") from None
+    if orientation_of(img) != "LPS":
         img = sitk.DICOMOrient(img, "LPS")
     arr = sitk.GetArrayFromImage(img)
     if arr.shape != scan.shape:

@@ -79,11 +79,11 @@ class Backgrounds:
     patterns before resampling keeps the texture as a scanner of that resolution would show it. ``weight``: how
     often a slice is drawn relative to the others (e.g. to give a few real slices the weight of many phantoms)."""
 
-    hu: list = field(default_factory=list)
-    lung: list = field(default_factory=list)
-    pixel_mm: list = field(default_factory=list)
-    group: list = field(default_factory=list)
-    weight: list = field(default_factory=list)
+    hu: list[np.ndarray] = field(default_factory=list)
+    lung: list[np.ndarray] = field(default_factory=list)
+    pixel_mm: list[float] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.hu)
