@@ -134,3 +134,23 @@ def test_neck_option_reaches_above_the_apex_with_a_narrow_neck_and_thyroid():
     assert body_neck < 0.6 * body_chest
     assert t.airways[k].any()                                   # the trachea runs up through the neck
     assert ((scan.hu[scan.shape[0] - 8] > 70) & (scan.hu[scan.shape[0] - 8] < 120)).sum() > 5   # thyroid
+
+
+def test_truth_params_record_the_drawn_anatomy_the_request_and_the_found_landmarks(p30):
+    """Truth.params: every drawn parameter, what was asked (extent, options) and the two heights found while drawing
+    (the trunk's origin and the carina), which are the truth's landmarks; the parameters themselves are frozen."""
+    import dataclasses
+
+    from sscild.phantom import _draw_params
+
+    _, t = p30
+    p = t.params
+    assert p["extent_target"] == 30.0 and p["size"] == "small" and p["cut"] is None
+    assert (p["neck"], p["table"], p["bowel_gas"], p["prone"]) == (False, "flat", False, False)
+    assert p["bt_origin_z"] == t.landmarks_z["great_vessel_origin"] and p["carina_split_z"] == t.landmarks_z["carina"]
+    assert t.landmarks_z["venous_confluence"] == pytest.approx(p["z_offset"] + p["venous"])
+    assert p["dome_l"] < p["dome_r"] < 0 < p["apex"]
+    drawn = _draw_params(np.random.default_rng(11))
+    assert all(getattr(drawn, k) == p[k] for k in ("body_a", "apex", "z_offset", "blood_hu", "trachea_r"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        drawn.apex = 0.0  # type: ignore[misc]

@@ -30,9 +30,9 @@ landmarks, L5 = right dome + 10 mm, L4 halfway between L3 and L5.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -151,29 +151,71 @@ def _coarse_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing
 # --------------------------------------------------------------------------------------------
 # parameters
 # --------------------------------------------------------------------------------------------
-def _draw_params(rng: np.random.Generator) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Params:
+    """Everything one phantom is made from: the anatomy drawn from the seed (mm and HU; heights relative to the
+    carina, which lies at world z ``z_offset``), the disease asked for, the scan range and the options."""
+
+    body_a: float                   # body half-axes (x, y)
+    body_b: float
+    fat: float                      # subcutaneous fat thickness
+    apex: float                     # lung apex above the carina
+    arch_top: float                 # outer top of the aortic arch above the carina
+    arch_rise: float                # rise of the arch's centre line above its two limbs
+    bt_origin_t: float              # where along the arch (0..1) the brachiocephalic trunk arises
+    venous: float                   # venous confluence (below the carina: negative)
+    dome_r: float                   # right hemidiaphragm dome
+    dome_l: float                   # left dome (lower)
+    recess: float                   # depth of the costophrenic recesses below the domes
+    z_offset: float                 # world z of the carina (scanner table position)
+    x_shift: float                  # body centre shift
+    y_shift: float
+    contrast: bool                  # contrast-enhanced blood
+    blood_hu: float
+    lung_hu: float
+    noise_sd: float
+    margin_top: float               # scan range above the apex, below the recesses
+    margin_bottom: float
+    heart_x: float                  # heart centre (x) and half-axes
+    heart_rx: float
+    heart_ry: float
+    heart_rz: float
+    trachea_r: float
+    extent_target: float = 0.0      # ILD, % of lung volume
+    gg_fraction: float = 0.5        # share of the lesion volume that is ground glass
+    size: str = "small"
+    cut: str | None = None
+    neck: bool = False
+    table: str = "flat"
+    bowel_gas: bool = False
+    prone: bool = False
+
+    def as_truth(self, bt_origin_z: float, carina_split_z: float) -> dict[str, Any]:
+        """The parameters as ``Truth.params`` lists them, with the two landmark heights found while drawing."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        options = {k: d.pop(k) for k in ("neck", "table", "bowel_gas", "prone")}
+        return {**d, "bt_origin_z": bt_origin_z, "carina_split_z": carina_split_z, **options}
+
+
+def _draw_params(rng: np.random.Generator) -> _Params:
+    """The anatomy of one phantom, drawn in a fixed order (the random stream after it depends on that order)."""
     u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
-    p: dict[str, Any] = {}
-    p["body_a"], p["body_b"] = u(140, 175), u(100, 128)
-    p["fat"] = u(8, 22)
-    p["apex"] = u(70, 95)                    # lung apex above the carina (relative z, carina = 0)
-    p["arch_top"] = u(32, 48)                # outer top of the aortic arch above the carina
-    p["arch_rise"] = u(24, 32)               # rise of the arch's centre line above its two limbs
-    p["bt_origin_t"] = u(0.10, 0.18)         # where along the arch (0..1) the brachiocephalic trunk arises
-    p["venous"] = -u(25, 45)                 # venous confluence below the carina
-    p["dome_r"] = -u(100, 145)               # right dome
-    p["dome_l"] = p["dome_r"] - u(8, 22)     # left dome lower
-    p["recess"] = u(30, 50)                  # depth of the costophrenic recesses below the domes
-    p["z_offset"] = u(-260, -120)            # world z of the carina (scanner table position)
-    p["x_shift"], p["y_shift"] = u(-8, 8), u(-6, 6)
-    p["contrast"] = bool(rng.random() < 0.5)
-    p["blood_hu"] = u(160, 300) if p["contrast"] else u(35, 50)
-    p["lung_hu"] = u(-875, -830)
-    p["noise_sd"] = u(12, 25)
-    p["margin_top"], p["margin_bottom"] = u(10, 30), u(50, 80)
-    p["heart_x"], p["heart_rx"], p["heart_ry"], p["heart_rz"] = u(14, 25), u(44, 56), u(40, 50), u(45, 56)
-    p["trachea_r"] = u(8, 10)
-    return p
+    body_a, body_b = u(140, 175), u(100, 128)
+    fat, apex, arch_top, arch_rise, bt_origin_t = u(8, 22), u(70, 95), u(32, 48), u(24, 32), u(0.10, 0.18)
+    venous, dome_r = -u(25, 45), -u(100, 145)
+    dome_l = dome_r - u(8, 22)
+    recess, z_offset = u(30, 50), u(-260, -120)
+    x_shift, y_shift = u(-8, 8), u(-6, 6)
+    contrast = bool(rng.random() < 0.5)
+    blood_hu = u(160, 300) if contrast else u(35, 50)
+    lung_hu, noise_sd = u(-875, -830), u(12, 25)
+    margin_top, margin_bottom = u(10, 30), u(50, 80)
+    heart_x, heart_rx, heart_ry, heart_rz = u(14, 25), u(44, 56), u(40, 50), u(45, 56)
+    return _Params(body_a=body_a, body_b=body_b, fat=fat, apex=apex, arch_top=arch_top, arch_rise=arch_rise,
+                   bt_origin_t=bt_origin_t, venous=venous, dome_r=dome_r, dome_l=dome_l, recess=recess,
+                   z_offset=z_offset, x_shift=x_shift, y_shift=y_shift, contrast=contrast, blood_hu=blood_hu,
+                   lung_hu=lung_hu, noise_sd=noise_sd, margin_top=margin_top, margin_bottom=margin_bottom,
+                   heart_x=heart_x, heart_rx=heart_rx, heart_ry=heart_ry, heart_rz=heart_rz, trachea_r=u(8, 10))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,34 +277,31 @@ def make_phantom(seed: int = 0, *, size: str = "small", extent: float | None = N
     if not 0 <= extent <= 90:
         raise ValueError(f"extent must be within 0..90 %, got {extent}")
     gg_fraction = float(rng.uniform(0.3, 0.85)) if gg_fraction is None else float(gg_fraction)
-    p.update(extent_target=float(extent), gg_fraction=gg_fraction, size=size, cut=cut)
-
     if table not in ("flat", "curved"):
         raise ValueError(f"table must be 'flat' or 'curved', got {table!r}")
-    grid, sz, px = _grid_for(p, size, shape, spacing, cut, neck)
-    hu, truth_parts = _build(grid, p, rng)
-    lungs, airways, lesions, vessels = truth_parts
-    opt_rng = np.random.default_rng([seed, 14])
-    _add_options(hu, grid, p, lungs, opt_rng, neck=neck, table=table, bowel_gas=bowel_gas, prone=prone)
-    p.update(neck=neck, table=table, bowel_gas=bowel_gas, prone=prone)
+    p = replace(p, extent_target=float(extent), gg_fraction=gg_fraction, size=size, cut=cut, neck=neck, table=table,
+                bowel_gas=bowel_gas, prone=prone)
+    grid, sz, px = _grid_for(p, shape, spacing)
+    hu, built = _build(grid, p, rng)
+    _add_options(hu, grid, p, built.lungs, np.random.default_rng([seed, 14]))
     hu = _acquire(hu, grid, p, rng)
 
     spacing_zyx = (float(sz), float(px), float(px))
     scan = CTScan(hu, spacing=spacing_zyx, origin=(float(grid.x[0]), float(grid.y[0]), float(grid.z[0])),
                   meta={"modality": "CT", "source": "sscild phantom", "seed": seed,
                         "patient_position": "HFP" if prone else "HFS"}, source=f"phantom:{seed}")
-    return scan, _make_truth(scan, p, seed, lungs, airways, lesions, vessels)
+    return scan, _make_truth(scan, p, seed, built)
 
 
-def _make_truth(scan: CTScan, p: dict[str, Any], seed: int, lungs: np.ndarray, airways: np.ndarray,
-                lesions: np.ndarray, vessels: np.ndarray) -> Truth:
+def _make_truth(scan: CTScan, p: _Params, seed: int, built: _Built) -> Truth:
     """Landmarks, levels, level scores, extents and volumes from the drawn anatomy and the truth arrays."""
-    zc = p["z_offset"]
+    lungs, lesions = built.lungs, built.lesions
+    zc = p.z_offset
     landmarks = {
-        "great_vessel_origin": p["bt_origin_z"],
-        "carina": p["carina_split_z"],
-        "venous_confluence": zc + p["venous"],
-        "right_dome": zc + p["dome_r"],
+        "great_vessel_origin": built.bt_origin_z,
+        "carina": built.carina_split_z,
+        "venous_confluence": zc + p.venous,
+        "right_dome": zc + p.dome_r,
     }
     levels = {"L1": landmarks["great_vessel_origin"], "L2": landmarks["carina"],
               "L3": landmarks["venous_confluence"], "L5": landmarks["right_dome"] + 10.0}
@@ -278,31 +317,30 @@ def _make_truth(scan: CTScan, p: dict[str, Any], seed: int, lungs: np.ndarray, a
            "RET": float((lesions == 3).sum() * 100.0 / n_lung)}
     vols = {"right": float((lungs == 1).sum() * vox), "left": float((lungs == 2).sum() * vox),
             "GG": float((lesions == 2).sum() * vox), "RET": float((lesions == 3).sum() * vox)}
-    truth = Truth(lungs, airways, lesions, {k: float(v) for k, v in landmarks.items()}, levels, level_scores,
-                  ext, vols, seed, {k: v for k, v in p.items()}, vessels)
+    truth = Truth(lungs, built.airways, lesions, {k: float(v) for k, v in landmarks.items()}, levels, level_scores,
+                  ext, vols, seed, p.as_truth(built.bt_origin_z, built.carina_split_z), built.vessels)
     return truth
 
 
-def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, neck: bool
-              ) -> tuple[_Grid, float, float]:
+def _grid_for(p: _Params, shape, spacing) -> tuple[_Grid, float, float]:
     """The sampling grid, slice spacing and pixel size: the scan range from the drawn anatomy (cut or reaching into
     the neck), the in-plane field of view of ``size``."""
-    n_px, px, sz = SIZES[size]
+    n_px, px, sz = SIZES[p.size]
     if spacing is not None:
         sz, px = float(spacing[0]), float(spacing[1])
         if shape is None:
-            n_px = int(round(SIZES[size][0] * SIZES[size][1] / px))
+            n_px = int(round(SIZES[p.size][0] * SIZES[p.size][1] / px))
     if shape is not None:
         n_px = int(shape[1])
-    zc = p["z_offset"]
-    z_top = zc + p["apex"] + (max(p["margin_top"], 45.0) if neck else p["margin_top"])
-    z_bot = zc + p["dome_r"] - p["recess"] - p["margin_bottom"]
-    if cut == "apex":
-        z_top = zc + p["apex"] - 40
-    elif cut == "base":
-        z_bot = zc + p["dome_r"] + 15
-    elif cut == "arch":
-        z_top = zc + p["arch_top"] - 20
+    zc = p.z_offset
+    z_top = zc + p.apex + (max(p.margin_top, 45.0) if p.neck else p.margin_top)
+    z_bot = zc + p.dome_r - p.recess - p.margin_bottom
+    if p.cut == "apex":
+        z_top = zc + p.apex - 40
+    elif p.cut == "base":
+        z_bot = zc + p.dome_r + 15
+    elif p.cut == "arch":
+        z_top = zc + p.arch_top - 20
     nz = int(round((z_top - z_bot) / sz)) + 1 if shape is None else int(shape[0])
     if shape is not None:
         mid = (z_top + z_bot) / 2
@@ -313,9 +351,9 @@ def _grid_for(p: dict[str, Any], size: str, shape, spacing, cut: str | None, nec
     return grid, sz, px
 
 
-def _add_options(hu: np.ndarray, grid: _Grid, p: dict[str, Any], lungs: np.ndarray, rng: np.random.Generator, *,
-                 neck: bool, table: str, bowel_gas: bool, prone: bool) -> None:
+def _add_options(hu: np.ndarray, grid: _Grid, p: _Params, lungs: np.ndarray, rng: np.random.Generator) -> None:
     """Neck, curved table with cushion, bowel gas, prone position (in place, before acquisition)."""
+    neck, table, bowel_gas, prone = p.neck, p.table, p.bowel_gas, p.prone
     fr = _frame(grid, p)
     X, Y, a, b = fr.X, fr.Y, fr.a, fr.b
     body = (X / a) ** 2 + (Y / b) ** 2 <= 1
@@ -335,21 +373,21 @@ def _add_options(hu: np.ndarray, grid: _Grid, p: dict[str, Any], lungs: np.ndarr
         else:
             hu[:, flat] = 120.0
     if neck:
-        zr = grid.z - p["z_offset"]
+        zr = grid.z - p.z_offset
         neck_ell = (X / (0.42 * a)) ** 2 + ((Y - (fr.y_sp - 25)) / (0.62 * b)) ** 2 <= 1
-        above = zr > p["apex"] + 4
+        above = zr > p.apex + 4
         for k in np.nonzero(above)[0]:
             hu[k][body & ~neck_ell] = -1000.0
         thyroid = np.zeros(grid.shape, bool)
         for sgn in (-1, 1):
-            c0 = np.array(fr.V(sgn * 17.0, fr.y_tr - 6.0, p["apex"] + 12))
+            c0 = np.array(fr.V(sgn * 17.0, fr.y_tr - 6.0, p.apex + 12))
             _draw_tubes(grid, [(c0, c0 + [sgn * 2.0, 0.0, 28.0], 8.0, 7.0)], hu, mask=thyroid)
         hu[thyroid & (hu > -200)] = 90.0
     if bowel_gas:
         gas = np.zeros(grid.shape, bool)
         for _ in range(5):
             c0 = np.array(fr.V(rng.uniform(-0.6, 0.6) * fr.ac, rng.uniform(-0.5, 0.3) * fr.bc,
-                               p["dome_r"] - p["recess"] - rng.uniform(5, 35)))
+                               p.dome_r - p.recess - rng.uniform(5, 35)))
             r = float(rng.uniform(6, 12))
             _draw_tubes(grid, [(c0, c0 + np.array([rng.uniform(-10, 10), 0, 2.0]), r, r)], hu, mask=gas)
         near_lung = ndi.distance_transform_edt(lungs == 0, sampling=(grid.z[1] - grid.z[0], grid.y[1] - grid.y[0],
@@ -400,13 +438,13 @@ class _Frame:
         return (x + self.sx, y + self.sy, self.zc + z)
 
 
-def _frame(grid: _Grid, p: dict[str, Any]) -> _Frame:
+def _frame(grid: _Grid, p: _Params) -> _Frame:
     """The derived geometry from the drawn parameters."""
     nz, ny, nx = grid.shape
-    zc = p["z_offset"]
-    X = grid.x[None, :] - p["x_shift"]            # (1, nx)
-    Y = grid.y[:, None] - p["y_shift"]            # (ny, 1)
-    a, b, fat = p["body_a"], p["body_b"], p["fat"]
+    zc = p.z_offset
+    X = grid.x[None, :] - p.x_shift            # (1, nx)
+    Y = grid.y[:, None] - p.y_shift            # (ny, 1)
+    a, b, fat = p.body_a, p.body_b, p.fat
     ac, bc = a - fat - 14, b - fat - 14           # rib cage (inner)
     y_sp = bc - 22                                # vertebral body centre
     y_tr = y_sp - 42                              # trachea
@@ -414,26 +452,37 @@ def _frame(grid: _Grid, p: dict[str, Any]) -> _Frame:
     # the heart's posterior wall lies 3-4 cm in front of the vertebral bodies (esophagus and aorta between);
     # only the left atrium reaches back to the esophagus
     spine_front = y_sp - 17.0
-    rx, ry, rz = p["heart_rx"], p["heart_ry"], p["heart_rz"]
+    rx, ry, rz = p.heart_rx, p.heart_ry, p.heart_rz
     ry = min(ry, (spine_front - 38.0 + bc - 8.0) / 2.0)
-    hx, hy, hz = p["heart_x"], spine_front - 38.0 - ry, zc + p["venous"] - 15.0
+    hx, hy, hz = p.heart_x, spine_front - 38.0 - ry, zc + p.venous - 15.0
 
-    sx, sy = p["x_shift"], p["y_shift"]
+    sx, sy = p.x_shift, p.y_shift
     return _Frame(zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy)
 
 
-def _build(grid: _Grid, p: dict[str, Any], rng: np.random.Generator):
+class _Built(NamedTuple):
+    """The truth arrays of a phantom and the two landmark heights (world z, mm) found while drawing it."""
+
+    lungs: np.ndarray
+    airways: np.ndarray
+    lesions: np.ndarray
+    vessels: np.ndarray
+    bt_origin_z: float
+    carina_split_z: float
+
+
+def _build(grid: _Grid, p: _Params, rng: np.random.Generator) -> tuple[np.ndarray, _Built]:
     """HU before acquisition and the truth: body and organs per slice, mediastinum, airways, lung parenchyma
     with its vessel tree and the ILD (in this order: the random stream depends on it)."""
     fr = _frame(grid, p)
     hu, lungs = _build_slices(grid, p, fr)
-    _build_mediastinum(grid, p, fr, hu, lungs)
-    airways = _build_airways(grid, p, fr, hu, lungs)
+    bt_origin_z = _build_mediastinum(grid, p, fr, hu, lungs)
+    airways, carina_split_z = _build_airways(grid, p, fr, hu, lungs)
     lesions, vessels = _build_parenchyma(grid, p, fr, hu, lungs, rng)
-    return hu, (lungs, airways, lesions, vessels)
+    return hu, _Built(lungs, airways, lesions, vessels, bt_origin_z, carina_split_z)
 
 
-def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarray, np.ndarray]:
+def _build_slices(grid: _Grid, p: _Params, fr: _Frame) -> tuple[np.ndarray, np.ndarray]:
     """Per slice: table, body, fat, ribs, spine, sternum, lungs, liver/spleen, heart, mediastinal fat."""
     nz, ny, nx = grid.shape
     zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
@@ -463,7 +512,7 @@ def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarra
         sl[ell_body <= 1] = -100.0
         sl[ell_musc <= 1] = 45.0
         # ribs above the lower costal margin
-        if zr > p["dome_r"] - 55:
+        if zr > p.dome_r - 55:
             phase = ((zr + rib_phase) % rib_period) < rib_h
             sl[ring & phase] = 700.0
         disc = (zr % 28.0) < 5.0
@@ -471,20 +520,20 @@ def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarra
         sl[spine_core] = 80.0 if disc else 250.0
         sl[canal] = 30.0
         sl[post_el] = 500.0
-        if p["dome_r"] - 40 < zr < p["arch_top"] + 40:
+        if p.dome_r - 40 < zr < p.arch_top + 40:
             sl[sternum] = 400.0
         # thoracic cavity content: mediastinal fat (vessels, heart, esophagus are drawn into it)
         cav = ell_cage <= 1.0
         sl[cav & ~spine & ~canal] = -90.0
         # lungs
         s_ap = 1.0
-        top = p["apex"] - 55.0
+        top = p.apex - 55.0
         if zr > top:
             s_ap = np.sqrt(max(0.0, 1.0 - ((zr - top) / 55.0) ** 2))
         if s_ap <= 0:
             continue
         cage_s = ((X / (ac * s_ap)) ** 2 + ((Y - 6 * (1 - s_ap)) / (bc * s_ap)) ** 2) <= 1.0
-        med_half = 16.0 + (8.0 if zr > p["arch_top"] - 12 else 0.0)
+        med_half = 16.0 + (8.0 if zr > p.arch_top - 12 else 0.0)
         not_med = np.abs(X - x_tr) > med_half + np.where(Y < y_tr, 4.0, 0.0)
         not_spine = ~(((X ** 2) / 34.0 ** 2 + ((Y - y_sp) ** 2) / 26.0 ** 2) <= 1.0) & ~((np.abs(X) < 30) & (Y > y_sp))
         heart2d = ((X - hx) / (rx + 3)) ** 2 + ((Y - hy) / (ry + 3)) ** 2 + ((z - hz) / (rz + 3)) ** 2 <= 1.0
@@ -492,8 +541,8 @@ def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarra
         aorta2d = ((X - 22) ** 2 + (Y - (y_sp - 20)) ** 2) <= 16.0 ** 2
         # diaphragm domes: the lung ends above z_bottom(x, y)
         rr = ((np.abs(X) - 0.58 * ac) / (0.5 * ac)) ** 2 + ((Y - 0.05 * bc) / bc) ** 2
-        zb_r = p["dome_r"] - p["recess"] * np.clip(rr, 0, 1.6) / 1.6 * 1.0
-        zb_l = p["dome_l"] - p["recess"] * np.clip(rr, 0, 1.6) / 1.6 * 1.0
+        zb_r = p.dome_r - p.recess * np.clip(rr, 0, 1.6) / 1.6 * 1.0
+        zb_l = p.dome_l - p.recess * np.clip(rr, 0, 1.6) / 1.6 * 1.0
         above = np.where(X < 0, zr > zb_r, zr > zb_l)
         lung = cage_s & not_med & not_spine & ~heart2d & ~aorta2d & above
         lungs[k][lung & (X < x_tr)] = 1
@@ -504,79 +553,82 @@ def _build_slices(grid: _Grid, p: dict[str, Any], fr: _Frame) -> tuple[np.ndarra
         sl[below & (X >= 15)] = 45.0                  # spleen / stomach
         # heart
         heart = ((X - hx) / rx) ** 2 + ((Y - hy) / ry) ** 2 + ((z - hz) / rz) ** 2 <= 1.0
-        sl[heart] = 45.0 if not p["contrast"] else p["blood_hu"] * 0.8
+        sl[heart] = 45.0 if not p.contrast else p.blood_hu * 0.8
 
     return hu, lungs
 
 
-def _build_mediastinum(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray) -> None:
-    """Stomach gas, left atrium and pulmonary veins, aorta and great vessels (sets ``p["bt_origin_z"]``),
-    pulmonary arteries, esophagus."""
+def _build_mediastinum(grid: _Grid, p: _Params, fr: _Frame, hu: np.ndarray, lungs: np.ndarray) -> float:
+    """Stomach gas, left atrium and pulmonary veins, aorta and great vessels, pulmonary arteries, esophagus;
+    returns the world z of the brachiocephalic trunk's origin."""
     zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
         fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
     V = fr.V
     # stomach gas bubble under the left dome (air that is not lung), always below the diaphragm: it is kept
     # >= 6 mm away from the lung
-    bubble_c = np.array([p["x_shift"] + 0.45 * ac, p["y_shift"] - 0.2 * bc, zc + p["dome_l"] - p["recess"] * 0.6 - 14])
+    bubble_c = np.array([p.x_shift + 0.45 * ac, p.y_shift - 0.2 * bc, zc + p.dome_l - p.recess * 0.6 - 14])
     bubble = np.zeros(grid.shape, bool)
     _draw_tubes(grid, [(bubble_c, bubble_c + np.array([0, 0, 4.0]), 13.0, 13.0)], hu, mask=bubble)
     near_lung = ndi.distance_transform_edt(lungs == 0, sampling=(grid.z[1] - grid.z[0], grid.y[1] - grid.y[0],
                                                                   grid.x[1] - grid.x[0])) < 6.0
     hu[bubble & ~near_lung] = -1000.0
 
-    blood = p["blood_hu"]
+    blood = p.blood_hu
     # left atrium and pulmonary veins
     # the left atrium is the most posterior chamber: behind the ventricles, just in front of the esophagus
     la_y = spine_front - 35.0
-    la_c = np.array(V(hx - 8, la_y, p["venous"]))
+    la_c = np.array(V(hx - 8, la_y, p.venous))
     hilar = np.zeros(grid.shape, bool)
     _draw_tubes(grid, [(la_c - [22, 0, 0], la_c + [22, 0, 0], 15.0, 15.0)], hu, value=blood, mask=hilar)
     for side in (-1, 1):
         for dzv in (7.0, -7.0):
             start = la_c + np.array([side * 14, 0, dzv * 0.4])
-            end = np.array(V(side * 0.45 * ac, la_y, p["venous"] + dzv * 1.6))
+            end = np.array(V(side * 0.45 * ac, la_y, p.venous + dzv * 1.6))
             _draw_tubes(grid, _polyline([tuple(start), tuple(end)], 6.5, 5.0), hu, value=blood, mask=hilar)
     lungs[hilar] = 0      # the atrium and the hilar veins are not lung
     # aorta: ascending, arch, descending; the branches arise from the arch's upper side, the brachiocephalic
     # trunk at its start (where the ascending aorta turns), so the arch's apex lies above the branch origins
     r_ao = 13.0
-    rise = p["arch_rise"]
-    arch_c = p["arch_top"] - r_ao - rise             # centre-line height at the arch ends
+    rise = p.arch_rise
+    arch_c = p.arch_top - r_ao - rise             # centre-line height at the arch ends
 
     def arch_point(tt):
         return V(-14 + 36 * (1 - np.cos(tt)) / 2, -30 + (y_sp - 20 + 30) * (1 - np.cos(tt)) / 2,
                  arch_c + rise * np.sin(tt))
 
-    asc = [V(-12, -28, p["venous"] - 25), V(-14, -30, arch_c)]
+    asc = [V(-12, -28, p.venous - 25), V(-14, -30, arch_c)]
     arch = [arch_point(tt) for tt in np.linspace(0, np.pi, 13)]
     desc = [V(22, y_sp - 20, arch_c), V(22, y_sp - 18, (grid.z[0] - zc) - 5)]
     aorta_segs = _polyline(asc, r_ao) + _polyline(arch, r_ao) + _polyline(desc, 11.0)
     _draw_tubes(grid, aorta_segs, hu, value=blood)
     top_z = (grid.z[-1] - zc) + 5
-    t_bc = p["bt_origin_t"] * np.pi
-    brach = [arch_point(t_bc), V(-20, -22, p["arch_top"] + 12), V(-30, -10, top_z)]
+    t_bc = p.bt_origin_t * np.pi
+    brach = [arch_point(t_bc), V(-20, -22, p.arch_top + 12), V(-30, -10, top_z)]
     brach_segs = _polyline(brach, 7.5, 6.0)
     _draw_tubes(grid, brach_segs, hu, value=blood)
-    _draw_tubes(grid, _polyline([arch_point(0.5 * np.pi), V(6, -4, p["arch_top"] + 25), V(10, 0, top_z)], 4.5),
+    _draw_tubes(grid, _polyline([arch_point(0.5 * np.pi), V(6, -4, p.arch_top + 25), V(10, 0, top_z)], 4.5),
                 hu, value=blood)
-    _draw_tubes(grid, _polyline([arch_point(0.72 * np.pi), V(22, 6, p["arch_top"] + 20), V(40, 8, top_z)], 5.5),
+    _draw_tubes(grid, _polyline([arch_point(0.72 * np.pi), V(22, 6, p.arch_top + 20), V(40, 8, top_z)], 5.5),
                 hu, value=blood)
     # the trunk's origin: the highest axial plane where its lumen still meets the aorta's (where a reader sees it
     # leave the arch, and how the TotalSegmentator reference masks define it: where the two masks touch)
-    p["bt_origin_z"] = _meeting_plane(brach_segs, aorta_segs, float(brach[0][2]), float(p["arch_top"] + 12))
+    bt_origin_z = _meeting_plane(brach_segs, aorta_segs, float(brach[0][2]), float(p.arch_top + 12))
     # pulmonary trunk and arteries (bifurcation just below the carina)
     pa_bif = V(2, -8, -12)
-    _draw_tubes(grid, _polyline([V(12, -45, p["venous"] - 20), pa_bif], 13.0, 12.0), hu, value=blood)
+    _draw_tubes(grid, _polyline([V(12, -45, p.venous - 20), pa_bif], 13.0, 12.0), hu, value=blood)
     _draw_tubes(grid, _polyline([pa_bif, V(-0.42 * ac, 0, -16)], 9.5, 7.0), hu, value=blood)
     _draw_tubes(grid, _polyline([pa_bif, V(0.42 * ac, 2, -8)], 9.0, 7.0), hu, value=blood)
 
     # esophagus: behind the trachea, slightly left, down to the stomach
     _draw_tubes(grid, _polyline([(sx + 6, sy + y_sp - 26, grid.z[-1] + 5),
-                                 (sx + 10, sy + y_sp - 28, zc + p["dome_l"] - 10)], 7.0), hu, value=40.0)
+                                 (sx + 10, sy + y_sp - 28, zc + p.dome_l - 10)], 7.0), hu, value=40.0)
+    return bt_origin_z
 
 
-def _build_airways(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
-    """Trachea from the top of the scan to the carina and the two main bronchi (sets ``p["carina_split_z"]``)."""
+def _build_airways(grid: _Grid, p: _Params, fr: _Frame, hu: np.ndarray, lungs: np.ndarray
+                   ) -> tuple[np.ndarray, float]:
+    """Trachea from the top of the scan to the carina and the two main bronchi; returns the airway lumen and the
+    world z of the carina's ridge."""
     zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
         fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
     V = fr.V
@@ -584,7 +636,7 @@ def _build_airways(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, l
     # airways: trachea to the carina, main bronchi
     airways = np.zeros(grid.shape, bool)
     walls = np.zeros(grid.shape, bool)
-    r_t = p["trachea_r"]
+    r_t = p.trachea_r
     car = np.array(V(x_tr, y_tr, 0.0))
     trachea = [(np.array(V(x_tr, y_tr - 4, top_z)), car + [0, 0, r_t * 0.6], r_t, r_t)]
     rb_end = car + np.array([-30.0, 6.0, -22.0])
@@ -595,21 +647,19 @@ def _build_airways(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, l
     _draw_tubes(grid, trachea + bronchi, hu, value=-1000.0, mask=airways)
     # the airway lumen and walls are not lung
     lungs[airways | walls] = 0
-    p["carina_split_z"] = _lumen_split_z(bronchi)
-
-    return airways
+    return airways, _lumen_split_z(bronchi)
 
 
-def _build_parenchyma(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray, lungs: np.ndarray,
+def _build_parenchyma(grid: _Grid, p: _Params, fr: _Frame, hu: np.ndarray, lungs: np.ndarray,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Lung parenchyma (denser posteriorly), the vessel tree and the ILD; returns the lesions and the vessels."""
     zc, X, Y, a, b, fat, ac, bc, y_sp, y_tr, x_tr, spine_front, rx, ry, rz, hx, hy, hz, sx, sy = (
         fr.zc, fr.X, fr.Y, fr.a, fr.b, fr.fat, fr.ac, fr.bc, fr.y_sp, fr.y_tr, fr.x_tr, fr.spine_front, fr.rx, fr.ry, fr.rz, fr.hx, fr.hy, fr.hz, fr.sx, fr.sy)
     V = fr.V
-    blood = p["blood_hu"]
+    blood = p.blood_hu
     # lung parenchyma (denser posteriorly), then vessel tree
     inside = lungs > 0
-    grad = p["lung_hu"] + 25.0 * np.clip((grid.y[None, :, None] - p["y_shift"]) / (bc + 1e-6), -1, 1)
+    grad = p.lung_hu + 25.0 * np.clip((grid.y[None, :, None] - p.y_shift) / (bc + 1e-6), -1, 1)
     tex = _coarse_field(rng, grid.shape, (grid.z[1] - grid.z[0], grid.y[1] - grid.y[0], grid.x[1] - grid.x[0]), 8.0)
     hu[inside] = (np.broadcast_to(grad, grid.shape)[inside] + 12.0 * tex[inside])
     vessels = np.zeros(grid.shape, bool)
@@ -623,19 +673,19 @@ def _build_parenchyma(grid: _Grid, p: dict[str, Any], fr: _Frame, hu: np.ndarray
 
     # ILD
     lesions = np.where(inside, 1, 0).astype(np.uint8)
-    if p["extent_target"] > 0:
+    if p.extent_target > 0:
         _add_ild(hu, lesions, inside, vessels, grid, p, rng, ac, bc)
 
     return lesions, vessels & (lungs > 0)
 
 
-def _acquire(hu: np.ndarray, grid: _Grid, p: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+def _acquire(hu: np.ndarray, grid: _Grid, p: _Params, rng: np.random.Generator) -> np.ndarray:
     """Scanner blur and noise, then HU as int16."""
     # scanner blur and noise
     vox = np.array([grid.z[1] - grid.z[0], grid.y[1] - grid.y[0], grid.x[1] - grid.x[0]])
     sig = np.clip(0.6 / vox, 0.15, 0.8)
     hu = ndi.gaussian_filter(hu, sigma=sig)
-    hu += rng.normal(0.0, p["noise_sd"], grid.shape).astype(np.float32)
+    hu += rng.normal(0.0, p.noise_sd, grid.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return hu
 
@@ -688,7 +738,8 @@ def _lumen_split_z(bronchi) -> float:
     return _meeting_plane([bronchi[0]], [bronchi[1]], float((s1[2] + s2[2]) / 2), float(min(e1[2], e2[2])))
 
 
-def _tree(rng, root, side, ac, bc, p, zc, sx, sy, depth=6):
+def _tree(rng: np.random.Generator, root: np.ndarray, side: int, ac: float, bc: float, p: _Params, zc: float,
+          sx: float, sy: float, depth: int = 6) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
     """A branching vessel tree from a hilum: segments spreading toward the periphery, thinning."""
     segs = []
     stack = []
@@ -702,7 +753,7 @@ def _tree(rng, root, side, ac, bc, p, zc, sx, sy, depth=6):
         p1 = p0 + d * length
         rel = p1 - np.array([sx, sy, zc])
         # keep the tree inside the chest
-        if (rel[0] / ac) ** 2 + ((rel[1]) / bc) ** 2 > 0.9 or rel[2] > p["apex"] - 5 or rel[2] < p["dome_r"] - p["recess"]:
+        if (rel[0] / ac) ** 2 + ((rel[1]) / bc) ** 2 > 0.9 or rel[2] > p.apex - 5 or rel[2] < p.dome_r - p.recess:
             continue
         r1 = max(r * 0.75, 0.8)
         segs.append((p0, p1, r, r1))
@@ -714,25 +765,26 @@ def _tree(rng, root, side, ac, bc, p, zc, sx, sy, depth=6):
     return segs
 
 
-def _add_ild(hu, lesions, inside, vessels, grid, p, rng, ac, bc):
+def _add_ild(hu: np.ndarray, lesions: np.ndarray, inside: np.ndarray, vessels: np.ndarray, grid: _Grid,
+             p: _Params, rng: np.random.Generator, ac: float, bc: float) -> None:
     """Thresholded basal-posterior-subpleural field -> lesion region; GG haze and reticulation inside it."""
     vox = (grid.z[1] - grid.z[0], grid.y[1] - grid.y[0], grid.x[1] - grid.x[0])
-    zc = p["z_offset"]
+    zc = p.z_offset
     # distance to the pleura (mm), at reduced resolution for speed
     dist = ndi.distance_transform_edt(inside, sampling=vox).astype(np.float32)
-    zrel = (grid.z - zc - p["dome_r"]) / (p["apex"] - p["dome_r"])       # 0 at the dome, 1 at the apex
+    zrel = (grid.z - zc - p.dome_r) / (p.apex - p.dome_r)       # 0 at the dome, 1 at the apex
     basal = np.clip(1.0 - zrel, 0, 1.3)[:, None, None]
-    post = np.clip((grid.y - p["y_shift"]) / bc, -1, 1)[None, :, None]
+    post = np.clip((grid.y - p.y_shift) / bc, -1, 1)[None, :, None]
     field = (1.6 * basal + 0.8 * post - 0.05 * np.minimum(dist, 40.0) / 1.0
              + 0.45 * _coarse_field(rng, hu.shape, vox, 30.0) + 0.15 * _coarse_field(rng, hu.shape, vox, 10.0))
     vals = field[inside]
-    target = p["extent_target"]
+    target = p.extent_target
     thr = np.percentile(vals, 100.0 - target)
     region = inside & (field > thr)
     # ground glass vs reticulation: RET in the most subpleural/basal part of the region
     split = field - 0.03 * np.minimum(dist, 30.0) + 0.35 * _coarse_field(rng, hu.shape, vox, 20.0)
     rv = split[region]
-    t_ret = np.percentile(rv, 100.0 * p["gg_fraction"]) if rv.size else 0.0
+    t_ret = np.percentile(rv, 100.0 * p.gg_fraction) if rv.size else 0.0
     ret = region & (split > t_ret)
     gg = region & ~ret
     lesions[gg] = 2
