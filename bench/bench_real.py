@@ -43,22 +43,46 @@ def _models(name: str):
     return src, load_snet(d / "snet" if has["snet"] else None), load_unet(d / "lesions" if has["lesions"] else None)
 
 
-def train_loso(held_out: str, steps: int | None = None) -> None:
-    """Train the lesion U-Net as ``configs/lesions_real.yaml`` says but without scan ``held_out`` (its real draws
-    excluded); weights to ``real_loso/<held_out>/lesions`` in the benchmarks' work folder."""
+def _base_weights(kind: str) -> Path:
+    """A copy of the shipped phase-2 bundle in the benchmarks' work folder (made on first use), so the leave-one-out
+    runs start from weights that never saw the real draws, even after the shipped ones are retrained."""
+    import shutil
+
+    from sscild.bundle import read_card
+
+    dst = WORK / "base_models" / kind
+    src = Path(__file__).resolve().parent.parent / "src" / "sscild" / "models" / kind
+    if not dst.exists():
+        if "real" in str(read_card(src).get("training", {}).get("config_file", "")):
+            raise SystemExit(f"the shipped {kind} bundle was trained on the real scans: restore the phase-2 one "
+                             "(git) before making the leave-one-out base copy")
+        shutil.copytree(src, dst)
+    return dst
+
+
+def train_loso(held_out: str, steps: int | None = None, which: str = "lesions,snet") -> None:
+    """Train the lesion U-Net and S-Net as ``configs/lesions_real.yaml`` and ``configs/snet_real.yaml`` say, but
+    without scan ``held_out`` (its real draws excluded from training and validation); bundles to
+    ``real_loso/<held_out>/{lesions,snet}`` in the benchmarks' work folder."""
     import yaml
 
-    from sscild.lesion_train import train_from_config
+    from sscild.lesion_train import train_from_config as train_lesions
+    from sscild.scoring.snet_train import train_from_config as train_snet
 
     d = LOSO / held_out
     d.mkdir(parents=True, exist_ok=True)
-    cfg = {"extends": str(CONFIGS / "lesions_real.yaml"), "out": str(d / "lesions"),
-           "description": f"configs/lesions_real.yaml without the real draws of {held_out} (held out)",
-           "data": {"real_draws": {"exclude": [held_out]}}}
-    if steps:
-        cfg["train"] = {"steps": int(steps)}
-    (d / "lesions_config.yaml").write_text(yaml.safe_dump(cfg))
-    train_from_config(d / "lesions_config.yaml", quiet=True, allow_package=False)
+    for kind, conf, train in (("lesions", "lesions_real.yaml", train_lesions), ("snet", "snet_real.yaml", train_snet)):
+        if kind not in which.split(","):
+            continue
+        cfg = {"extends": str(CONFIGS / conf), "out": str(d / kind), "init": str(_base_weights(kind)),
+               "description": f"configs/{conf} without the real draws of {held_out} (held out)",
+               "data": {"real_draws": {"exclude": [held_out]}}}
+        if kind == "snet":
+            cfg["validation"] = {"real_draws": {"exclude": [held_out]}}
+        if steps:
+            cfg["train"] = {"steps": int(steps)}
+        (d / f"{kind}_config.yaml").write_text(yaml.safe_dump(cfg))
+        train(d / f"{kind}_config.yaml", quiet=True, allow_package=False)
 
 
 def _level_slices(scan, lungs):
@@ -247,8 +271,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--train":      # python bench/bench_real.py --train SCAN [STEPS]
-        train_loso(sys.argv[2], *(int(a) for a in sys.argv[3:4]))
+    if len(sys.argv) > 2 and sys.argv[1] == "--train":      # python bench/bench_real.py --train SCAN [--only K]
+        only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else "lesions,snet"
+        train_loso(sys.argv[2], which=only)
         if "--no-row" in sys.argv:
             sys.exit(0)
         j = [n for n, _ in REAL].index(sys.argv[2])

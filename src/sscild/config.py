@@ -133,7 +133,7 @@ class FinetuneSettings:
             raise ConfigError("finetune: replay_share > 0 needs a replay data section (phantoms, real_backgrounds, "
                               "dataset_csv) of the original training data; or set replay_share: 0")
 #: keys of the data sections per trainer (validation takes the same, plus the listed extras)
-DATA_KEYS = {"snet": ("phantoms", "dataset_csv", "real_backgrounds"),
+DATA_KEYS = {"snet": ("phantoms", "dataset_csv", "real_backgrounds", "real_draws"),
              "lnet": ("phantoms", "dataset_csv"),
              "lesions": ("phantoms", "pairs_csv", "name_map", "real_backgrounds", "real_draws")}
 VALIDATION_EXTRA = {"snet": ("synthetic_n",), "lnet": (), "lesions": ()}

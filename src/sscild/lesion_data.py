@@ -94,15 +94,11 @@ def synthetic_segset(backgrounds: SegSet, n: int, rng: np.random.Generator, sour
 def real_draw_segset(rs, cfg: UNetConfig) -> SegSet:
     """Real draws (:class:`sscild.realdata.RealSlices`) as U-Net slices: the slices of one draw share one lung box
     and one aeration reference, as at inference."""
-    sets, i = [], 0
-    while i < len(rs):
-        j = i
-        while j < len(rs) and rs.info[j] == rs.info[i] and rs.hu[j].shape == rs.hu[i].shape:
-            j += 1
-        sets.append(prepare_volume(np.stack(rs.hu[i:j]), np.stack(rs.lung[i:j]), rs.pixel_mm[i], cfg,
-                                   labels=np.stack(rs.labels[i:j]), group=rs.group[i])[0])
-        i = j
-    return SegSet.concat(sets)
+    from .realdata import draw_groups
+
+    return SegSet.concat([prepare_volume(np.stack(rs.hu[i:j]), np.stack(rs.lung[i:j]), rs.pixel_mm[i], cfg,
+                                         labels=np.stack(rs.labels[i:j]), group=rs.group[i])[0]
+                          for i, j in draw_groups(rs)])
 
 
 def real_background_segset(path: str | Path, cfg: UNetConfig, keep: tuple[float, float] = (0.0, 1.0)) -> SegSet:

@@ -54,24 +54,11 @@ def train_unet(data: SegSet, *, cfg: UNetConfig = UNetConfig(), settings=None, d
 
 
 def _real_draws(spec: dict, cfg: UNetConfig, quiet: bool) -> SegSet | None:
-    """``data.real_draws``: 3D insertion + acquisition model on the real scans listed (``exclude`` leaves scans
-    out); a missing scan is skipped unless ``optional: false``."""
-    from .realdata import real_slices
+    """``data.real_draws`` (:func:`sscild.realdata.from_spec`) as U-Net slices, None when no scan is there."""
+    from .realdata import from_spec
 
-    scans = []
-    for sc in spec.get("scans") or []:
-        if sc["name"] in (spec.get("exclude") or []):
-            continue
-        if Path(sc["path"]).exists():
-            scans.append((sc["name"], sc["path"]))
-        elif not sc.get("optional", True):
-            raise ConfigError(f"real_draws scan {sc['path']} does not exist")
-    if not scans:
-        return None
-    rs = real_slices(scans, int(spec.get("draws", 8)), seed=int(spec.get("seed", 0)),
-                     healthy=float(spec.get("healthy", 0.5)), n_slices=int(spec.get("n_slices", 8)),
-                     shallow=float(spec.get("shallow", 0.0)), cache=spec.get("cache"), quiet=quiet)
-    return real_draw_segset(rs, cfg)
+    rs = from_spec(spec, quiet)
+    return real_draw_segset(rs, cfg) if len(rs) else None
 
 
 def _train_data(tc, quiet: bool) -> tuple[SegSet, np.ndarray]:

@@ -117,7 +117,9 @@ def _save(path: Path, s: RealSlices) -> None:
 
 def _load(path: Path) -> RealSlices:
     z = np.load(path, allow_pickle=True)
-    return RealSlices(list(z["hu"]), list(z["lung"]), list(z["labels"]), [float(v) for v in z["pixel_mm"]],
+    # slices of one shape come back as 2D object arrays: give each its own dtype again
+    return RealSlices([np.asarray(a, np.float32) for a in z["hu"]], [np.asarray(a, bool) for a in z["lung"]],
+                      [np.asarray(a, np.uint8) for a in z["labels"]], [float(v) for v in z["pixel_mm"]],
                       [str(g) for g in z["group"]], [json.loads(str(i)) for i in z["info"]])
 
 
@@ -151,3 +153,51 @@ def real_slices(scans: Sequence[tuple[str, str | Path]], draws_per_scan: int, *,
         for spec in progress(specs, f"real draws {name}", quiet=quiet):
             out.extend(draw_slices(name, hu, lung, scan.spacing, spec, cache))
     return out
+
+
+def draw_groups(rs: RealSlices):
+    """``(start, stop)`` of each draw's slices in ``rs`` (one draw: one simulated volume, one grid)."""
+    i = 0
+    while i < len(rs):
+        j = i
+        while j < len(rs) and rs.info[j] == rs.info[i] and rs.hu[j].shape == rs.hu[i].shape:
+            j += 1
+        yield i, j
+        i = j
+
+
+def snet_slices(rs: RealSlices, cfg):
+    """Real draws as S-Net training slices (:class:`sscild.scoring.snet_data.SliceSet`) with their exact scores;
+    each draw's lung is shifted to the reference aeration (:func:`sscild.density.aeration`) as at inference."""
+    from .density import aeration, normalise_aeration
+    from .scoring.snet_data import SliceSet, prepare_slices
+
+    sets = []
+    for i, j in draw_groups(rs):
+        hu, lung = np.stack(rs.hu[i:j]), np.stack(rs.lung[i:j])
+        hu = normalise_aeration(hu, lung, aeration(hu, lung, rs.pixel_mm[i]))
+        sets.append(prepare_slices(hu, lung, rs.pixel_mm[i], cfg, labels=np.stack(rs.labels[i:j]),
+                                   group=f"real:{rs.group[i]}", synthetic=True))
+    return SliceSet.concat(sets)
+
+
+def from_spec(spec: dict, quiet: bool = True) -> RealSlices:
+    """The real draws a config's ``data.real_draws`` section names (:data:`sscild.config.REAL_DRAW_KEYS`):
+    ``scans`` [{name, path, optional}], ``exclude`` (names left out), ``draws`` per scan, ``healthy`` share,
+    ``n_slices`` per draw, ``shallow`` inspiration chance, ``seed``, ``cache`` folder. A missing scan is skipped
+    unless ``optional: false``; no scan left gives an empty set."""
+    from .errors import ConfigError
+
+    scans = []
+    for sc in spec.get("scans") or []:
+        if sc["name"] in (spec.get("exclude") or []):
+            continue
+        if Path(sc["path"]).exists():
+            scans.append((sc["name"], sc["path"]))
+        elif not sc.get("optional", True):
+            raise ConfigError(f"real_draws scan {sc['path']} does not exist")
+    if not scans:
+        return RealSlices()
+    return real_slices(scans, int(spec.get("draws", 8)), seed=int(spec.get("seed", 0)),
+                       healthy=float(spec.get("healthy", 0.5)), n_slices=int(spec.get("n_slices", 8)),
+                       shallow=float(spec.get("shallow", 0.0)), cache=spec.get("cache"), quiet=quiet)

@@ -296,11 +296,24 @@ def load_data_spec(spec: dict, cfg: SNetConfig, base: Path, quiet: bool = True
                 continue
             raise ConfigError(f"real background scan {p} does not exist")
         bg.extend(real_backgrounds(p, keep=tuple(rb.get("keep", [0.0, 1.0])), weight=float(rb.get("weight", 1.0))))
+    if spec.get("real_draws"):
+        scored.extend(_real_draws(spec["real_draws"], cfg, quiet))
     sc = SliceSet.concat(scored) if scored else None
     if sc is None and len(bg) == 0:
         raise ConfigError("the data section gives no slices: add phantoms {n, seed0}, dataset_csv or "
                           "real_backgrounds")
     return sc, bg
+
+
+def _real_draws(spec: dict, cfg: SNetConfig, quiet: bool) -> list[SliceSet]:
+    """``data.real_draws`` (:func:`sscild.realdata.from_spec`) as scored slices, repeated ``weight`` times."""
+    from ..realdata import from_spec, snet_slices
+
+    rs = from_spec(spec, quiet)
+    if not len(rs):
+        return []
+    real = snet_slices(rs, cfg)
+    return [real.subset(np.tile(np.arange(len(real)), max(1, int(round(float(spec.get("weight", 1)))))))]
 
 
 def pattern_source_from_spec(spec: dict | None, base: Path):
