@@ -68,7 +68,10 @@ class Lungs:
 
 # --------------------------------------------------------------------------------------------
 def _inplane_factor(scan: CTScan, target_mm: float = 1.4) -> int:
-    return max(1, int(np.floor(target_mm / max(scan.spacing[1], 1e-3))))
+    """In-plane block size of the working grid: the nearest to ``target_mm`` (0.65-1.0 mm pixels work on 1.3-2.0 mm,
+    finer than the narrowest structure followed on it, a main bronchus of ~10 mm, and than the smallest vessel
+    radius measured); borders are then refined at full resolution."""
+    return max(1, int(round(target_mm / max(scan.spacing[1], 1e-3))))
 
 
 def _downsample(hu: np.ndarray, f: int) -> np.ndarray:
@@ -123,10 +126,8 @@ def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
     counts[0] = 0
     body = lab == int(np.argmax(counts))
     box = _bbox(body, margin=1)
-    for k in range(box[0].start, box[0].stop):
-        sl = body[k, box[1], box[2]]
-        if sl.any():
-            body[k, box[1], box[2]] = sl | _holes(sl)
+    sub = np.ascontiguousarray(body[box])
+    body[box] = sub | _slice_holes(sub)
     # one coarse voxel of margin gives back what the opening took from the outline
     body = ndi.binary_dilation(body, structure=cross)
     out = np.zeros(hu.shape, bool)
@@ -451,37 +452,43 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     return out
 
 
+MARGIN = 2.0
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
 
 
 def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """The thoracic cavity per slice, seen from the lungs' centre: in each 5 degree direction it reaches the
+    """The thoracic cavity per slice as seen from the lungs' centre: in each 5 degree direction it reaches the
     first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the median
     rib distance within +-15 degrees, and 2 mm short of it. Where no bone is in reach it ends at the aerated
-    lung."""
+    lung. All slices at once."""
     nz, ny, nx = hu.shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
     nb = 72
     cav = np.zeros(hu.shape, bool)
-    margin = 2.0 / spacing[1]
-    for k in range(nz):
-        lk = lung[k]
-        if not lk.any():
-            continue
-        cy, cx = (float(v.mean()) for v in np.nonzero(lk))
-        ang = ((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * nb).astype(np.intp) % nb
-        rad = np.hypot(yy - cy, xx - cx)
-        r_lung = np.zeros(nb)
-        np.maximum.at(r_lung, ang[lk], rad[lk])
-        bone = (hu[k] > 200) & (rad > r_lung[ang] - 2.0)
-        r_bone = np.full(nb, np.inf)
-        np.minimum.at(r_bone, ang[bone], rad[bone])
-        # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
-        # the spine, nearer than its neighbours, keeps its own
-        window = np.median(np.stack([np.roll(r_bone, d) for d in range(-3, 4)]), axis=0)
-        r_cav = np.minimum(r_bone, window) - margin
-        r_cav = np.where(np.isfinite(r_cav), np.maximum(r_cav, r_lung), r_lung)
-        cav[k] = rad <= r_cav[ang]
+    ks = np.nonzero(lung.any(axis=(1, 2)))[0]
+    if len(ks) == 0:
+        return cav
+    lk, hk = lung[ks], hu[ks]
+    n_k = np.count_nonzero(lk, axis=(1, 2)).astype(float)
+    cy = (np.count_nonzero(lk, axis=2) * np.arange(ny)).sum(axis=1) / n_k
+    cx = (np.count_nonzero(lk, axis=1) * np.arange(nx)).sum(axis=1) / n_k
+    dy = np.arange(ny)[None, :, None] - cy[:, None, None]
+    dx = np.arange(nx)[None, None, :] - cx[:, None, None]
+    rad = np.hypot(dy, dx)
+    ang = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * nb).astype(np.intp) % nb
+    ang += (np.arange(len(ks)) * nb)[:, None, None]            # one set of directions per slice
+    r_lung = np.zeros(len(ks) * nb)
+    np.maximum.at(r_lung, ang[lk], rad[lk])
+    bone = (hk > 200) & (rad > r_lung[ang] - 2.0)
+    r_bone = np.full(len(ks) * nb, np.inf)
+    np.minimum.at(r_bone, ang[bone], rad[bone])
+    r_bone = r_bone.reshape(len(ks), nb)
+    # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
+    # the spine, nearer than its neighbours, keeps its own
+    window = np.median(np.stack([np.roll(r_bone, d, axis=1) for d in range(-3, 4)]), axis=0)
+    r_cav = np.minimum(r_bone, window) - MARGIN / spacing[1]
+    r_l = r_lung.reshape(len(ks), nb)
+    r_cav = np.where(np.isfinite(r_cav), np.maximum(r_cav, r_l), r_l).ravel()
+    cav[ks] = rad <= r_cav[ang]
     return cav
 
 
@@ -538,6 +545,27 @@ def _floor(aer: np.ndarray, other: np.ndarray | None = None, x_mid: float = 0.0)
     return np.where(has, floor, near)
 
 
+def _under_dome(region: np.ndarray, aer: np.ndarray) -> np.ndarray:
+    """``region`` limited, toward the apex where the lung narrows (< 30 % of its widest slice), to the in-plane
+    footprint of the lung (aerated or dense) one slice lower, grown by one voxel: the apex is a dome whose every
+    section lies within the one below it, while the neck's muscles and vessels around it spread outside it."""
+    area = np.count_nonzero(aer, axis=(1, 2))
+    if not area.any():
+        return region
+    top = int(np.argmax(area))
+    out = region.copy()
+    cross = ndi.generate_binary_structure(2, 1)
+    for k in range(top + 1, region.shape[0]):
+        if area[k] >= 0.3 * area.max():
+            continue
+        # the lung one slice lower: its aerated part and the dense parts against it in that slice
+        lab, n = cc3d.connected_components(out[k - 1], connectivity=4, return_N=True)
+        touch = np.unique(lab[ndi.binary_dilation(aer[k - 1], structure=cross) & out[k - 1]])
+        below = aer[k - 1] | _select(lab, n, touch[touch > 0])
+        out[k] &= ndi.binary_dilation(below, structure=cross)
+    return out
+
+
 def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]
                     ) -> tuple[np.ndarray, str]:
     """Dense lung (``DENSE_RANGE``) that lies against the aerated lung inside the rib cage, added to that lung's
@@ -556,7 +584,8 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     lc = sides[0] | sides[1]
     if not sides[0].any() or not sides[1].any():
         return labels, ""
-    cand = _rib_cavity(hs, lc, sp) & (hs >= DENSE_RANGE[0]) & (hs <= DENSE_RANGE[1]) & ~lc
+    cavity = _rib_cavity(hs, lc, sp)
+    cand = (hs >= DENSE_RANGE[0]) & (hs <= DENSE_RANGE[1]) & ~lc
     # the posterior limit per slice: the most posterior aerated lung of either side in this or the next slices
     # (+10 mm), so that one lung's dense back stays lung while the back muscles never do
     rows_any = lc.any(axis=2)
@@ -574,12 +603,7 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         lim = _side_limits(aer, other, i == 0, x_mid)
         ok = (cols[None, None, :] <= lim[:, :, None]) if i == 0 else (cols[None, None, :] >= lim[:, :, None])
         ok &= np.arange(hs.shape[0])[:, None, None] >= _floor(aer, other, x_mid)[None]
-        # not toward the apex where the lung narrows (< 30 % of its widest slice): the apex sits among the neck's
-        # muscles and vessels, and apical consolidation is not the pattern this envelope is for
-        area = np.count_nonzero(aer, axis=(1, 2))
-        narrow = (np.arange(len(area)) > int(np.argmax(area))) & (area < 0.3 * area.max())
-        ok &= ~narrow[:, None, None]
-        region = cand & ok & side[None, None, :]
+        region = cand & ok & side[None, None, :] & cavity
         # only thick regions (an in-plane opening by ~6 mm): the thin layer of chest wall between the lung and the
         # ribs is not dense lung (thin subpleural disease is the closing's); the opened region then takes back its
         # own border up to ~9 mm within the candidates
@@ -587,6 +611,7 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         cross = ndi.generate_binary_structure(2, 1)[None]
         core = ndi.binary_opening(region, structure=cross, iterations=it)
         region = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=region)
+        region = _under_dome(region, aer)
         lab, n = cc3d.connected_components(region, connectivity=6, return_N=True)
         touch = np.unique(lab[_dilate(aer, 1) & region])
         grown = _select(lab, n, touch[touch > 0])
@@ -602,6 +627,21 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         up[:, :ny2, :nx2] = np.repeat(np.repeat(grown, g, axis=1), g, axis=2) if g > 1 else grown
         out[up & (out == 0) & (hu < 300)] = i + 1
     return out, "; ".join(notes)
+
+
+def _slice_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes of every slice of a 3D mask (``_holes`` of each slice), in one labelling: the slices are stacked with
+    a full slice between each two, so that no background component joins two slices."""
+    nz = mask.shape[0]
+    stack = np.ones((2 * nz - 1,) + mask.shape[1:], bool)
+    stack[::2] = mask
+    lab, n = cc3d.connected_components(~stack, connectivity=6, return_N=True)
+    lab = lab[::2]
+    rim = np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    hole[rim] = False
+    return hole[lab]
 
 
 def _holes(sl: np.ndarray) -> np.ndarray:

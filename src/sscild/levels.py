@@ -192,6 +192,10 @@ def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> np.ndarr
 
     px = scan.spacing[1] * scan.spacing[2]
     out = np.zeros(airways.shape[0], bool)
+    ys, xs_ = np.nonzero(airways.any(axis=0))
+    if len(ys) == 0:
+        return out
+    airways = airways[:, ys.min():ys.max() + 1, xs_.min():xs_.max() + 1]     # the airways' box (same components)
     for k in np.nonzero(airways.any(axis=(1, 2)))[0]:
         lab, n = ndi.label(airways[k])
         big = 1 + np.nonzero(np.bincount(lab.ravel(), minlength=n + 1)[1:] * px >= min_mm2)[0]
