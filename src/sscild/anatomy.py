@@ -452,7 +452,7 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     return out
 
 
-MARGIN = 2.0
+RIB_MARGIN_MM = 2.0   # the cavity ends this far short of the first bone (the rib's own partial volume)
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
 
 
@@ -485,7 +485,7 @@ def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, f
     # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
     # the spine, nearer than its neighbours, keeps its own
     window = np.median(np.stack([np.roll(r_bone, d, axis=1) for d in range(-3, 4)]), axis=0)
-    r_cav = np.minimum(r_bone, window) - MARGIN / spacing[1]
+    r_cav = np.minimum(r_bone, window) - RIB_MARGIN_MM / spacing[1]
     r_l = r_lung.reshape(len(ks), nb)
     r_cav = np.where(np.isfinite(r_cav), np.maximum(r_cav, r_l), r_l).ravel()
     cav[ks] = rad <= r_cav[ang]
