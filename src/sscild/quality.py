@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .anatomy import Lungs, _body_mask, _downsample, _inplane_factor
+from .anatomy import Lungs, _bbox, _body_mask, _downsample, _inplane_factor
 from .errors import NoLungsError
 from .scan import CTScan
 
@@ -56,8 +56,10 @@ def _tracheal_air(scan: CTScan, lungs: Lungs) -> float | None:
     if not lungs.airways.any():
         return None
     it = max(1, int(round(2.0 / scan.spacing[1])))
-    core = ndi.binary_erosion(lungs.airways, structure=ndi.generate_binary_structure(2, 1)[None], iterations=it)
-    vals = scan.hu[core if core.sum() >= 20 else lungs.airways]
+    box = _bbox(lungs.airways, margin=0)              # erosion only shrinks the mask: the same result in its box
+    air = lungs.airways[box]
+    core = ndi.binary_erosion(air, structure=ndi.generate_binary_structure(2, 1)[None], iterations=it)
+    vals = scan.hu[box][core if core.sum() >= 20 else air]
     return float(np.median(vals))
 
 
@@ -81,16 +83,17 @@ def _blood_pool(scan: CTScan, lungs: Lungs) -> float | None:
     return float(np.argmax(counts) * 10 - 20 + 5)
 
 
-def _edge_width(scan: CTScan, body: np.ndarray) -> float | None:
+def _edge_width(scan: CTScan, body: _CoarseMask) -> float | None:
     """Width (mm) of the skin's air-to-tissue edge along x, as (rise) / (steepest slope), which is the 10-90 %
     width of a Gaussian-blurred step; median over the body's outline in the middle slices: ~1 mm or less for
     sharp (lung) kernels, 1.5-3 mm for smooth ones."""
     nz = scan.shape[0]
     widths = []
     for k in range(nz // 3, 2 * nz // 3 + 1, max(1, nz // 12)):
-        rows = np.nonzero(body[k].any(axis=1))[0]
+        bk = body[k]
+        rows = np.nonzero(bk.any(axis=1))[0]
         for y in rows[len(rows) // 4: 3 * len(rows) // 4: max(1, len(rows) // 20)]:
-            xs = np.nonzero(body[k, y])[0]
+            xs = np.nonzero(bk[y])[0]
             if len(xs) < 20:
                 continue
             for x0, step in ((xs.min(), 1), (xs.max(), -1)):
@@ -107,7 +110,7 @@ def _edge_width(scan: CTScan, body: np.ndarray) -> float | None:
     return float(np.median(widths)) if len(widths) >= 10 else None
 
 
-def _noise(scan: CTScan, body: np.ndarray) -> tuple[float | None, float | None]:
+def _noise(scan: CTScan, body: _CoarseMask) -> tuple[float | None, float | None]:
     """Noise SD (HU) in the air outside the body and in soft tissue: the median local SD in 3x3 in-plane windows,
     scaled by sqrt(9/8) (a 3x3 window's SD of white noise is sqrt(8/9) of the true SD)."""
     k = np.linspace(scan.shape[0] * 0.3, scan.shape[0] * 0.7, 5).astype(int)
@@ -123,7 +126,7 @@ def _noise(scan: CTScan, body: np.ndarray) -> tuple[float | None, float | None]:
     return out_air, out_soft
 
 
-def _inspiration(scan: CTScan, lungs: Lungs, body: np.ndarray) -> float | None:
+def _inspiration(scan: CTScan, lungs: Lungs, body: _CoarseMask) -> float | None:
     """Lung share (0-1) of the body's cross-section at the slice with the largest lung area."""
     area = lungs.mask.sum(axis=(1, 2))
     if area.max() == 0:
@@ -164,14 +167,28 @@ def _head_up(scan: CTScan, lungs: Lungs) -> tuple[bool | None, str]:
     return None, why + " (the cues disagree)"
 
 
-def _coarse_body(scan: CTScan) -> np.ndarray:
+@dataclass(frozen=True)
+class _CoarseMask:
+    """A mask on the working grid of ``f`` x ``f`` pixel blocks; ``mask[k]`` (one slice or an index array) gives
+    those slices at full resolution (each block repeated, False past the last whole block), so only the few slices
+    the checks look at are enlarged."""
+
+    coarse: np.ndarray
+    f: int
+    shape: tuple[int, int, int]
+
+    def __getitem__(self, k) -> np.ndarray:
+        b = self.coarse[k]
+        up = np.repeat(np.repeat(b, self.f, axis=-2), self.f, axis=-1) if self.f > 1 else b
+        out = np.zeros(b.shape[:-2] + tuple(self.shape[1:]), bool)
+        out[..., : up.shape[-2], : up.shape[-1]] = up
+        return out
+
+
+def _coarse_body(scan: CTScan) -> _CoarseMask:
     f = _inplane_factor(scan)
     lo = _downsample(scan.hu, f)
-    b = _body_mask(lo, (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f))
-    out = np.zeros(scan.shape, bool)
-    up = np.repeat(np.repeat(b, f, axis=1), f, axis=2) if f > 1 else b
-    out[:, : up.shape[1], : up.shape[2]] = up
-    return out
+    return _CoarseMask(_body_mask(lo, (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)), f, scan.shape)
 
 
 def quality_checks(scan: CTScan, lungs: Lungs) -> QualityReport:
@@ -260,7 +277,7 @@ def _coverage(scan: CTScan, lungs: Lungs) -> tuple[dict[str, Any], list[str]]:
     return m, w
 
 
-def _sharpness_and_noise(scan: CTScan, body: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+def _sharpness_and_noise(scan: CTScan, body: _CoarseMask) -> tuple[dict[str, Any], list[str]]:
     """Reconstruction kernel from the skin edge's width; noise in air and soft tissue."""
     m: dict[str, Any] = {"edge_width_mm": _edge_width(scan, body)}
     w: list[str] = []
@@ -274,7 +291,7 @@ def _sharpness_and_noise(scan: CTScan, body: np.ndarray) -> tuple[dict[str, Any]
     return m, w
 
 
-def _filling(scan: CTScan, lungs: Lungs, body: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+def _filling(scan: CTScan, lungs: Lungs, body: _CoarseMask) -> tuple[dict[str, Any], list[str]]:
     """Lung volume and the lungs' share of the chest section (a proxy of inspiration)."""
     m: dict[str, Any] = {"lung_volume_ml": float(lungs.volume_ml(scan)["total"]),
                          "lung_share_of_chest": _inspiration(scan, lungs, body)}

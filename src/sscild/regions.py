@@ -47,8 +47,8 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import Lungs
-from .density import metrics_of
-from .domain import ZONES, LesionClass, LungLabel, area_percent, zone_bounds
+from .density import hu_histograms, metrics_of_histogram
+from .domain import ZONES, LesionClass, LungLabel, zone_bounds
 from .scan import CTScan
 from .util import atomic_path
 
@@ -177,35 +177,115 @@ def region_map(scan: CTScan, lungs: Lungs) -> RegionMap:
         pad[0] = pad[1]
     if box[0].stop == full.shape[0]:
         pad[-1] = pad[-2]
-    near = _near_boundary(ndimage.binary_fill_holes(pad), tuple(float(s) for s in scan.spacing), SUBPLEURAL_MM)
+    near = _near_boundary(_fill_holes(pad), tuple(float(s) for s in scan.spacing), SUBPLEURAL_MM)
     return RegionMap(box, lung, side, zone, _dorsal_half(side), lung & near[1:-1, 1:-1, 1:-1])
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (same connectivity, same result) by labelling the background once: a
+    hole is a background component that does not touch the array's border."""
+    lab, n = ndimage.label(~mask)
+    faces = [lab[i] for i in (0, -1)] + [lab[:, i] for i in (0, -1)] + [lab[:, :, i] for i in (0, -1)]
+    outside = np.zeros(n + 1, bool)
+    outside[np.concatenate([f.ravel() for f in faces])] = True
+    outside[0] = False
+    return ~outside[lab]
 
 
 def _near_boundary(mask: np.ndarray, spacing: tuple[float, float, float], mm: float, slab: int = 48) -> np.ndarray:
     """``mask`` voxels whose Euclidean distance (mm, anisotropic) to the nearest outside voxel is <= ``mm``.
 
-    Computed in slabs of ``slab`` slices with ``mm`` of overlap, so the distance transform's work arrays stay small
-    (a slab can only over-estimate a distance, and never one within ``mm``: the nearest outside voxel of such a voxel
-    lies inside its slab's overlap). Every slab holds outside voxels (``mask`` has a background border in y/x).
+    Exact, and separable because only distances up to ``mm`` matter: along x the distance in pixels to the
+    nearest outside voxel of the row (:func:`_row_distance`); then, slab by slab of ``slab`` slices, the smallest
+    squared in-plane distance over the rows within ``mm`` in y (:func:`_inplane_reach`), turned into how many
+    slices away an outside voxel still lies within ``mm`` (the *reach*, -1 for none); then a voxel is near when a
+    slice ``dz`` away has a reach >= ``|dz|``. Voxels beyond the array's ends are not outside voxels (as in
+    ``scipy.ndimage.distance_transform_edt``, which gives the same band); ``mask`` has a background border in y/x.
     """
-    m = int(np.ceil(mm / spacing[0]))
-    out = np.zeros(mask.shape, bool)
+    sz = float(spacing[0])
+    kz = int(np.floor(mm / sz))
+    reach = np.empty(mask.shape, np.int8)
     for a in range(0, mask.shape[0], slab):
-        lo, hi, b = max(a - m, 0), min(a + slab + m, mask.shape[0]), min(a + slab, mask.shape[0])
-        d = ndimage.distance_transform_edt(mask[lo:hi], sampling=spacing)
-        out[a:b] = mask[a:b] & (d[a - lo:b - lo] <= mm)
-    return out
+        reach[a:a + slab] = _inplane_reach(mask[a:a + slab], (float(spacing[1]), float(spacing[2])), mm, sz)
+    near = reach >= 0
+    for dz in range(1, kz + 1):
+        ok = reach >= dz
+        near[dz:] |= ok[:-dz]
+        near[:-dz] |= ok[dz:]
+    return mask & near
 
 
-def _measure(hu: np.ndarray, les: np.ndarray | None, m: np.ndarray, voxel_ml: float,
+def _row_distance(mask: np.ndarray, cap: int) -> np.ndarray:
+    """Distance in pixels along the last axis to the nearest False of the row, capped at ``cap`` (int32)."""
+    idx = np.arange(mask.shape[-1], dtype=np.int32)
+    last = np.where(mask, np.int32(-2 ** 30), idx)
+    np.maximum.accumulate(last, axis=-1, out=last)
+    nxt = np.where(mask, np.int32(2 ** 30), idx)[..., ::-1]
+    nxt = np.minimum.accumulate(nxt, axis=-1)[..., ::-1]
+    return np.minimum(np.minimum(idx - last, nxt - idx), np.int32(cap))
+
+
+def _inplane_reach(mask: np.ndarray, pixel_mm: tuple[float, float], mm: float, sz: float) -> np.ndarray:
+    """int8 per voxel: the largest ``dz`` such that an outside voxel of the same slice lies within
+    ``sqrt(mm^2 - (dz * sz)^2)`` in-plane; -1 when none lies within ``mm``. Square pixels work in integer squared
+    pixel distances, other pixels in float64 mm^2; both compare ``d2 + (dz * sz)^2 <= mm^2``."""
+    sy, sx = pixel_mm
+    kx, ky = int(np.floor(mm / sx)), int(np.floor(mm / sy))
+    dx = _row_distance(mask, kx + 1)
+    square = sy == sx
+    small = 2 * (kx + 1) ** 2 + ky ** 2 < np.iinfo(np.int16).max   # int16 holds every sum: half the memory
+    q = (dx * dx).astype(np.int16 if small else np.int32) if square else (dx * sx) ** 2   # px^2, or mm^2
+    far = q.dtype.type(2 * (kx + 1) ** 2) if square else np.inf
+    q[dx > kx] = far
+    d2 = q.copy()
+    for dy in range(1, ky + 1):
+        c = q.dtype.type(dy * dy if square else (dy * sy) ** 2)
+        np.minimum(d2[:, dy:], q[:, :-dy] + c, out=d2[:, dy:])
+        np.minimum(d2[:, :-dy], q[:, dy:] + c, out=d2[:, :-dy])
+    dzs = np.arange(int(np.floor(mm / sz)) + 1)
+    if square:                                                    # a lookup table over the squared distances
+        ok = np.arange(int(far) + 1)[:, None] * sx * sx + (dzs[None] * sz) ** 2 <= mm * mm
+        return np.where(ok.any(axis=1), ok.sum(axis=1) - 1, -1).astype(np.int8)[d2]
+    reach = np.full(mask.shape, -1, np.int8)
+    for dz in dzs:
+        reach[d2 + (dz * sz) ** 2 <= mm * mm] = dz
+    return reach
+
+
+#: Atoms of the region partition: side (other, right, left) x zone (0..3) x dorsal x subpleural.
+_ATOM_SHAPE = (3, 4, 2, 2)
+
+
+def _region_atoms(rm: RegionMap) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every lung voxel's *atom* (index into :data:`_ATOM_SHAPE`) and, per region and per cell, which atoms it
+    holds: found by :meth:`RegionMap.masks` and :meth:`RegionMap.cells` themselves on a map of one voxel per atom,
+    so the definitions stay in one place."""
+    lung = rm.lung
+    side = rm.side[lung]
+    code = np.select([side == LungLabel.RIGHT, side == LungLabel.LEFT], [1, 2], 0)
+    atom = np.ravel_multi_index((code, rm.zone[lung], rm.dorsal[lung], rm.subpleural[lung]), _ATOM_SHAPE)
+    s, z, d, p = (a.reshape(1, 1, -1) for a in np.indices(_ATOM_SHAPE).reshape(4, -1))
+    probe = RegionMap(rm.box, np.ones(s.shape, bool), np.array([0, LungLabel.RIGHT, LungLabel.LEFT])[s],
+                      z.astype(np.int8), d.astype(bool), p.astype(bool))
+    return (atom, {k: v.ravel() for k, v in probe.masks().items()},
+            {k: v.ravel() for k, v in probe.cells().items()})
+
+
+def _percent(k: int, n: int) -> float | None:
+    """``k`` of ``n`` voxels in %, None when ``n`` is 0 (as :func:`sscild.domain.area_percent` counts masks)."""
+    return None if int(n) == 0 else 100.0 * int(k) / int(n)
+
+
+def _measure(hist: np.ndarray, les: np.ndarray | None, members: np.ndarray, voxel_ml: float,
              n_lesion: int) -> dict[str, float | None]:
-    out = metrics_of(hu[m], voxel_ml)
+    """Metrics of the region made of the atoms ``members`` from the atoms' HU histograms and lesion counts
+    (columns: not lesion, GG, RET, other lesion class)."""
+    out = metrics_of_histogram(hist[members].sum(axis=0), voxel_ml)
     if les is not None:
-        sick = les >= LesionClass.GG
-        n = int(np.count_nonzero(sick & m))
-        out.update({"GG_pct": area_percent(les == LesionClass.GG, m),
-                    "RET_pct": area_percent(les == LesionClass.RET, m),
-                    "involvement_pct": area_percent(sick, m), "lesion_ml": n * voxel_ml,
+        c = les[members].sum(axis=0)
+        n = int(c[1:].sum())
+        out.update({"GG_pct": _percent(c[1], c.sum()), "RET_pct": _percent(c[2], c.sum()),
+                    "involvement_pct": _percent(n, c.sum()), "lesion_ml": n * voxel_ml,
                     "lesion_share_pct": 100.0 * n / n_lesion if n_lesion else None})
     return out
 
@@ -226,12 +306,18 @@ def regional_metrics(scan: CTScan, lungs: Lungs, lesion_labels: np.ndarray | Non
         The contrasts compare ``involvement_pct`` when lesions are given, else ``HAA_pct``.
     """
     rm = regions if regions is not None else region_map(scan, lungs)
-    hu = scan.hu[rm.box]
-    les = None if lesion_labels is None else np.where(rm.lung, np.asarray(lesion_labels)[rm.box], 0)
-    n_les = 0 if les is None else int(np.count_nonzero(les >= LesionClass.GG))
+    atom, reg_atoms, cell_atoms = _region_atoms(rm)
+    n_atoms = int(np.prod(_ATOM_SHAPE))
+    hist = hu_histograms(scan.hu[rm.box][rm.lung], atom, n_atoms)
+    les = None
+    if lesion_labels is not None:
+        lv = np.asarray(lesion_labels)[rm.box][rm.lung]
+        cls = np.select([lv == LesionClass.GG, lv == LesionClass.RET, lv >= LesionClass.GG], [1, 2, 3], 0)
+        les = np.bincount(atom * 4 + cls, minlength=n_atoms * 4).reshape(n_atoms, 4)
+    n_les = 0 if les is None else int(les[:, 1:].sum())
     vox = scan.voxel_volume_ml
-    reg = {k: _measure(hu, les, m, vox, n_les) for k, m in rm.masks().items()}
-    cells = {k: _measure(hu, les, m, vox, n_les) for k, m in rm.cells().items()}
+    reg = {k: _measure(hist, les, m, vox, n_les) for k, m in reg_atoms.items()}
+    cells = {k: _measure(hist, les, m, vox, n_les) for k, m in cell_atoms.items()}
     key = "involvement_pct" if les is not None else "HAA_pct"
     contrasts, pattern = {}, []
     for name, a, b in CONTRASTS:

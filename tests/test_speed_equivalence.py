@@ -1,0 +1,113 @@
+"""The faster stages give what the plain computations give: density and regional metrics from histograms against
+per-mask scipy statistics, the separable subpleural band against scipy's distance transform (square and non-square
+pixels), hole filling against scipy's, quality checks with the coarse body mask against the full upsampled one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from sscild.anatomy import Lungs
+from sscild.density import HAA_RANGE, HIST_RANGE, density_metrics, metrics_of
+from sscild.domain import LesionClass, area_percent
+from sscild.phantom import make_phantom
+from sscild.regions import SUBPLEURAL_MM, _fill_holes, _near_boundary, region_map, regional_metrics
+
+
+def _plain_metrics(values: np.ndarray, voxel_ml: float) -> dict:
+    """The metrics as the module computed them before histograms: scipy statistics of the voxel values."""
+    v = np.asarray(values, np.float64).ravel()
+    h = v[(v >= HIST_RANGE[0]) & (v <= HIST_RANGE[1])]
+    out = {"volume_ml": v.size * voxel_ml, "n_voxels": float(v.size)}
+    if h.size < 2:
+        return out
+    out.update({"MLA_HU": h.mean(), "SD_HU": h.std(ddof=1), "skewness": stats.skew(h),
+                "kurtosis": stats.kurtosis(h, fisher=True),
+                "HAA_pct": ((v >= HAA_RANGE[0]) & (v <= HAA_RANGE[1])).sum() * 100.0 / v.size})
+    out.update({f"p{p}_HU": q for p, q in zip((10, 15, 40, 80), np.percentile(h, (10, 15, 40, 80)))})
+    return out
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    scan, truth = make_phantom(3, extent=30)
+    return scan, Lungs(truth.lungs, truth.airways), truth.lesions
+
+
+def test_metrics_of_integer_and_float_values_match_scipy():
+    rng = np.random.default_rng(1)
+    ints = rng.normal(-800, 150, 5000).round().astype(np.int16)
+    _assert_same(metrics_of(ints, 0.3), _plain_metrics(ints, 0.3))
+    floats = rng.normal(-800, 150, 5000)
+    _assert_same(metrics_of(floats, 0.3), _plain_metrics(floats, 0.3))
+    flat = metrics_of(np.full(50, -700, np.int16), 1.0)              # a constant histogram has no shape
+    assert np.isnan(flat["skewness"]) and np.isnan(flat["kurtosis"]) and flat["SD_HU"] == 0.0
+
+
+def test_density_metrics_equal_per_region_masks(phantom):
+    scan, lungs, _ = phantom
+    d = density_metrics(scan, lungs).regions
+    lab = lungs.labels
+    from sscild.domain import zone_bounds
+
+    masks = {"whole": lab > 0, "right": lab == 1, "left": lab == 2}
+    for name, (a, b) in zone_bounds(lab > 0).items():
+        masks[name] = np.zeros(lab.shape, bool)
+        masks[name][a:b] = lab[a:b] > 0
+    for name, m in masks.items():
+        _assert_same(d[name], _plain_metrics(scan.hu[m], scan.voxel_volume_ml))
+
+
+def test_regional_metrics_equal_per_region_masks(phantom):
+    scan, lungs, lesions = phantom
+    rm = region_map(scan, lungs)
+    got = regional_metrics(scan, lungs, lesions, rm)
+    hu = scan.hu[rm.box]
+    les = np.where(rm.lung, lesions[rm.box], 0)
+    n_les = int((les >= LesionClass.GG).sum())
+    assert n_les > 1000
+    for table, masks in ((got.regions, rm.masks()), (got.cells, rm.cells())):
+        for name, m in masks.items():
+            want = _plain_metrics(hu[m], scan.voxel_volume_ml)
+            n = int(((les >= LesionClass.GG) & m).sum())
+            want.update({"GG_pct": area_percent(les == LesionClass.GG, m), "lesion_ml": n * scan.voxel_volume_ml,
+                         "RET_pct": area_percent(les == LesionClass.RET, m),
+                         "involvement_pct": area_percent(les >= LesionClass.GG, m),
+                         "lesion_share_pct": 100.0 * n / n_les})
+            _assert_same(table[name], {k: v for k, v in want.items() if v is not None})
+
+
+@pytest.mark.parametrize("spacing, up", [((3.0, 2.8, 2.8), 1), ((1.0, 0.7, 0.7), 3), ((2.5, 1.1, 0.8), 2)])
+def test_subpleural_band_equals_the_distance_transform(spacing, up):
+    scan, truth = make_phantom(5, extent=10)
+    lung = np.pad(truth.lungs > 0, 1)[::2]                           # thinner slab: the test stays quick
+    lung = np.repeat(np.repeat(lung, up, axis=1), up, axis=2)         # finer pixels keep a core beyond the band
+    ref = lung & (ndimage.distance_transform_edt(lung, sampling=spacing) <= SUBPLEURAL_MM)
+    assert 0.2 < ref.sum() / lung.sum() < 0.95
+    assert np.array_equal(_near_boundary(lung, spacing, SUBPLEURAL_MM, slab=5), ref)
+
+
+def test_fill_holes_equals_scipy():
+    rng = np.random.default_rng(0)
+    for m in [rng.random((12, 20, 25)) > p for p in (0.2, 0.4, 0.6)] + [np.zeros((4, 5, 6), bool),
+                                                                         np.ones((4, 5, 6), bool)]:
+        assert np.array_equal(_fill_holes(m), ndimage.binary_fill_holes(m))
+
+
+def test_coarse_body_slices_equal_the_upsampled_volume(phantom):
+    from sscild.quality import _coarse_body
+
+    scan, _, _ = phantom
+    scan = type(scan)(scan.hu[:, :-1, :-1], (scan.spacing[0], 0.7, 0.7), scan.origin)   # 2 px blocks, odd size
+    body = _coarse_body(scan)
+    assert body.f == 2
+    full = np.zeros(scan.shape, bool)
+    up = np.repeat(np.repeat(body.coarse, 2, axis=1), 2, axis=2)
+    full[:, : up.shape[1], : up.shape[2]] = up
+    ks = np.array([3, 10, 20])
+    assert np.array_equal(body[ks], full[ks]) and np.array_equal(body[7], full[7]) and full[7].any()
