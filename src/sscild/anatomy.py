@@ -612,6 +612,10 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         core = ndi.binary_opening(region, structure=cross, iterations=it)
         region = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=region)
         region = _under_dome(region, aer)
+        # and at least ~8 mm tall in every column: dense lung continues from slice to slice, while the chest wall
+        # seen through a gap between two ribs is a one-slice ledge
+        n_z = max(2, int(np.ceil(8.0 / sp[0])))
+        region = ndi.binary_opening(region, structure=np.ones((n_z, 1, 1), bool))
         lab, n = cc3d.connected_components(region, connectivity=6, return_N=True)
         touch = np.unique(lab[_dilate(aer, 1) & region])
         grown = _select(lab, n, touch[touch > 0])
