@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -298,4 +299,6 @@ def finetune_from_config(tc, *, init=None, resume: bool = False, device: str = "
               allow_package=allow_package)
     if kept == "init":
         _keep_initial(tc, init_model, init_cfg, init_card, init_path, card["notes"]["finetune"], allow_package)
+    else:
+        shutil.rmtree(tc.out / REJECTED, ignore_errors=True)          # what an earlier run left there
     return tc.out
