@@ -23,6 +23,7 @@ A *scorer* is any callable ``scorer(images, lungs) -> scores`` with ``images`` f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -140,11 +141,12 @@ class SlicePatchSource:
         )
 
 
+@lru_cache(maxsize=4)
 def phantom_patch_source(seed: int = 12345, pixel_mm: float = 0.7) -> SlicePatchSource:
     """Healthy-lung patches from a healthy synthetic phantom (the default source).
 
     A small healthy phantom is generated at ``pixel_mm`` in-plane resolution (deterministic for ``seed``),
-    and its mid-lung slices are used.
+    and its mid-lung slices are used. Made once per process and arguments (it takes a few seconds).
     """
     from .phantom import make_phantom
 
@@ -187,6 +189,25 @@ def patch_positions(lung: np.ndarray, patch: int, stride: int, only_lung: bool =
     return pos[count > 0]
 
 
+def window_changes(image: np.ndarray, lung: np.ndarray, patch_hu: np.ndarray, fade: np.ndarray,
+                   positions: np.ndarray) -> tuple[list[tuple[slice, slice]], np.ndarray, np.ndarray]:
+    """Where and by how much the healthy patch changes the image at each position: the window (rows, columns,
+    cut at the image's edge), the change ``w * (patch - image)`` (float32 HU, zero where ``w`` is) and the weight
+    ``w = fade * lung`` under the window, both (N, p, p) with zeros past the image's edge."""
+    p = patch_hu.shape[0]
+    n = len(positions)
+    changes = np.zeros((n, p, p), np.float32)
+    wts = np.zeros((n, p, p), np.float32)
+    windows = []
+    for i, (y, x) in enumerate(positions):
+        win = (slice(int(y), min(int(y) + p, image.shape[0])), slice(int(x), min(int(x) + p, image.shape[1])))
+        hh, ww = win[0].stop - win[0].start, win[1].stop - win[1].start
+        wts[i, :hh, :ww] = fade[:hh, :ww] * lung[win]
+        changes[i, :hh, :ww] = wts[i, :hh, :ww] * (patch_hu[:hh, :ww] - image[win])
+        windows.append(win)
+    return windows, changes, wts
+
+
 def occluded_batch(image: np.ndarray, lung: np.ndarray, patch_hu: np.ndarray, fade: np.ndarray,
                    positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images with the healthy patch blended in at each position, and the blending weights.
@@ -198,19 +219,17 @@ def occluded_batch(image: np.ndarray, lung: np.ndarray, patch_hu: np.ndarray, fa
     images : float32 (N, H, W)
     weights : float32 (N, p, p) the weight used inside each window
     """
-    p = patch_hu.shape[0]
-    n = len(positions)
-    out = np.broadcast_to(image.astype(np.float32), (n,) + image.shape).copy()
-    wts = np.empty((n, p, p), np.float32)
-    for i, (y, x) in enumerate(positions):
-        win_lung = lung[y:y + p, x:x + p]
-        hh, ww = win_lung.shape
-        w = fade[:hh, :ww] * win_lung
-        wts[i] = 0.0
-        wts[i, :hh, :ww] = w
-        region = out[i, y:y + hh, x:x + ww]
-        region += w * (patch_hu[:hh, :ww] - region)
-    return out, wts
+    image = image.astype(np.float32)
+    windows, changes, wts = window_changes(image, lung, patch_hu, fade, positions)
+    return _apply(image, windows, changes), wts
+
+
+def _apply(image: np.ndarray, windows, changes: np.ndarray) -> np.ndarray:
+    """(N, H, W) copies of ``image`` with ``changes[i]`` added on ``windows[i]``."""
+    out = np.broadcast_to(image, (len(windows),) + image.shape).copy()
+    for i, win in enumerate(windows):
+        out[i][win] += changes[i, :win[0].stop - win[0].start, :win[1].stop - win[1].start]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,20 +246,39 @@ def _resolve_px(value_px: int | None, value_mm: float | None, spacing_mm: float,
     return v
 
 
-def _call_scorer(scorer: Scorer, images: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+def _inference():
+    """``torch.inference_mode()`` (no autograd bookkeeping), or nothing without torch."""
     try:
         import torch
 
-        ctx = torch.inference_mode()
+        return torch.inference_mode()
     except ImportError:  # pragma: no cover
         from contextlib import nullcontext
 
-        ctx = nullcontext()
-    with ctx:
+        return nullcontext()
+
+
+def _call_scorer(scorer: Scorer, images: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    with _inference():
         s = np.asarray(scorer(images, lungs), dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(images):
         raise ConfigError(f"the scorer returned shape {s.shape}; expected ({len(images)}, 3)")
     return s
+
+
+def _occluded_scores(scorer: Scorer, image: np.ndarray, lung: np.ndarray, windows, changes: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+    """Scores of the occluded copies: by the scorer's ``occluded`` method when it has one (S-Net: only the
+    windows' changes are resampled, :class:`sscild.scoring.snet.OcclusionInputs`), else whole copies in batches."""
+    fast = getattr(scorer, "occluded", None)
+    if fast is not None:
+        with _inference():
+            return np.asarray(fast(image, lung, windows, changes, batch_size), np.float64)
+    out = []
+    for b0 in range(0, len(windows), batch_size):
+        batch = _apply(image, windows[b0:b0 + batch_size], changes[b0:b0 + batch_size])
+        out.append(_call_scorer(scorer, batch, np.broadcast_to(lung, batch.shape)))
+    return np.concatenate(out) if out else np.zeros((0, 3))
 
 
 def heatmaps(slices: Mapping[str, tuple[np.ndarray, np.ndarray]], scorer: Scorer, *,
@@ -303,18 +341,14 @@ def heatmaps(slices: Mapping[str, tuple[np.ndarray, np.ndarray]], scorer: Scorer
         patch_hu = source.patch(p, sp, rng)
         fade = fade_weights(p)
         pos = patch_positions(lung, p, s, only_lung=True)
+        windows, changes, wts = window_changes(image, lung, patch_hu, fade, pos)
+        dps = _occluded_scores(scorer, image, lung, windows, changes, batch_size)[:, :3] - base[i, :3]
         acc = np.zeros((3,) + image.shape, np.float64)
         wsum = np.zeros(image.shape, np.float64)
-        for b0 in range(0, len(pos), batch_size):
-            chunk = pos[b0:b0 + batch_size]
-            batch, wts = occluded_batch(image, lung, patch_hu, fade, chunk)
-            scores = _call_scorer(scorer, batch, np.broadcast_to(lung, batch.shape))
-            dps = scores[:, :3] - base[i, :3]
-            for j, (y, x) in enumerate(chunk):
-                hh, ww = min(p, image.shape[0] - y), min(p, image.shape[1] - x)
-                w = wts[j, :hh, :ww]
-                acc[:, y:y + hh, x:x + ww] += dps[j][:, None, None] * w
-                wsum[y:y + hh, x:x + ww] += w
+        for j, (ys, xs) in enumerate(windows):
+            w = wts[j, :ys.stop - ys.start, :xs.stop - xs.start]
+            acc[:, ys, xs] += dps[j][:, None, None] * w
+            wsum[ys, xs] += w
         dp = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0) * lung
         result[name] = HeatMap(dp.astype(np.float32), wsum.astype(np.float32), base[i, :3].copy(), lung.copy(),
                                p, s, len(pos))

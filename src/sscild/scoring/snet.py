@@ -122,6 +122,114 @@ class SNetScorer:
             raw = self.model(x).float().cpu().numpy() * 100.0
         return calibrated(raw, self.cfg)
 
+    def occluded(self, image: np.ndarray, lung: np.ndarray, windows, changes, batch_size: int = 32) -> np.ndarray:
+        """Scores (N, 3) of copies of one slice that differ from it only inside small windows: copy ``i`` is
+        ``image`` plus ``changes[i]`` (float32 HU) on the rows and columns of ``windows[i]`` (two slices); the lung
+        mask is the same for all. Equal to ``self(copies, lungs)`` to float rounding (:class:`OcclusionInputs`),
+        without building or resampling the whole copies."""
+        import torch
+
+        prep = OcclusionInputs(np.asarray(image, np.float32), np.asarray(lung, bool), self.cfg, self.pixel_mm)
+        out = []
+        for b in range(0, len(windows), batch_size):
+            x = torch.from_numpy(prep.inputs(windows[b:b + batch_size], changes[b:b + batch_size]))
+            with torch.inference_mode():                  # channels-last input: ~20 % faster convolutions on a CPU
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                out.append(self.model(x).float().cpu().numpy() * 100.0)
+        return calibrated(np.concatenate(out) if out else np.zeros((0, 3)), self.cfg)
+
+
+class OcclusionInputs:
+    """S-Net inputs of copies of one slice that differ from it inside small windows, from the slice's own channels
+    plus each copy's change. Every step of :func:`~sscild.scoring.snet_input.prepare_grid` is linear (the crop, the
+    antialiased resampling ``R @ a @ R.T``, the Gaussian denoising inside the lung, the resampling of the texture
+    moments) or acts pixel by pixel (clipping, squaring); so a change confined to a window changes the resampled
+    HU and moments only by the resampled change of the window (grown by the denoising radius). The texture's last
+    step (5x5 smoothing, variance, square root) is then done on the ``size`` grid for every copy. float64 here,
+    float32 in ``prepare_grid``: the inputs agree to ~1e-6."""
+
+    def __init__(self, image: np.ndarray, lung: np.ndarray, cfg: SNetConfig, pixel_mm: float | None):
+        import torch
+        import torch.nn.functional as F
+        from scipy import ndimage as ndi
+
+        from .snet_input import _cut
+
+        self.cfg, c = cfg, lung_crop(lung, cfg.margin)
+        self.crop, self.shape = c, image.shape
+        self.lu = prepare_grid(image[None], lung[None], cfg, pixel_mm=pixel_mm)[1][0]
+        eye = torch.eye(c.side, dtype=torch.float64)[:, None, :, None].expand(-1, -1, -1, 2)   # (a width of 1
+        self.r = F.interpolate(eye, size=(cfg.size, 2), mode="bilinear", antialias=True,     # takes another path)
+                               align_corners=False)[:, 0, :, 0].T.numpy()          # (size, side): one axis
+        self.hu_cut = _cut(image, c, -1000.0).astype(np.float64)
+        self.hu = self._resample(self.hu_cut, slice(None), slice(None))
+        if not cfg.texture:
+            return
+        self.mc = _cut(lung, c, False).astype(np.float64)
+        sig = cfg.denoise_mm / pixel_mm if (pixel_mm and cfg.denoise_mm > 0) else 0.0
+        self.rad = int(np.ceil(3 * sig)) if sig > 0.3 else 0
+        self.blur = (lambda a: ndi.gaussian_filter(a, sig, radius=self.rad, mode="constant")) if self.rad else None
+        self.norm = self.mc / np.maximum(self.blur(self.mc), 1e-6) if self.rad else self.mc
+        self.xd = self._denoise(self._moment_input(_cut(image, c, cfg.hu_min).astype(np.float64), slice(None),
+                                                   slice(None)))
+        all_ = (slice(None), slice(None))
+        self.t = np.stack([self._resample(a, *all_) for a in (self.xd, self.xd ** 2, self.mc)])
+
+    def _resample(self, a: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        return self.r[:, rows] @ a @ self.r[:, cols].T
+
+    def _moment_input(self, hu: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        cfg = self.cfg
+        return (np.clip(hu, cfg.hu_min, cfg.hu_max) - cfg.hu_min) * self.mc[rows, cols] / 1000.0
+
+    def _denoise(self, x: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        return self.blur(x) * self.norm[rows, cols] if self.rad else x
+
+    def _change(self, window, change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The change of the resampled HU (size, size) and of the two moments (2, size, size) of one copy."""
+        c, side = self.crop, self.crop.side
+        ys, xs = window
+        r0, r1 = max(ys.start - c.y0, 0), min(ys.stop - c.y0, side)       # the window inside the crop
+        c0, c1 = max(xs.start - c.x0, 0), min(xs.stop - c.x0, side)
+        if r0 >= r1 or c0 >= c1:
+            return np.zeros_like(self.hu), np.zeros((2,) + self.hu.shape)
+        d = np.asarray(change, np.float64)[r0 + c.y0 - ys.start: r1 + c.y0 - ys.start,
+                                           c0 + c.x0 - xs.start: c1 + c.x0 - xs.start]
+        win = (slice(r0, r1), slice(c0, c1))
+        d_hu = self._resample(d, *win)
+        if not self.cfg.texture:
+            return d_hu, np.zeros((2,) + self.hu.shape)
+        g = self.rad                                                        # the denoising reaches g pixels
+        gr = (slice(max(r0 - g, 0), min(r1 + g, side)), slice(max(c0 - g, 0), min(c1 + g, side)))
+        dx = np.zeros((gr[0].stop - gr[0].start, gr[1].stop - gr[1].start))
+        inner = (slice(r0 - gr[0].start, r1 - gr[0].start), slice(c0 - gr[1].start, c1 - gr[1].start))
+        dx[inner] = self._moment_input(self.hu_cut[win] + d, *win) - self._moment_input(self.hu_cut[win], *win)
+        xd = self.xd[gr]
+        xd_new = xd + self._denoise(dx, *gr)
+        return d_hu, np.stack([self._resample(xd_new - xd, *gr), self._resample(xd_new ** 2 - xd ** 2, *gr)])
+
+    def inputs(self, windows, changes) -> np.ndarray:
+        """(N, C, size, size) float32 network inputs of the copies (see :meth:`SNetScorer.occluded`)."""
+        import torch
+        import torch.nn.functional as F
+
+        parts = [self._change(w, d) for w, d in zip(windows, changes)]
+        hu = (self.hu[None] + np.stack([p[0] for p in parts])).astype(np.float32)
+        lu = np.broadcast_to(self.lu, hu.shape)
+        if not self.cfg.texture:
+            return to_input(hu, lu, self.cfg)
+        n, size = len(parts), self.cfg.size
+        t = np.concatenate([self.t[None, :2] + np.stack([p[1] for p in parts]),
+                            np.broadcast_to(self.t[2], (n, 1, size, size))], axis=1)
+        g = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+        k = torch.from_numpy(np.outer(g, g) / np.outer(g, g).sum())[None, None]
+        sm = F.conv2d(torch.from_numpy(np.ascontiguousarray(t)).reshape(3 * n, 1, size, size), k,
+                      padding=2).reshape(n, 3, size, size).numpy()
+        w = np.maximum(sm[:, 2], 1e-6)
+        mean = sm[:, 0] / w
+        sd = np.sqrt(np.maximum(sm[:, 1] / w - mean ** 2, 0.0)) * 1000.0
+        return to_input(hu, lu, self.cfg, np.where(sm[:, 2] > 0.05, sd, 0.0).astype(np.float32))
+
 
 def score_levels(model, cfg: SNetConfig, scan, lung_mask: np.ndarray, levels_z: dict[str, float | None],
                  device: str = "cpu") -> dict[str, Any]:
