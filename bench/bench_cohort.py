@@ -88,7 +88,8 @@ def main():
     res = run_batch(m2, out, workers=2, quiet=True)
     lines += ["", f"Manifest with two broken rows ({len(df2)} rows): {res.n_done} done, {res.n_failed} failed:", ""]
     for r in res.failures.itertuples():
-        lines.append(f"- `{r.scan_id}`: {r.reason}".replace(str(REPO), "<repo>"))  # no path of this machine
+        # paths relative to the project, never this machine's
+        lines.append(f"- `{r.scan_id}`: {r.reason}".replace(str(REPO) + os.sep, ""))
     pages = sorted((work / "out_w2" / "patients").glob("*.html"))
     lines += ["", f"Longitudinal pages written: {len(pages)} (patients with two scans each)."]
     write_section("cohort", "Batch on Dask (issue: reports/cohorts)", "python bench/run_all.py cohort", lines)
