@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -71,10 +72,13 @@ def main():
     proc.wait()
     time.sleep(1)
     done_before = status_counts(out)[0]
-    res = run_batch(manifest, out, workers=1, quiet=True)
-    lines += ["", f"Killed (SIGKILL to the whole process group) after {done_before} of {N} scans were done; the rerun "
-              f"skipped {res.n_skipped}, processed {N - res.n_skipped} and ended with {res.n_done} done, "
-              f"{res.n_failed} failed."]
+    # the rerun is the same command (the resume key holds the options as given: a call with other, even equal
+    # default, options would rerun every scan)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    n_done, n_failed, n_skipped = map(int, re.search(r"(\d+) done, (\d+) failed, (\d+) skipped", rerun.stdout).groups())
+    lines += ["", f"Killed (SIGKILL to the whole process group) after {done_before} of {N} scans were done; the same "
+              f"command again skipped {n_skipped}, processed {N - n_skipped} and ended with {n_done} done, "
+              f"{n_failed} failed."]
 
     # two broken rows: a missing file and a corrupt one
     bad = work / "bad.nii.gz"
