@@ -74,7 +74,8 @@ def main() -> None:
     lines = [f"QA gallery of {N} scans (6 images each, stand-in folders): write_gallery {t:.2f} s (best of 3), "
              f"peak RSS {mem:.0f} MB, index.html {page.stat().st_size / 1e6:.2f} MB (images are linked, not "
              "embedded; rows past the 30th load lazily).", ""]
-    lines += ["Regional distribution (zones, ventral/dorsal, 10 mm subpleural band by a 3D distance transform):", ""]
+    lines += ["Regional distribution (zones, ventral/dorsal, 10 mm subpleural band: 3D distance to non-lung, by an "
+              "exact separable test):", ""]
     lines += regions_lines()
     lines += ["", f"Load average when the run ended: {os.getloadavg()[0]:.1f} on 2 cores (wall times are inflated by "
               "other processes; the CPU column is this process's own time). Peak RSS includes the scan already "
