@@ -75,7 +75,8 @@ def main():
     # the rerun is the same command (the resume key holds the options as given: a call with other, even equal
     # default, options would rerun every scan)
     rerun = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    n_done, n_failed, n_skipped = map(int, re.search(r"(\d+) done, (\d+) failed, (\d+) skipped", rerun.stdout).groups())
+    said = rerun.stdout + rerun.stderr          # the console writes to stderr when it is not a terminal
+    n_done, n_failed, n_skipped = map(int, re.search(r"(\d+) done, (\d+) failed, (\d+) skipped", said).groups())
     lines += ["", f"Killed (SIGKILL to the whole process group) after {done_before} of {N} scans were done; the same "
               f"command again skipped {n_skipped}, processed {N - n_skipped} and ended with {n_done} done, "
               f"{n_failed} failed."]
