@@ -2,6 +2,8 @@
 inference time and peak memory on the real 64-slice series and on a 512x512x300 phantom."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from common import SHARED_DATA, full_phantom_dicom, measure, write_section
 
@@ -9,7 +11,7 @@ import torch
 
 from sscild.errors import ModelError
 from sscild.io import load_ct
-from sscild.lesions import load_unet, segment_lesions
+from sscild.lesions import confusion, dice_from_confusion, load_unet, segment_lesions
 from sscild.phantom import make_phantom
 
 SEEDS = range(9400, 9424)          # held out: training 8000-8059, validation 8500-8505
@@ -26,7 +28,7 @@ def main():
     inter = {"GG": 0, "RET": 0, "lesion": 0}
     sums = {"GG": 0, "RET": 0, "lesion": 0}
     per = {"GG": [], "RET": [], "lesion": []}
-    inv_err, rows = [], []
+    inv_err, rows, cases = [], [], []
     sel = {"GG": lambda a: a == 2, "RET": lambda a: a == 3, "lesion": lambda a: a >= 2}
     for s in SEEDS:
         ext = float((s * 31) % 71)
@@ -34,6 +36,7 @@ def main():
         lung = truth.lungs > 0
         pred = segment_lesions(model, cfg, scan, lung)
         tl = np.where(lung, truth.lesions, 0)
+        cases.append({"case": f"phantom{s}", "confusion": confusion(tl, pred)})
         for k, f in sel.items():
             a, b = f(pred), f(tl)
             inter[k] += int((a & b).sum())
@@ -72,6 +75,24 @@ def main():
         lines.append(f"| {name}{extra} | {scan.shape[0]} | {dt:.1f} | {peak / 1000:.2f} GB |")
     write_section("lesions", "Lesion segmentation (issue: lesion segmentation)", "python bench/run_all.py lesions",
                   lines)
+    if "--record-card" in sys.argv:
+        record_test(card, cases)
+
+
+def record_test(card: dict, cases: list[dict]) -> None:
+    """Write these held-out figures into the shipped card as its ``test`` split, with the per-phantom confusion
+    counts they are recomputed from (``python bench/bench_lesions.py --record-card``, after training)."""
+    from sscild.bundle import metric_set, read_predictions, save_bundle
+    from sscild.lesions import DEFAULT_DIR
+
+    total = np.sum([c["confusion"] for c in cases], axis=0)
+    test = metric_set("test", dice_from_confusion(total), n=len(cases), predictions="test", recompute="confusion",
+                      description=f"Dice pooled over all voxels of {len(cases)} held-out phantoms (seeds "
+                                  f"{SEEDS.start}-{SEEDS.stop - 1}, whole volumes, truth lung masks) of "
+                                  "`python bench/run_all.py lesions`")
+    preds = {**read_predictions(DEFAULT_DIR), "test": {"cases": cases}}
+    new = {**card, "metrics": [test] + [m for m in card["metrics"] if m["split"] != "test"]}
+    save_bundle(None, DEFAULT_DIR, new, predictions=preds, allow_package=True)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,19 @@ def _models(name: str):
     from sscild.lesions import load_unet
     from sscild.scoring.snet import load_snet
 
+    from sscild.bundle import read_card
+
     d = LOSO / name
     has = {k: (d / k / "card.json").exists() for k in ("snet", "lesions")}
-    src = "/".join(f"{k} {'leave-one-out' if v else 'shipped'}" for k, v in has.items())
+    pkg = Path(__file__).resolve().parent.parent / "src" / "sscild" / "models"
+
+    def said(k: str, loso: bool) -> str:
+        if loso:
+            return f"{k} leave-one-out"
+        real = "real" in str(read_card(pkg / k).get("training", {}).get("config_file", ""))
+        return f"{k} shipped" + (" (trained on draws of this scan: in-sample)" if real else "")
+
+    src = "/".join(said(k, v) for k, v in has.items())
     return src, load_snet(d / "snet" if has["snet"] else None), load_unet(d / "lesions" if has["lesions"] else None)
 
 

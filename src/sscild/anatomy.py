@@ -34,6 +34,7 @@ from .scan import CTScan
 
 LUNG_THRESHOLD = -300.0   # HU: below this is air or aerated/hazy lung
 AIR_THRESHOLD = -930.0    # HU: airway lumen is darker than lung parenchyma
+AIRWAY_LUMEN_HU = -500.0  # HU: halfway between lumen air and the airway wall, for the full-resolution lumen border
 
 
 @dataclass(frozen=True)
@@ -690,7 +691,8 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     labels_lo, aerated_lo, airway_lo, carina_lo, notes = _segment_coarse(lo, sp)
     # back to full resolution, refined with the full-resolution threshold at the border
     labels = _upsample_labels(labels_lo, scan.shape, f)
-    airways = _upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0 if f > 1 else airway_lo
+    airways = _refine_airways(_upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0, scan.hu) if f > 1 \
+        else airway_lo
     if f > 1:
         dense = _upsample_labels(np.where(aerated_lo, 0, labels_lo).astype(np.uint8), scan.shape, f)
         labels = _refine(labels, scan.hu, airways)
@@ -816,6 +818,19 @@ def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
         idx = np.nonzero(fl)[0]
         out.append(slice(max(idx[0] - margin, 0), min(idx[-1] + margin + 1, mask.shape[ax])))
     return tuple(out)
+
+
+def _refine_airways(up: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """The coarse airway lumen at full resolution: its blocky border replaced by the air threshold within one
+    coarse pixel of it (the lumen is air, its wall is not: the wall's partial-volume pixels go, the lumen's come)."""
+    if not up.any():
+        return up
+    box = _bbox(up, margin=3)
+    m = up[box]
+    grown = ndi.binary_dilation(m, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool), iterations=2)
+    out = np.zeros_like(up)
+    out[box] = grown & (hu[box] < AIRWAY_LUMEN_HU)
+    return out
 
 
 def _refine(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.ndarray:
