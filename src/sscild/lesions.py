@@ -120,7 +120,7 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
         with torch.inference_mode():
             logits = model(torch.from_numpy(_inputs(hu, lu, cfg)).to(device)).float()
             prob = F.interpolate(logits[:, 1:], size=(crop.side, crop.side), mode="bilinear",
-                                 align_corners=False).argmax(1).cpu().numpy().astype(np.uint8) + 1
+                                 align_corners=False).movedim(1, -1).argmax(-1).cpu().numpy().astype(np.uint8) + 1
         # paste the box back into the slice grid
         ys, xs = max(0, crop.y0), max(0, crop.x0)
         ye, xe = min(H, crop.y0 + crop.side), min(W, crop.x0 + crop.side)
