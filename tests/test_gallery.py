@@ -187,7 +187,7 @@ def test_overrides_file_errors_and_round_trip(tmp_path):
 def test_relevel_scores_the_moved_slice():
     from sscild.modelset import ModelSet
     from sscild.phantom import make_phantom
-    from sscild.pipeline import analyze
+    from sscild.pipeline import analyze, model_input
     from sscild.scoring.snet import score_levels
     from sscild.settings import AnalysisSettings
 
@@ -203,7 +203,8 @@ def test_relevel_scores_the_moved_slice():
     assert b.levels.slice_index["L3"] == new and b.levels.confidence["L3"] == 1.0
     assert "moved by a reviewer" in b.levels.notes["L3"] and "halfway" in b.levels.notes["L4"]
     m = models.get("snet", st.weights, st.device)
-    direct = score_levels(m.model, m.config, scan, a.lungs.mask, b.levels.z_mm)["levels"]
+    seen = model_input(scan, a.lungs)[1]          # S-Net scores the lung at the reference aeration, as analyze does
+    direct = score_levels(m.model, m.config, seen, a.lungs.mask, b.levels.z_mm)["levels"]
     assert b.scores.levels["L3"].slice == k3 + 4
     assert b.scores.levels["L3"].TOT == pytest.approx(direct["L3"]["TOT"], abs=1e-4)
     assert b.scores.levels["L1"].TOT == pytest.approx(a.scores.levels["L1"].TOT, abs=1e-4)

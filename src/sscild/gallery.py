@@ -504,7 +504,7 @@ def relevel(analysis, scan, moves: Mapping[str, int] | None, settings, models):
     if not moves or analysis.levels is None:
         return analysis
     from .lesions import summarise
-    from .pipeline import heatmap_stage, score_stage
+    from .pipeline import heatmap_stage, model_input, score_stage
 
     lv = move_levels(analysis.levels, scan, moves)
     moved = sorted(moves)
@@ -512,10 +512,11 @@ def relevel(analysis, scan, moves: Mapping[str, int] | None, settings, models):
     warns.append("levels moved by a reviewer: " + ", ".join(f"{n} to slice {moves[n]}" for n in moved))
     changes: dict[str, Any] = {"levels": lv}
     if analysis.scores is not None:
-        step = score_stage(scan, analysis.lungs, lv, settings, models)
+        _, mscan = model_input(scan, analysis.lungs)         # S-Net sees the lung at the reference aeration
+        step = score_stage(mscan, analysis.lungs, lv, settings, models)
         changes["scores"] = step.value
         if analysis.heatmaps is not None and step.value is not None:
-            changes["heatmaps"] = heatmap_stage(scan, analysis.lungs, step.value, settings, models).value
+            changes["heatmaps"] = heatmap_stage(mscan, analysis.lungs, step.value, settings, models).value
     if analysis.lesions is not None:
         ks = {n: lv.array_index(scan, n) for n in LEVELS}
         changes["lesions"] = replace(analysis.lesions, summary=summarise(analysis.lesions.labels,
