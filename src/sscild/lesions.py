@@ -89,11 +89,11 @@ def predict_prepared(model, data: "SegSet", cfg: UNetConfig, batch_size: int = 1
 
 
 def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, batch_size: int = 16,
-                    device: str = "cpu", quiet: bool = True) -> np.ndarray:
+                    device: str = "cpu", quiet: bool = True, aer=None) -> np.ndarray:
     """Lesion labels (z, y, x) uint8 on the scan's grid: 0 outside the lung, 1 normal, 2 GG, 3 RET.
 
-    The lung voxels are first shifted to the reference aeration (:func:`sscild.density.aeration`, as in training:
-    an under-inflated lung is not ground glass). Slices go through the network in batches on the scan's lung box;
+    The lung voxels are first shifted to the reference aeration (``aer``, a :class:`sscild.density.Aeration` the
+    caller already measured, else measured here; as in training: an under-inflated lung is not ground glass). Slices go through the network in batches on the scan's lung box;
     the class probabilities are resampled back to the box (bilinear) before the argmax, so the labels follow the
     lung mask at full resolution.
     """
@@ -106,17 +106,16 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
     lung = np.asarray(lung, bool)
     if not lung.any():
         raise NoLungsError("no lung to segment lesions in")
-    from .density import aeration
+    from .density import aeration, normalise_aeration
 
+    aer = aer if aer is not None else aeration(scan.hu, lung, float(scan.spacing[1]))
     crop = scan_crop(lung, cfg.margin)
     ks = [k for k in range(scan.shape[0]) if lung[k].any()]
-    shift = aeration(scan.hu[ks], lung[ks], float(scan.spacing[1])).shift_hu
     out = np.zeros(scan.shape, np.uint8)
     H, W = scan.shape[1:]
     for b in progress(range(0, len(ks), batch_size), "lesions", quiet=quiet):
         kk = ks[b:b + batch_size]
-        hu, lu, _, _ = crop_resample(np.where(lung[kk], scan.hu[kk] - np.float32(shift), scan.hu[kk]).astype(
-            np.float32), lung[kk], cfg.size, crop=crop)
+        hu, lu, _, _ = crop_resample(normalise_aeration(scan.hu[kk], lung[kk], aer), lung[kk], cfg.size, crop=crop)
         with torch.inference_mode():
             logits = model(torch.from_numpy(_inputs(hu, lu, cfg)).to(device)).float()
             prob = F.interpolate(logits[:, 1:], size=(crop.side, crop.side), mode="bilinear",

@@ -277,11 +277,11 @@ def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: Analy
         return Step(None, (f"no lesion segmentation: {err}",))
     from .lesions import segment_lesions, summarise
 
-    lab = segment_lesions(m.model, m.config, scan, lungs.mask, device=st.device, quiet=st.quiet)
+    aer = aer if aer is not None else aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
+    lab = segment_lesions(m.model, m.config, scan, lungs.mask, device=st.device, quiet=st.quiet, aer=aer)
     lab = exclude_structures(lab, lungs, vessels)
     ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
     notes, used = _used(m)
-    aer = aer if aer is not None else aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
     summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": EXCLUDED_TEXT[vessels is not None],
                "aeration": {"p10_HU": round(aer.p10_hu, 1), "shift_HU": round(aer.shift_hu, 1),
                             "note": aer.note() or "lung well inflated: no shift"}}
