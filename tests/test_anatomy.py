@@ -85,9 +85,9 @@ def test_real_series_volume_plausible_right_larger(lung_series_dir):
 def test_real_series_dense_posterior_half_stays_lung(lung_series_dir, value):
     """The posterior half of the right lung of the real series set to consolidation-like HU stays lung.
 
-    Issue 14 asks for the volume within 5 %; measured -6.8 % (-100 HU) and -7.4 % (+40 HU) (bench/results/anatomy.md):
-    the deepest posterior recess under the dome, the paravertebral gutter and a thin strip along the ribs are still
-    lost, so the bound here is 10 %. Before the dense envelope the lung lost half its volume (-50 %)."""
+    Issue 14 asks for the volume within 5 % (bench/results/anatomy.md has the measured change). It needs the posterior
+    recess under the dome (below the aerated floor around it, behind the spine as seen from the chest's centre).
+    Before the dense envelope the lung lost half its volume (-50 %)."""
     from dataclasses import replace
 
     from sscild.io import load_ct
@@ -100,7 +100,7 @@ def test_real_series_dense_posterior_half_stays_lung(lung_series_dir, value):
     hu[post] = (value + np.random.default_rng(0).normal(0, 15, int(post.sum()))).astype(np.int16)
     dense = segment_lungs(replace(scan, hu=hu))
     v0, v1 = base.volume_ml(scan)["right"], dense.volume_ml(scan)["right"]
-    assert abs(v1 - v0) <= 0.10 * v0, (v0, v1)
+    assert abs(v1 - v0) <= 0.05 * v0, (v0, v1)
     assert "right: the envelope was closed over" in dense.notes["dense"]
     # the left lung is untouched (within 2 %)
     assert dense.volume_ml(scan)["left"] == pytest.approx(base.volume_ml(scan)["left"], rel=0.02)

@@ -114,6 +114,16 @@ def test_a_false_carina_near_the_apex_is_rejected_for_the_next_candidate(phantom
     assert g.confidence["L2"] < 0.8
 
 
+def test_a_confluence_too_near_the_carina_is_passed_over_for_the_next_candidate():
+    """Phantom 1007 (neck, 45 % ILD, 3 mm slices, of the anatomy bench): the widest structure in front of the spine lies 14 mm below the
+    carina (dense disease around the hilum), outside the plausible 15-90 mm; the next candidate is the atrium."""
+    scan, truth = make_phantom(1007, extent=70 * 7 / 11, neck=True)   # as in bench/bench_anatomy.py
+    g = find_levels(scan, segment_lungs(scan))
+    assert g.z_mm["L3"] is not None and abs(g.z_mm["L3"] - truth.levels_z["L3"]) <= 6.0, (g.z_mm, g.notes["L3"])
+    assert "passed over" in g.notes["L3"]
+    assert g.z_mm["L2"] - g.z_mm["L3"] >= 15.0
+
+
 def test_a_scan_starting_below_the_carina_has_no_l1_or_l2(phantom44):
     scan, truth, _ = phantom44
     k_top = scan.slice_at_z(truth.landmarks_z["carina"] - 15.0)

@@ -495,6 +495,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     dz = abs(scan.spacing[0])
     step = max(1, int(round(3.0 / sx)))
+    touch_px = max(1, int(round(dz / 2.0 / sx)))
     # ``arch``: the arch in the apex slice, as the apex search found it. The arch's blood, 8 mm below the apex
     # (the apex slice grazes the vessel's wall), up to 1500 HU (contrast)
     k_b = max(k_stop + 1, k_top - int(np.ceil(8.0 / dz)))
@@ -548,7 +549,9 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
             trunk = cand & disc(centre, min(float(edt[centre]), 1.5 * r_mm))
         elif aorta is None or not (ndi.binary_dilation(trunk, iterations=step) & aorta).any():
             return None                                    # lost, not joined to the aorta
-        if aorta is not None and (ndi.binary_dilation(trunk) & aorta).any():
+        # touching: within one pixel, or on thick slices within half the slice thickness (partial volume
+        # thins the two vessels' walls where they meet inside the slice)
+        if aorta is not None and (ndi.binary_dilation(trunk, iterations=touch_px) & aorta).any():
             return scan.z_mm(k) + 0.5 * dz           # they first meet between this slice and the one above
     return None
 
@@ -679,14 +682,23 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     w = ndi.uniform_filter1d(np.asarray(widths), size=3, mode="nearest")
     if w.max() <= 30.0:
         return _venous_prior(scan, carina, dome, "no atrial structure found in front of the spine")
-    top = np.nonzero(w >= w.max() - 0.05 * w.max())[0]
-    i = int(round(float(top.mean())))
-    k = ks[i]
+    note = "widest structure just in front of the spine below the carina (left atrium with the veins)"
+    k = ks[_widest(w)]
+    if carina.z_mm - scan.z_mm(k) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]:
+        # too near the carina (a hilum filled in by dense disease): the next candidate, at a plausible distance
+        w[carina.z_mm - np.array([scan.z_mm(j) for j in ks]) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]] = 0
+        if w.max() > 30.0:
+            k = ks[_widest(w)]
+            note += "; the widest, too near the carina, was passed over"
     contrast = float(w.max() / (np.median(w) + 1e-6))
     # at most 0.75: on held-out phantoms the confluence was up to 5-6 mm off even when the atrium stood out
     conf = float(np.clip(0.3 + 0.4 * (contrast - 1.0), 0.3, 0.75))
-    return Landmark(scan.z_mm(k), scan.input_slice_index(k), conf,
-                    "widest structure just in front of the spine below the carina (left atrium with the veins)")
+    return Landmark(scan.z_mm(k), scan.input_slice_index(k), conf, note)
+
+
+def _widest(w: np.ndarray) -> int:
+    """Index of the widest place: the middle of the slices within 5 % of the maximum width."""
+    return int(round(float(np.nonzero(w >= 0.95 * w.max())[0].mean())))
 
 
 def _venous_prior(scan: CTScan, carina: Landmark, dome: Landmark, why: str) -> Landmark:
