@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from common import SHARED_DATA, full_phantom_dicom, measure, write_section
+from common import SHARED_DATA, full_phantom_dicom, measure, record_test_split, write_section
 
 import torch
 
@@ -82,7 +82,7 @@ def main():
 def record_test(card: dict, cases: list[dict]) -> None:
     """Write these held-out figures into the shipped card as its ``test`` split, with the per-phantom confusion
     counts they are recomputed from (``python bench/bench_lesions.py --record-card``, after training)."""
-    from sscild.bundle import metric_set, read_predictions, save_bundle
+    from sscild.bundle import metric_set
     from sscild.lesions import DEFAULT_DIR
 
     total = np.sum([c["confusion"] for c in cases], axis=0)
@@ -90,9 +90,7 @@ def record_test(card: dict, cases: list[dict]) -> None:
                       description=f"Dice pooled over all voxels of {len(cases)} held-out phantoms (seeds "
                                   f"{SEEDS.start}-{SEEDS.stop - 1}, whole volumes, truth lung masks) of "
                                   "`python bench/run_all.py lesions`")
-    preds = {**read_predictions(DEFAULT_DIR), "test": {"cases": cases}}
-    new = {**card, "metrics": [test] + [m for m in card["metrics"] if m["split"] != "test"]}
-    save_bundle(None, DEFAULT_DIR, new, predictions=preds, allow_package=True)
+    record_test_split(DEFAULT_DIR, card, test, {"cases": cases})
 
 
 if __name__ == "__main__":

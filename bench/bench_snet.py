@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED_DATA, WORK, measure, write_section
+from common import REPO, SHARED_DATA, WORK, measure, record_test_split, write_section
 
 import torch
 
@@ -125,6 +125,9 @@ def main():
     for k, s in subsets.items():
         lines.append(row(k, evaluation_table(pred[off:off + len(s)], s.scores), len(s)))
         off += len(s)
+    if "--record-card" in sys.argv:     # after training: the shipped card's test split, then stop
+        record_card(card, pred, test, subsets)
+        return
     ok = all(tab[p]["MAE"] <= 4 for p in PATTERNS) and all(tab[p]["kappa"] >= 0.7 for p in PATTERNS)
     lines += ["", f"Acceptance (MAE <= 4 % and weighted kappa >= 0.7 on TOT, GG, RET): **{'met' if ok else 'not met'}**.",
               f"Inference on the prepared test set: {dt / len(test) * 1000:.1f} ms per slice.", ""]
@@ -171,6 +174,23 @@ def main():
                             for n, v in sc.get("levels", {}).items() if v.get("TOT") is not None) +
                   f"; Goh extent {sc.get('goh_extent', float('nan')):.1f} %."]
     write_section("snet", "S-Net scores (issue: learned scoring)", "python bench/run_all.py snet", lines)
+
+
+def record_card(card: dict, pred: np.ndarray, test: SliceSet, subsets: dict) -> None:
+    """The held-out test figures above written into the shipped card as its ``test`` split, with the predictions
+    they are recomputed from (``python bench/bench_snet.py --record-card``, after training); earlier test sets
+    made with older lung masks are dropped with the old split."""
+    from sscild.bundle import metric_set
+    from sscild.scoring.snet import DEFAULT_DIR
+
+    subset = sum(([k] * len(s) for k, s in subsets.items()), [])
+    metric = metric_set("test", evaluation_table(pred, test.scores), n=len(test), predictions="test",
+                        recompute="scores",
+                        description=f"held-out test set of `python bench/run_all.py snet` ({len(test)} level slices: " +
+                                    ", ".join(f"{len(s)} {k}" for k, s in subsets.items()) + "); calibrated outputs")
+    card = {**card, "metrics": [m for m in card["metrics"] if m.get("predictions") != "test_current_lungs"]}
+    record_test_split(DEFAULT_DIR, card, metric, {"pred": pred.tolist(), "truth": test.scores.tolist(),
+                                                  "subset": subset})
 
 
 if __name__ == "__main__":

@@ -98,3 +98,13 @@ def full_phantom_nifti(seed: int = 7, extent: float = 20.0, slice_mm: float = 1.
         scan = full_phantom(seed, extent, slice_mm)
         save_like(scan.hu, scan, f)
     return f
+
+
+def record_test_split(directory: Path, card: dict, metric: dict, predictions: dict) -> None:
+    """Write ``metric`` (a ``sscild.bundle.metric_set`` of split ``test``) into the shipped card in ``directory``,
+    replacing its test split, with the ``predictions`` it is recomputed from stored as the set ``test``."""
+    from sscild.bundle import read_predictions, save_bundle
+
+    preds = {**read_predictions(directory), "test": predictions}
+    new = {**card, "metrics": [metric] + [m for m in card["metrics"] if m["split"] != "test"]}
+    save_bundle(None, directory, new, predictions=preds, allow_package=True)

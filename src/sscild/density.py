@@ -265,3 +265,16 @@ def normalise_aeration(hu: np.ndarray, lung: np.ndarray, a: Aeration) -> np.ndar
     if a.shift_hu <= 0:
         return out
     return np.where(np.asarray(lung, bool), out - np.float32(a.shift_hu), out).astype(np.float32)
+
+
+
+def model_scan(scan: CTScan, lung: np.ndarray) -> tuple[Aeration, CTScan]:
+    """The scan as the learned stages see it: its :class:`Aeration` and the scan with the lung voxels (``lung``,
+    a mask) shifted to the reference aeration (the same scan when no shift is needed)."""
+    from dataclasses import replace
+
+    a = aeration(scan.hu, lung, float(scan.spacing[1]))
+    if a.shift_hu <= 0:
+        return a, scan
+    hu = np.clip(np.round(normalise_aeration(scan.hu, lung, a)), -32768, 32767).astype(scan.hu.dtype)
+    return a, replace(scan, hu=hu)

@@ -494,7 +494,9 @@ def write_heatmap_outputs(maps: Mapping[str, HeatMap], scan, slice_index: Mappin
 # --------------------------------------------------------------------------------------------
 def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small", patch_mm: float = 45.0,
                        stride_mm: float = 11.0, extent=None, quiet: bool = True) -> list[tuple[HeatMap, np.ndarray]]:
-    """Heat maps of the five level slices of phantoms (truth lungs), with each slice's true lesion labels."""
+    """Heat maps of the five level slices of phantoms (truth lungs, lung at the reference aeration as
+    :func:`sscild.pipeline.analyze` gives S-Net), with each slice's true lesion labels."""
+    from .density import model_scan
     from .phantom import make_phantom
     from .scoring.snet import SNetScorer
     from .util import progress
@@ -504,6 +506,7 @@ def phantom_level_maps(model, cfg, seeds: Iterable[int], *, size: str = "small",
     out = []
     for s in progress(list(seeds), "phantom heat maps", quiet=quiet):
         scan, truth = make_phantom(int(s), size=size, extent=extent(int(s)))
+        scan = model_scan(scan, truth.lungs > 0)[1]
         ks = {n: scan.slice_at_z(z) for n, z in truth.levels_z.items()}
         ks = {n: k for n, k in ks.items() if k is not None and truth.lungs[k].any()}
         sl = {n: (scan.hu[k].astype(np.float32), truth.lungs[k] > 0) for n, k in ks.items()}

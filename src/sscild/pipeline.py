@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .anatomy import Lungs, segment_lungs
-from .density import Aeration, aeration, density_metrics, normalise_aeration
+from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
 from .levels import GohLevels, find_levels
@@ -149,11 +149,7 @@ def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _
 def model_input(scan: CTScan, lungs: Lungs) -> tuple[Aeration, CTScan]:
     """The scan as S-Net sees it: lung voxels shifted to the reference aeration (:func:`sscild.density.aeration`;
     the lesion U-Net applies the same shift itself). The model-free stages keep the original HU."""
-    aer = aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
-    if aer.shift_hu <= 0:
-        return aer, scan
-    hu = np.clip(np.round(normalise_aeration(scan.hu, lungs.mask, aer)), -32768, 32767).astype(scan.hu.dtype)
-    return aer, replace(scan, hu=hu)
+    return model_scan(scan, lungs.mask)
 
 
 def _load(models: ModelSet, name: str, st: AnalysisSettings) -> LoadedModel:
