@@ -585,8 +585,9 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     if len(rows) == 0:
         return labels, ""
     my, mx = (int(np.ceil(DENSE_BOX_MM / sp)) for sp in spacing[1:])
-    box = (slice(None), slice(max(0, rows.min() - my), rows.max() + my + 1),
-           slice(max(0, cols.min() - mx), cols.max() + mx + 1))
+    g = max(1, int(round(3.0 / spacing[1])))       # the box starts on the ~3 mm grid of the whole image
+    box = (slice(None), slice(max(0, rows.min() - my) // g * g, rows.max() + my + 1),
+           slice(max(0, cols.min() - mx) // g * g, cols.max() + mx + 1))
     inner, note = _dense_envelope_box(labels[box], hu[box], spacing)
     out = labels.copy()
     out[box] = inner
