@@ -130,13 +130,18 @@ def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mappi
     ys = np.nonzero(lungs.any(axis=(0, 2)))[0]
     y = int(np.median(ys)) if len(ys) else scan.shape[1] // 2
     cor = scan.hu[:, y, :]
+    # left to right: the lungs and 30 mm either side (a PET/CT's 700 mm field would shrink the lungs to a strip)
+    xs_l = np.nonzero(lungs.any(axis=(0, 1)))[0]
+    m = int(np.ceil(30.0 / scan.spacing[2]))
+    x0, x1 = (max(0, int(xs_l.min()) - m), min(scan.shape[2], int(xs_l.max()) + m + 1)) if len(xs_l) else \
+        (0, scan.shape[2])
     zlen = scan.shape[0] * scan.spacing[0]
-    xlen = scan.shape[2] * scan.spacing[2]
+    xlen = (x1 - x0) * scan.spacing[2]
     z_lo, z_hi = scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)
-    fig = _figure(5.5, 5.5 * zlen / xlen if xlen else 5.5)
+    fig = _figure(5.5, max(3.2, 5.5 * zlen / xlen + 1.0) if xlen else 5.5)
     ax = fig.add_subplot()
-    ext = (0, xlen, z_lo, z_hi)
-    ax.imshow(cor, cmap="gray", vmin=-1350, vmax=150, origin="lower", extent=ext, aspect="equal")
+    ext = (x0 * scan.spacing[2], x1 * scan.spacing[2], z_lo, z_hi)
+    ax.imshow(cor[:, x0:x1], cmap="gray", vmin=-1350, vmax=150, origin="lower", extent=ext, aspect="equal")
     if lungs[:, y, :].any():
         xs = (np.arange(scan.shape[2]) + 0.5) * scan.spacing[2]
         ax.contour(xs, scan.z_positions(), (lungs[:, y, :] > 0).astype(float), levels=[0.5], colors="yellow",
@@ -146,8 +151,9 @@ def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mappi
         if e.get("z_mm") is None:
             continue
         ax.axhline(float(e["z_mm"]), color="#ff7f0e", lw=1.2)
-        ax.text(2, float(e["z_mm"]) + 2, f"{name}  z={float(e['z_mm']):.0f} mm", color="#ff7f0e", fontsize=8,
-                va="bottom")
+        ax.text(ext[0] + 2, float(e["z_mm"]) + 2, f"{name}  z={float(e['z_mm']):.0f} mm", color="#ff7f0e",
+                fontsize=8, va="bottom")
+    ax.set_xlim(ext[0], ext[1])
     ax.set_xlabel("patient right  <-  x (mm)  ->  patient left")
     ax.set_ylabel("world z (mm), head up")
     ax.set_title("Coronal overview with the five Goh levels", fontsize=10)
