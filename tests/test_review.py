@@ -295,10 +295,13 @@ def test_finetune_config_starts_from_the_shipped_snet_and_replays_its_training()
     ft = c["finetune"]
     assert ft["replay_share"] == FinetuneSettings.replay_share and ft["on_worse"] == "keep_init"
     shipped = shipped_training_config()
-    if shipped is not None:                      # a source checkout: the shipped config's lists, scaled 150 -> 15
-        assert [(p["seed0"], p["size"], p["n"]) for p in ft["replay"]["phantoms"]] == [(7000, "small", 12),
-                                                                                       (7200, "medium", 3)]
-        assert ft["replay"]["real_backgrounds"][0]["weight"] == pytest.approx(12 * 15 / 150)
+    if shipped is not None:                      # a source checkout: the shipped config's lists, scaled to 15
+        ph = shipped["data"]["phantoms"]
+        total = sum(p["n"] for p in ph)
+        assert [(p["seed0"], p["size"]) for p in ft["replay"]["phantoms"]] == [(p["seed0"], p["size"]) for p in ph]
+        assert sum(p["n"] for p in ft["replay"]["phantoms"]) == 15
+        assert ft["replay"]["real_backgrounds"][0]["weight"] == pytest.approx(
+            shipped["data"]["real_backgrounds"][0]["weight"] * 15 / total)
         assert c["validation"] == shipped["validation"] and c["synthetic"] == shipped["synthetic"]
     none = yaml.safe_load(finetune_config(Path("labels.csv"), 3, replay_phantoms=0))
     assert none["finetune"]["replay_share"] == 0.0 and "replay" not in none["finetune"]
