@@ -188,7 +188,6 @@ def record_card(card: dict, pred: np.ndarray, test: SliceSet, subsets: dict) -> 
                         recompute="scores",
                         description=f"held-out test set of `python bench/run_all.py snet` ({len(test)} level slices: " +
                                     ", ".join(f"{len(s)} {k}" for k, s in subsets.items()) + "); calibrated outputs")
-    card = {**card, "metrics": [m for m in card["metrics"] if m.get("predictions") != "test_current_lungs"]}
     record_test_split(DEFAULT_DIR, card, metric, {"pred": pred.tolist(), "truth": test.scores.tolist(),
                                                   "subset": subset})
 

@@ -72,7 +72,12 @@ def _inplane_factor(scan: CTScan, target_mm: float = 1.4) -> int:
     """In-plane block size of the working grid: the nearest to ``target_mm`` (0.65-1.0 mm pixels work on 1.3-2.0 mm,
     finer than the narrowest structure followed on it, a main bronchus of ~10 mm, and than the smallest vessel
     radius measured); borders are then refined at full resolution."""
-    return max(1, int(round(target_mm / max(scan.spacing[1], 1e-3))))
+    return _block(scan.spacing[1], target_mm)
+
+
+def _block(pixel_mm: float, target_mm: float) -> int:
+    """Pixels per block of a grid of about ``target_mm`` (at least 1)."""
+    return max(1, int(round(target_mm / max(pixel_mm, 1e-3))))
 
 
 def _downsample(hu: np.ndarray, f: int) -> np.ndarray:
@@ -113,7 +118,7 @@ def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
     """The patient's body on the grid of ``hu``: tissue (> -500 HU) opened in-plane by ~3 mm so that thin
     contacts (a table or cushion shell, clothes, blankets) let go, its largest 3D component, holes filled per
     slice (so the lungs and airways are inside it). Worked out at ~3 mm in-plane and mapped back."""
-    g = max(1, int(round(3.0 / max(spacing[1], 1e-3))))
+    g = _block(spacing[1], 3.0)
     ny2, nx2 = hu.shape[1] // g * g, hu.shape[2] // g * g
     # a coarse voxel is tissue when most of its block is (block mean above the threshold)
     coarse = _downsample(hu[:, :ny2, :nx2], g) if g > 1 else hu
@@ -456,11 +461,12 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     return out
 
 
-RIB_MARGIN_MM = 2.0
-SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) for the rib cavity   # the cavity ends this far short of the first bone (the rib's own partial volume)
-FLOOR_RELAX_MM = 10.0   # a column of dense lung may reach this far below the aerated floor of the lung around it
-DENSE_RANGE = (-300.0, 60.0)
-DENSE_BOX_MM = 40.0    # the dense envelope is worked out within the lungs' in-plane box grown by this much   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
+RIB_MARGIN_MM = 2.0    # the cavity ends this far short of the first bone (the rib's own partial volume)
+SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) for the rib cavity
+FLOOR_RELAX_MM = 10.0  # a column of dense lung may reach this far below the aerated floor of the lung around it
+DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
+DENSE_GRID_MM = 3.0    # the dense envelope's in-plane working grid
+DENSE_BOX_MM = 40.0    # the dense envelope is worked out within the lungs' in-plane box grown by this much
 
 
 def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], x_mid: float | None = None
@@ -468,7 +474,8 @@ def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, f
     """The thoracic cavity per slice as seen from the lungs' centre: in each 5 degree direction it reaches the
     first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the median
     rib distance within +-15 degrees, and 2 mm short of it. Where no bone is in reach it ends at the aerated
-    lung. All slices at once."""
+    lung. Given the midline column ``x_mid``, bone within ``SPINE_HALF_MM`` of it does not end a ray. All slices
+    at once."""
     nz, ny, nx = hu.shape
     nb = 72
     cav = np.zeros(hu.shape, bool)
@@ -585,7 +592,7 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     if len(rows) == 0:
         return labels, ""
     my, mx = (int(np.ceil(DENSE_BOX_MM / sp)) for sp in spacing[1:])
-    g = max(1, int(round(3.0 / spacing[1])))       # the box starts on the ~3 mm grid of the whole image
+    g = _block(spacing[1], DENSE_GRID_MM)           # the box starts on the working grid of the whole image
     box = (slice(None), slice(max(0, rows.min() - my) // g * g, rows.max() + my + 1),
            slice(max(0, cols.min() - mx) // g * g, cols.max() + mx + 1))
     inner, note = _dense_envelope_box(labels[box], hu[box], spacing)
@@ -603,7 +610,7 @@ def _dense_envelope_box(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float
 
     Worked out at ~3 mm in-plane. Returns the labels with the dense regions added and a note saying how much was
     added to which lung (when 100 mL or more)."""
-    g = max(1, int(round(3.0 / spacing[1])))
+    g = _block(spacing[1], DENSE_GRID_MM)
     ny2, nx2 = hu.shape[1] // g * g, hu.shape[2] // g * g
     sp = (spacing[0], spacing[1] * g, spacing[2] * g)
     hs = _downsample(hu[:, :ny2, :nx2], g) if g > 1 else hu

@@ -21,7 +21,7 @@ Keys are stable: other tools read ``density.json`` by them. Values are floats (N
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -267,12 +267,9 @@ def normalise_aeration(hu: np.ndarray, lung: np.ndarray, a: Aeration) -> np.ndar
     return np.where(np.asarray(lung, bool), out - np.float32(a.shift_hu), out).astype(np.float32)
 
 
-
 def model_scan(scan: CTScan, lung: np.ndarray) -> tuple[Aeration, CTScan]:
     """The scan as the learned stages see it: its :class:`Aeration` and the scan with the lung voxels (``lung``,
     a mask) shifted to the reference aeration (the same scan when no shift is needed)."""
-    from dataclasses import replace
-
     a = aeration(scan.hu, lung, float(scan.spacing[1]))
     if a.shift_hu <= 0:
         return a, scan

@@ -93,8 +93,8 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
     """Lesion labels (z, y, x) uint8 on the scan's grid: 0 outside the lung, 1 normal, 2 GG, 3 RET.
 
     The lung voxels are first shifted to the reference aeration (``aer``, a :class:`sscild.density.Aeration` the
-    caller already measured, else measured here; as in training: an under-inflated lung is not ground glass). Slices go through the network in batches on the scan's lung box;
-    the class probabilities are resampled back to the box (bilinear) before the argmax, so the labels follow the
+    caller already measured, else measured here; as in training: an under-inflated lung is not ground glass).
+    Slices go through the network in batches on the scan's lung box; the class probabilities are resampled back to the box (bilinear) before the argmax, so the labels follow the
     lung mask at full resolution.
     """
     import torch

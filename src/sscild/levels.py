@@ -683,10 +683,12 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     if w.max() <= 30.0:
         return _venous_prior(scan, carina, dome, "no atrial structure found in front of the spine")
     note = "widest structure just in front of the spine below the carina (left atrium with the veins)"
-    k = ks[_widest(w)]
-    if carina.z_mm - scan.z_mm(k) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]:
+    i = _widest(w)
+    near = carina.z_mm - np.array([scan.z_mm(j) for j in ks]) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]
+    k = ks[i]
+    if near[i]:
         # too near the carina (a hilum filled in by dense disease): the next candidate, at a plausible distance
-        w[carina.z_mm - np.array([scan.z_mm(j) for j in ks]) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]] = 0
+        w[near] = 0
         if w.max() > 30.0:
             k = ks[_widest(w)]
             note += "; the widest, too near the carina, was passed over"
