@@ -68,10 +68,16 @@ def area_percent(part: np.ndarray, lung: np.ndarray) -> float | None:
     >>> area_percent(part, np.zeros((4, 4), bool)) is None
     True
     """
-    n = int(np.count_nonzero(lung))
-    if n == 0:
-        return None
-    return 100.0 * int(np.count_nonzero(np.logical_and(part, lung))) / n
+    return percent(int(np.count_nonzero(np.logical_and(part, lung))), int(np.count_nonzero(lung)))
+
+
+def percent(count: int, total: int) -> float | None:
+    """``count`` in % of ``total``; None when ``total`` is 0 (an empty lung has no percentage).
+
+    >>> percent(1, 4), percent(0, 0)
+    (25.0, None)
+    """
+    return None if total == 0 else 100.0 * count / total
 
 
 def zone_bounds(lung: np.ndarray) -> dict[str, tuple[int, int]]:

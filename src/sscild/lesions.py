@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .domain import LesionClass, LungLabel, area_percent, zone_bounds
+from .domain import LesionClass, LungLabel, percent, zone_bounds
 from .errors import NoLungsError
 from .scan import CTScan
 
@@ -118,8 +118,9 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
         hu, lu, _, _ = crop_resample(normalise_aeration(scan.hu[kk], lung[kk], aer), lung[kk], cfg.size, crop=crop)
         with torch.inference_mode():
             logits = model(torch.from_numpy(_inputs(hu, lu, cfg)).to(device)).float()
-            prob = F.interpolate(logits[:, 1:], size=(crop.side, crop.side), mode="bilinear",
-                                 align_corners=False).movedim(1, -1).argmax(-1).cpu().numpy().astype(np.uint8) + 1
+            up = F.interpolate(logits[:, 1:], size=(crop.side, crop.side), mode="bilinear", align_corners=False)
+            # torch.max over the class axis: the first maximum, as argmax, and ~20x faster than argmax here
+            prob = torch.max(up, 1).indices.cpu().numpy().astype(np.uint8) + 1
         # paste the box back into the slice grid
         ys, xs = max(0, crop.y0), max(0, crop.x0)
         ye, xe = min(H, crop.y0 + crop.side), min(W, crop.x0 + crop.side)
@@ -130,13 +131,28 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
 # --------------------------------------------------------------------------------------------
 # measurements
 # --------------------------------------------------------------------------------------------
-def _amounts(lab: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
-    lung = lab > LesionClass.OUTSIDE
-    gg, ret = lab == LesionClass.GG, lab == LesionClass.RET
-    n = int(lung.sum())
-    return {"lung_ml": n * voxel_ml, "GG_ml": int(gg.sum()) * voxel_ml, "RET_ml": int(ret.sum()) * voxel_ml,
-            "lesion_ml": int((gg | ret).sum()) * voxel_ml, "GG_pct": area_percent(gg, lung),
-            "RET_pct": area_percent(ret, lung), "involvement_pct": area_percent(gg | ret, lung)}
+def _amounts(counts: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
+    """Volumes and % of lung from the voxel counts of the lesion classes (index = :class:`LesionClass`)."""
+    n, gg, ret = int(counts[1:].sum()), int(counts[LesionClass.GG]), int(counts[LesionClass.RET])
+    return {"lung_ml": n * voxel_ml, "GG_ml": gg * voxel_ml, "RET_ml": ret * voxel_ml,
+            "lesion_ml": (gg + ret) * voxel_ml, "GG_pct": percent(gg, n), "RET_pct": percent(ret, n),
+            "involvement_pct": percent(gg + ret, n)}
+
+
+def _counts(labels: np.ndarray, groups: np.ndarray | None = None, slab: int = 16) -> np.ndarray:
+    """Voxel counts per lesion class (4,), or per group and class (groups.max() + 1, 4), of a slice or a volume;
+    slab by slab, so the integer copy ``bincount`` makes stays small on a whole scan."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels, groups = labels[None], None if groups is None else np.asarray(groups)[None]
+    ng = 1 if groups is None else int(np.max(groups, initial=0)) + 1
+    out = np.zeros(4 * ng, np.int64)
+    for a in range(0, len(labels), slab):
+        key = labels[a:a + slab].astype(np.intp).ravel()
+        if groups is not None:
+            key += 4 * groups[a:a + slab].astype(np.intp).ravel()
+        out += np.bincount(key, minlength=4 * ng)[: 4 * ng]
+    return out if groups is None else out.reshape(ng, 4)
 
 
 def summarise(labels: np.ndarray, lung_labels: np.ndarray, scan: CTScan,
@@ -145,21 +161,18 @@ def summarise(labels: np.ndarray, lung_labels: np.ndarray, scan: CTScan,
     :func:`sscild.domain.zone_bounds` draws them for every module), whole lung; and per Goh level the area ratios
     TOT/GG/RET in % of the slice's lung area (None on an empty lung, :func:`sscild.domain.area_percent`)."""
     v = scan.voxel_volume_ml
-    res: dict[str, Any] = {"whole": _amounts(labels, v),
-                           "right": _amounts(np.where(lung_labels == LungLabel.RIGHT, labels, 0), v),
-                           "left": _amounts(np.where(lung_labels == LungLabel.LEFT, labels, 0), v)}
-    zones = {}
-    for name, (a, b) in zone_bounds(labels > LesionClass.OUTSIDE).items():
-        sub = np.zeros_like(labels)
-        sub[a:b] = labels[a:b]
-        zones[name] = _amounts(sub, v)
-    res["zones"] = zones
+    per_lung = _counts(labels, lung_labels)
+    side = lambda n: per_lung[n] if n < len(per_lung) else np.zeros(4, np.intp)  # noqa: E731
+    res: dict[str, Any] = {"whole": _amounts(_counts(labels), v), "right": _amounts(side(LungLabel.RIGHT), v),
+                           "left": _amounts(side(LungLabel.LEFT), v)}
+    res["zones"] = {name: _amounts(_counts(labels[a:b]), v)
+                    for name, (a, b) in zone_bounds(labels > LesionClass.OUTSIDE).items()}
     if level_slices:
         lv = {}
         for n, k in level_slices.items():
             if k is None:
                 continue
-            a = _amounts(labels[k], 1.0)
+            a = _amounts(_counts(labels[k]), 1.0)
             lv[n] = {"TOT": a["involvement_pct"], "GG": a["GG_pct"], "RET": a["RET_pct"], "slice": int(k)}
         res["levels"] = lv
     return res
