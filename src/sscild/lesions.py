@@ -139,40 +139,38 @@ def _amounts(counts: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
             "involvement_pct": percent(gg + ret, n)}
 
 
-def _counts(labels: np.ndarray, groups: np.ndarray | None = None, slab: int = 16) -> np.ndarray:
-    """Voxel counts per lesion class (4,), or per group and class (groups.max() + 1, 4), of a slice or a volume;
+def _slice_counts(labels: np.ndarray, groups: np.ndarray, slab: int = 16) -> np.ndarray:
+    """Voxel counts (z, group, lesion class) of a (z, y, x) label map in one pass (``groups``: the lung labels),
     slab by slab, so the integer copy ``bincount`` makes stays small on a whole scan."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels, groups = labels[None], None if groups is None else np.asarray(groups)[None]
-    ng = 1 if groups is None else int(np.max(groups, initial=0)) + 1
-    out = np.zeros(4 * ng, np.int64)
+    ng = int(np.max(groups, initial=0)) + 1
+    out = np.zeros((len(labels), ng, 4), np.int64)
     for a in range(0, len(labels), slab):
-        key = labels[a:a + slab].astype(np.intp).ravel()
-        if groups is not None:
-            key += 4 * groups[a:a + slab].astype(np.intp).ravel()
-        out += np.bincount(key, minlength=4 * ng)[: 4 * ng]
-    return out if groups is None else out.reshape(ng, 4)
+        lab, grp = labels[a:a + slab], groups[a:a + slab]
+        z = np.arange(len(lab), dtype=np.intp)[:, None, None]
+        key = ((z * ng + grp.astype(np.intp)) * 4 + lab.astype(np.intp)).ravel()
+        out[a:a + slab] = np.bincount(key, minlength=len(lab) * ng * 4).reshape(len(lab), ng, 4)
+    return out
 
 
 def summarise(labels: np.ndarray, lung_labels: np.ndarray, scan: CTScan,
               level_slices: Mapping[str, int | None] | None = None) -> dict[str, Any]:
     """``lesions.json``: per lung (right/left), per zone (upper/middle/lower thirds of the lung height, as
     :func:`sscild.domain.zone_bounds` draws them for every module), whole lung; and per Goh level the area ratios
-    TOT/GG/RET in % of the slice's lung area (None on an empty lung, :func:`sscild.domain.area_percent`)."""
+    TOT/GG/RET in % of the slice's lung area (None on an empty lung, :func:`sscild.domain.percent`)."""
     v = scan.voxel_volume_ml
-    per_lung = _counts(labels, lung_labels)
-    side = lambda n: per_lung[n] if n < len(per_lung) else np.zeros(4, np.intp)  # noqa: E731
-    res: dict[str, Any] = {"whole": _amounts(_counts(labels), v), "right": _amounts(side(LungLabel.RIGHT), v),
+    c = _slice_counts(np.asarray(labels), np.asarray(lung_labels))      # (z, lung label, lesion class)
+    per_slice, per_lung = c.sum(1), c.sum(0)
+    side = lambda n: per_lung[n] if n < len(per_lung) else np.zeros(4, np.int64)  # noqa: E731
+    res: dict[str, Any] = {"whole": _amounts(per_slice.sum(0), v), "right": _amounts(side(LungLabel.RIGHT), v),
                            "left": _amounts(side(LungLabel.LEFT), v)}
-    res["zones"] = {name: _amounts(_counts(labels[a:b]), v)
-                    for name, (a, b) in zone_bounds(labels > LesionClass.OUTSIDE).items()}
+    res["zones"] = {name: _amounts(per_slice[a:b].sum(0), v)
+                    for name, (a, b) in zone_bounds(per_slice[:, 1:].sum(1) > 0).items()}
     if level_slices:
         lv = {}
         for n, k in level_slices.items():
             if k is None:
                 continue
-            a = _amounts(_counts(labels[k]), 1.0)
+            a = _amounts(per_slice[k], 1.0)
             lv[n] = {"TOT": a["involvement_pct"], "GG": a["GG_pct"], "RET": a["RET_pct"], "slice": int(k)}
         res["levels"] = lv
     return res
