@@ -48,6 +48,8 @@ class Lungs:
     notes : dict of str, what the segmentation noticed (cut-off apex/base, touching lungs split, ...)
     cut_off : dict {"apex": bool, "base": bool}, whether the lungs touch the first/last slice
     carina_index : float or None, array z index (continuous) where the tracked trachea splits, if seen
+    body : bool array or None, the body outline on the working grid (in-plane blocks of
+        ``_inplane_factor(scan)``) as the segmentation found it, kept so later checks need not find it again
     """
 
     labels: np.ndarray
@@ -55,6 +57,7 @@ class Lungs:
     notes: dict[str, str] = field(default_factory=dict)
     cut_off: dict[str, bool] = field(default_factory=dict)
     carina_index: float | None = None
+    body: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def mask(self) -> np.ndarray:
@@ -722,7 +725,7 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     f = _inplane_factor(scan)
     lo = _downsample(scan.hu, f)
     sp = (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)
-    labels_lo, aerated_lo, airway_lo, carina_lo, notes = _segment_coarse(lo, sp)
+    labels_lo, aerated_lo, airway_lo, carina_lo, notes, body = _segment_coarse(lo, sp)
     # back to full resolution, refined with the full-resolution threshold at the border
     labels = _upsample_labels(labels_lo, scan.shape, f)
     airways = _refine_airways(_upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0, scan.hu) if f > 1 \
@@ -745,11 +748,12 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     pos = str(scan.meta.get("patient_position", "") or "")
     if pos.upper().startswith("FF"):
         notes["position"] = notes.get("position", "") + "; feet first (from the header; the image is reoriented to LPS)"
-    return Lungs(labels, airways, notes, cut, carina_lo)
+    return Lungs(labels, airways, notes, cut, carina_lo, body)
 
 
 def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
-    """The coarse-grid stages: body, internal air, lungs, airways, envelope, right/left, dense envelope, notes."""
+    """The coarse-grid stages: body, internal air, lungs, airways, envelope, right/left, dense envelope, notes
+    (returned with the body outline)."""
     vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
     body = _body_mask(lo, sp)
     internal = _internal_air(lo, body)
@@ -779,7 +783,7 @@ def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
     side_note = _heart_side(lo, labels_lo, sp)
     if side_note:
         notes["right_left"] = side_note
-    return labels_lo, aerated_lo, airway_lo, carina_lo, notes
+    return labels_lo, aerated_lo, airway_lo, carina_lo, notes, body
 
 
 def _position(hu: np.ndarray, body: np.ndarray, lung: np.ndarray) -> str:
