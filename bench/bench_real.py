@@ -135,7 +135,7 @@ def _lesions(unet, scan_like, lungs):
 
     model, cfg, _ = unet
     lab = segment_lesions(model, cfg, scan_like, lungs.mask)
-    return exclude_structures(lab, lungs, segment_vessels(scan_like, lungs))
+    return exclude_structures(lab, lungs, segment_vessels(scan_like, lungs), scan_like.spacing[1:])
 
 
 def _with_hu(scan, hu):

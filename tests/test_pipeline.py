@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from sscild.consensus import MIN_LUNG_AREA_CM2
 from sscild.cli import app
 from sscild.phantom import make_phantom, write_phantom
 
@@ -104,7 +105,8 @@ def small():
 
 def test_lesion_stage_counts_vessels_and_airways_as_normal_lung(small, monkeypatch):
     """A lesion model that calls every lung voxel ground glass: after the stage no GG/RET voxel lies on a vessel
-    or an airway, every other lung voxel is still GG, and lesions.json says what was excluded."""
+    or an airway or on a slice with less than MIN_LUNG_AREA_CM2 of lung, every other lung voxel is still GG, and
+    lesions.json says what was excluded."""
     import sscild.lesions as lesions_mod
     from sscild.modelset import ModelSet
     from sscild.pipeline import lesion_stage
@@ -117,11 +119,16 @@ def test_lesion_stage_counts_vessels_and_airways_as_normal_lung(small, monkeypat
     models = ModelSet(loaders={"lesions": lambda d, device="cpu": (None, None, {"name": "lesion U-Net"})})
     step = lesion_stage(scan, lungs, None, AnalysisSettings(), models, vessels)
     lab = step.value.labels
+    area = lungs.mask.sum((1, 2)) * scan.spacing[1] * scan.spacing[2] / 100.0
+    small = np.zeros(lungs.mask.shape, bool)
+    small[area < MIN_LUNG_AREA_CM2] = True
+    assert (lungs.mask & small).sum() > 0 and (lungs.mask & ~small).sum() > 0    # the phantom has both
     assert not (lab[vessels.mask] >= 2).any() and (lab[vessels.mask & lungs.mask] == 1).all()
-    assert (lab[lungs.mask & ~vessels.mask & ~lungs.airways] == 2).all()
-    assert "vessels" in step.value.summary["excluded"]
+    assert (lab[lungs.mask & small] == 1).all()
+    assert (lab[lungs.mask & ~small & ~vessels.mask & ~lungs.airways] == 2).all()
+    assert "vessels" in step.value.summary["excluded"] and "cm^2 of lung" in step.value.summary["excluded"]
     assert step.value.summary["whole"]["involvement_pct"] == pytest.approx(
-        100 * (lungs.mask & ~vessels.mask & ~lungs.airways).sum() / lungs.mask.sum(), abs=0.01)
+        100 * (lungs.mask & ~small & ~vessels.mask & ~lungs.airways).sum() / lungs.mask.sum(), abs=0.01)
 
 
 class _FakeScorer:

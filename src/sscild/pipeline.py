@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .anatomy import Lungs, segment_lungs
+from .consensus import MIN_LUNG_AREA_CM2
 from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
@@ -193,7 +194,7 @@ def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSetti
 
 
 def _score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> LevelScore:
-    from .consensus import MIN_LUNG_AREA_CM2, enough_lung, tta_scores
+    from .consensus import enough_lung, tta_scores
 
     k = scan.slice_at_z(z) if z is not None else None
     if k is None:
@@ -261,6 +262,9 @@ def heatmap_thresholds(card: Mapping[str, Any], st: AnalysisSettings) -> tuple[d
 #: What ``lesions.json`` says about the voxels the lesion map may not call ground glass or reticulation.
 EXCLUDED_TEXT = {True: "vessels and airway walls (model-free masks) are counted as normal lung, never GG/RET",
                  False: "airway walls (model-free mask) are counted as normal lung, never GG/RET"}
+#: ... and what it says of the slices with too little lung to judge.
+SMALL_SLICES_TEXT = ("; so are the slices with less than {:g} cm^2 of lung (apex tips and domes, partial volume "
+                     "with the tissue above or below; S-Net does not score them either)")
 
 
 def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: AnalysisSettings,
@@ -275,20 +279,29 @@ def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: Analy
 
     aer = aer if aer is not None else aeration(scan.hu, lungs.mask, float(scan.spacing[1]))
     lab = segment_lesions(m.model, m.config, scan, lungs.mask, device=st.device, quiet=st.quiet, aer=aer)
-    lab = exclude_structures(lab, lungs, vessels)
+    lab = exclude_structures(lab, lungs, vessels, scan.spacing[1:])
     ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
     notes, used = _used(m)
-    summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": EXCLUDED_TEXT[vessels is not None],
+    excluded = EXCLUDED_TEXT[vessels is not None] + SMALL_SLICES_TEXT.format(MIN_LUNG_AREA_CM2)
+    summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": excluded,
                "aeration": {"p10_HU": round(aer.p10_hu, 1), "shift_HU": round(aer.shift_hu, 1),
                             "note": aer.note() or "lung well inflated: no shift"}}
     return Step(LesionMaps(lab, summary), notes, used)
 
 
-def exclude_structures(labels: np.ndarray, lungs: Lungs, vessels: Vessels | None) -> np.ndarray:
-    """Lesion labels with every GG/RET voxel on a vessel or an airway (inside the lung) set to normal (1)."""
+def exclude_structures(labels: np.ndarray, lungs: Lungs, vessels: Vessels | None,
+                       pixel_mm: tuple[float, float] | None = None) -> np.ndarray:
+    """Lesion labels with every GG/RET voxel on a vessel or an airway (inside the lung) set to normal (1); with
+    ``pixel_mm`` given, also on the slices with too little lung to judge (below
+    :data:`sscild.consensus.MIN_LUNG_AREA_CM2`, the rule S-Net's scores follow: the tips of the apices and the
+    domes, where partial volume with the tissue above or below makes any lung look dense)."""
     keep = lungs.airways if vessels is None else (lungs.airways | vessels.mask)
     out = np.array(labels, copy=True)
     out[keep & (out >= LesionClass.GG)] = LesionClass.NORMAL
+    if pixel_mm is not None:
+        area_cm2 = np.count_nonzero(lungs.mask, axis=(1, 2)) * float(pixel_mm[0]) * float(pixel_mm[1]) / 100.0
+        small = area_cm2 < MIN_LUNG_AREA_CM2
+        out[small] = np.where(out[small] >= LesionClass.GG, LesionClass.NORMAL, out[small])
     return out
 
 
