@@ -31,9 +31,10 @@ MIN_LUNG_AREA_CM2 = 15.0
 DISAGREE_POINTS = 10.0
 
 
-def lung_area_cm2(lung: np.ndarray, pixel_mm: tuple[float, float]) -> float:
-    """Lung area of one slice in cm^2."""
-    return float(np.count_nonzero(lung)) * float(pixel_mm[0]) * float(pixel_mm[1]) / 100.0
+def lung_area_cm2(lung: np.ndarray, pixel_mm: tuple[float, float]) -> float | np.ndarray:
+    """Lung area of one slice (y, x) in cm^2, or of each slice of a (z, y, x) mask (an array)."""
+    area = np.count_nonzero(lung, axis=(-2, -1)) * float(pixel_mm[0]) * float(pixel_mm[1]) / 100.0
+    return float(area) if np.ndim(area) == 0 else area
 
 
 def enough_lung(lung: np.ndarray, pixel_mm: tuple[float, float]) -> bool:

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .anatomy import Lungs, segment_lungs
-from .consensus import MIN_LUNG_AREA_CM2
+from .consensus import MIN_LUNG_AREA_CM2, lung_area_cm2
 from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
@@ -299,8 +299,7 @@ def exclude_structures(labels: np.ndarray, lungs: Lungs, vessels: Vessels | None
     out = np.array(labels, copy=True)
     out[keep & (out >= LesionClass.GG)] = LesionClass.NORMAL
     if pixel_mm is not None:
-        area_cm2 = np.count_nonzero(lungs.mask, axis=(1, 2)) * float(pixel_mm[0]) * float(pixel_mm[1]) / 100.0
-        small = area_cm2 < MIN_LUNG_AREA_CM2
+        small = lung_area_cm2(lungs.mask, pixel_mm) < MIN_LUNG_AREA_CM2
         out[small] = np.where(out[small] >= LesionClass.GG, LesionClass.NORMAL, out[small])
     return out
 
