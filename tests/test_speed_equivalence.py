@@ -113,6 +113,18 @@ def test_coarse_body_slices_equal_the_upsampled_volume(phantom):
     assert np.array_equal(body[ks], full[ks]) and np.array_equal(body[7], full[7]) and full[7].any()
 
 
+def test_quality_checks_reuse_the_body_the_lung_segmentation_found(phantom):
+    """The body outline kept on Lungs equals the one found again from the scan (what quality_checks did before)."""
+    from sscild.anatomy import segment_lungs
+    from sscild.quality import _coarse_body
+
+    scan, _, _ = phantom
+    lungs = segment_lungs(scan)
+    assert lungs.body is not None and lungs.body.any()
+    shared, found = _coarse_body(scan, lungs), _coarse_body(scan)
+    assert shared.coarse is lungs.body and np.array_equal(shared.coarse, found.coarse)
+
+
 def test_snet_heat_maps_from_window_changes_equal_whole_copies():
     """S-Net's occluded copies scored from the windows' changes (OcclusionInputs, channels-last) against the whole
     copies through the scorer's plain call, on a phantom at 0.7 mm pixels (texture channel denoised)."""

@@ -185,11 +185,11 @@ class _CoarseMask:
         return out
 
 
-def _coarse_body(scan: CTScan, lungs: Lungs) -> _CoarseMask:
+def _coarse_body(scan: CTScan, lungs: Lungs | None = None) -> _CoarseMask:
     """The body outline on the lungs' working grid: the one the lung segmentation found, else found here."""
     f = _inplane_factor(scan)
     grid = (scan.shape[0], scan.shape[1] // f, scan.shape[2] // f)
-    if lungs.body is not None and lungs.body.shape == grid:
+    if lungs is not None and lungs.body is not None and lungs.body.shape == grid:
         return _CoarseMask(lungs.body, f, scan.shape)
     lo = _downsample(scan.hu, f)
     return _CoarseMask(_body_mask(lo, (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)), f, scan.shape)
