@@ -140,9 +140,10 @@ def _amounts(counts: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
 
 
 def _slice_counts(labels: np.ndarray, groups: np.ndarray, slab: int = 16) -> np.ndarray:
-    """Voxel counts (z, group, lesion class) of a (z, y, x) label map in one pass (``groups``: the lung labels),
-    slab by slab, so the integer copy ``bincount`` makes stays small on a whole scan."""
-    ng = int(np.max(groups, initial=0)) + 1
+    """Voxel counts (z, group, lesion class) of a (z, y, x) label map in one pass (``groups``: the lung labels;
+    at least outside / right / left, present or not), slab by slab, so the integer copy ``bincount`` makes stays
+    small on a whole scan."""
+    ng = max(int(np.max(groups, initial=0)), int(LungLabel.LEFT)) + 1
     out = np.zeros((len(labels), ng, 4), np.int64)
     for a in range(0, len(labels), slab):
         lab, grp = labels[a:a + slab], groups[a:a + slab]
@@ -160,9 +161,8 @@ def summarise(labels: np.ndarray, lung_labels: np.ndarray, scan: CTScan,
     v = scan.voxel_volume_ml
     c = _slice_counts(np.asarray(labels), np.asarray(lung_labels))      # (z, lung label, lesion class)
     per_slice, per_lung = c.sum(1), c.sum(0)
-    side = lambda n: per_lung[n] if n < len(per_lung) else np.zeros(4, np.int64)  # noqa: E731
-    res: dict[str, Any] = {"whole": _amounts(per_slice.sum(0), v), "right": _amounts(side(LungLabel.RIGHT), v),
-                           "left": _amounts(side(LungLabel.LEFT), v)}
+    res: dict[str, Any] = {"whole": _amounts(per_slice.sum(0), v), "right": _amounts(per_lung[LungLabel.RIGHT], v),
+                           "left": _amounts(per_lung[LungLabel.LEFT], v)}
     res["zones"] = {name: _amounts(per_slice[a:b].sum(0), v)
                     for name, (a, b) in zone_bounds(per_slice[:, 1:].sum(1) > 0).items()}
     if level_slices:

@@ -290,17 +290,16 @@ def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: Analy
 
 
 def exclude_structures(labels: np.ndarray, lungs: Lungs, vessels: Vessels | None,
-                       pixel_mm: tuple[float, float] | None = None) -> np.ndarray:
-    """Lesion labels with every GG/RET voxel on a vessel or an airway (inside the lung) set to normal (1); with
-    ``pixel_mm`` given, also on the slices with too little lung to judge (below
-    :data:`sscild.consensus.MIN_LUNG_AREA_CM2`, the rule S-Net's scores follow: the tips of the apices and the
-    domes, where partial volume with the tissue above or below makes any lung look dense)."""
+                       pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Lesion labels with every GG/RET voxel on a vessel or an airway (inside the lung) set to normal (1), and on
+    the slices with too little lung to judge (below :data:`sscild.consensus.MIN_LUNG_AREA_CM2` at ``pixel_mm``,
+    the rule S-Net's scores follow: the tips of the apices and the domes, where partial volume with the tissue
+    above or below makes any lung look dense)."""
     keep = lungs.airways if vessels is None else (lungs.airways | vessels.mask)
     out = np.array(labels, copy=True)
     out[keep & (out >= LesionClass.GG)] = LesionClass.NORMAL
-    if pixel_mm is not None:
-        small = lung_area_cm2(lungs.mask, pixel_mm) < MIN_LUNG_AREA_CM2
-        out[small] = np.where(out[small] >= LesionClass.GG, LesionClass.NORMAL, out[small])
+    small = lung_area_cm2(lungs.mask, pixel_mm) < MIN_LUNG_AREA_CM2
+    out[small] = np.where(out[small] >= LesionClass.GG, LesionClass.NORMAL, out[small])
     return out
 
 
