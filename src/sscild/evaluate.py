@@ -105,22 +105,18 @@ def bland_altman(pred: Sequence[float], truth: Sequence[float]) -> dict[str, flo
 
 def bland_altman_plot(pred: Sequence[float], truth: Sequence[float], path, title: str = "") -> None:
     """Bland-Altman plot (statsmodels' mean_diff_plot) as a PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from statsmodels.graphics.agreement import mean_diff_plot
 
-    from .util import atomic_path
+    from .figures import save_png
 
     x, y = _pair(pred, truth)
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.subplots()
     mean_diff_plot(x, y, ax=ax)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:

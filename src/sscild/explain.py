@@ -442,7 +442,8 @@ def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *,
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    from .util import atomic_path, draw_contour
+    from .figures import save_png
+    from .util import draw_contour
 
     lim = vmax if vmax is not None else max(float(np.abs(dp[lung]).max()) if lung.any() else 0.0, 0.5)
     fig = Figure(figsize=(5, 5.4), dpi=110)
@@ -457,8 +458,7 @@ def overlay_png(image_hu: np.ndarray, dp: np.ndarray, lung: np.ndarray, path, *,
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label("score change dP (% points); blue = seen as disease")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path)
 
 
 def write_heatmap_outputs(maps: Mapping[str, HeatMap], scan, slice_index: Mapping[str, int], outdir,

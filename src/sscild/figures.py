@@ -24,11 +24,15 @@ LUNG_WINDOW = (-1350, 150)
 LUNG_COLOURS = {LungLabel.RIGHT: "#00e5ff", LungLabel.LEFT: "#ff4fd8"}
 
 
+PNG_COMPRESS_LEVEL = 1      # zlib level: 3x faster than matplotlib's default 6, files ~25 % larger
+
+
 def save_png(fig: "Figure", path: str | Path, dpi: float | None = None) -> Path:
-    """Write ``fig`` to ``path`` as PNG, atomically."""
+    """Write ``fig`` to ``path`` as PNG, atomically (every figure of the toolkit goes through here)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi if dpi is not None else "figure")
+        fig.savefig(tmp, format="png", dpi=dpi if dpi is not None else "figure",
+                    pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path
 
 

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .domain import LEVEL_NAMES, LEVELS, PATTERNS, goh_extent
+from .figures import save_png
 from .util import atomic_path, finite_float
 
 #: Whole-scan measures followed over time (cohort-table column -> label).
@@ -314,8 +315,7 @@ def _plot(path: Path, xs: list, series: Mapping[str, list[float | None]], title:
     if len(series) > 1:
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path)
     return path
 
 

@@ -40,6 +40,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,12 +271,47 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
     a = analysis
     files: dict[str, Path] = {}
     warns = list(a.warnings) + list(warnings)
-    files["lungs"] = save_like(a.lungs.labels, scan, folder / "lungs.nii.gz")
-    files["airways"] = save_like(a.lungs.airways.astype(np.uint8), scan, folder / "airways.nii.gz")
+    with ThreadPoolExecutor(max_workers=1) as pool:     # the masks compress (GIL released) while figures draw
+        masks = {k: pool.submit(save_like, arr, scan, folder / f"{k}.nii.gz") for k, arr in _masks(a).items()}
+        heat = _write_summaries(a, scan, folder, files, warns, dicom_seg)
+        phi = patient_details(scan) if show_phi else {}
+        doc = a.to_dict()
+        if show_phi:
+            doc["input"] = {**doc["input"], **_free_text(scan), **phi}
+        if heat:
+            doc["heatmap_pngs"] = heat
+        doc["warnings"] = warns
+        if report:
+            files["report"] = _write_report(a, scan, folder, doc, phi)
+        files.update({k: f.result() for k, f in masks.items()})
+    files["analysis"] = write_json(folder / "analysis.json", doc)      # last: the folder is complete
+    return WrittenOutputs(folder, files, tuple(warns[len(a.warnings):]))
+
+
+def _masks(a: "Analysis") -> dict[str, np.ndarray]:
+    """The label volumes written as NIfTI in the input geometry: file stem -> uint8 array on the scan grid."""
+    out = {"lungs": a.lungs.labels, "airways": a.lungs.airways.astype(np.uint8)}
     if a.lesions is not None:
-        files["lesions"] = save_like(a.lesions.labels, scan, folder / "lesions.nii.gz")
+        out["lesions"] = a.lesions.labels
+    if a.vessels is not None:
+        out["vessels"] = a.vessels.mask.astype(np.uint8)
+    return out
+
+
+def _write_summaries(a: "Analysis", scan: "CTScan", folder: Path, files: dict[str, Path], warns: list[str],
+                     dicom_seg: bool | None) -> dict[str, dict[str, str]]:
+    """The JSON files, figures, heat maps and DICOM SEG/SR (into ``files``; problems appended to ``warns``);
+    returns the heat-map PNGs written."""
+    if a.lesions is not None:
         files["lesions_json"] = write_json(folder / "lesions.json", a.lesions.to_dict())
-    files.update(_write_stage_files(a, scan, folder))
+    if a.quality is not None:
+        files["quality"] = write_json(folder / "quality.json", a.quality.to_dict())
+    if a.regions is not None:
+        from .regions import regional_figure
+
+        files["regions"] = write_json(folder / "regions.json", a.regions.to_dict())
+        files["regions_png"] = regional_figure(scan, a.lungs, a.regions, folder / "regions.png", a.lesion_labels,
+                                               a.region_map)
     if a.levels is not None:
         from .figures import levels_png
 
@@ -295,35 +331,7 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
             files.update(sr)
     elif seg:
         warns.append(seg)
-    phi = patient_details(scan) if show_phi else {}
-    doc = a.to_dict()
-    if show_phi:
-        doc["input"] = {**doc["input"], **_free_text(scan), **phi}
-    if heat:
-        doc["heatmap_pngs"] = heat
-    doc["warnings"] = warns
-    if report:
-        files["report"] = _write_report(a, scan, folder, doc, phi)
-    files["analysis"] = write_json(folder / "analysis.json", doc)      # last: the folder is complete
-    return WrittenOutputs(folder, files, tuple(warns[len(a.warnings):]))
-
-
-def _write_stage_files(a: "Analysis", scan: "CTScan", folder: Path) -> dict[str, Path]:
-    """``vessels.nii.gz`` (input geometry), ``quality.json``, ``regions.json`` and ``regions.png``."""
-    from .io import save_like
-
-    files: dict[str, Path] = {}
-    if a.vessels is not None:
-        files["vessels"] = save_like(a.vessels.mask.astype(np.uint8), scan, folder / "vessels.nii.gz")
-    if a.quality is not None:
-        files["quality"] = write_json(folder / "quality.json", a.quality.to_dict())
-    if a.regions is not None:
-        from .regions import regional_figure
-
-        files["regions"] = write_json(folder / "regions.json", a.regions.to_dict())
-        files["regions_png"] = regional_figure(scan, a.lungs, a.regions, folder / "regions.png", a.lesion_labels,
-                                               a.region_map)
-    return files
+    return heat
 
 
 def _write_dicom_sr(a: "Analysis", scan: "CTScan", folder: Path, seg: Path) -> dict[str, Path] | str:

@@ -50,7 +50,7 @@ from .anatomy import Lungs
 from .density import hu_histograms, metrics_of_histogram
 from .domain import ZONES, LesionClass, LungLabel, zone_bounds
 from .scan import CTScan
-from .util import atomic_path
+from .figures import save_png
 
 #: Width of the subpleural band (mm, 3D distance from the lung boundary).
 SUBPLEURAL_MM = 10.0
@@ -422,6 +422,5 @@ def regional_figure(scan: CTScan, lungs: Lungs, metrics: RegionalMetrics, path: 
                  f"({SUBPLEURAL_MM:g} mm); outlines: yellow ground glass, red reticulation", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path)
     return path

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .domain import LEVEL_NAMES, LEVELS, PATTERNS, goh_extent, goh_stage
+from .figures import save_png
 from .provenance import SLS2_COLUMNS, methods_paragraph, public_text, run_facts, sls2_values
 from .scan import CTScan
 from .util import atomic_path, draw_contour
@@ -115,11 +116,6 @@ def _figure(width_in: float, height_in: float, dpi: int = 100):
     return Figure(figsize=(width_in, height_in), dpi=dpi)
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 def _array_index(scan: CTScan, entry: Mapping[str, Any]) -> int | None:
     z = entry.get("z_mm") if entry else None
     return None if z is None else scan.slice_at_z(float(z))
@@ -158,7 +154,7 @@ def coronal_overview(scan: CTScan, lungs: np.ndarray, levels: Mapping[str, Mappi
     ax.set_ylabel("world z (mm), head up")
     ax.set_title("Coronal overview with the five Goh levels", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
@@ -179,7 +175,7 @@ def level_panel(scan: CTScan, lungs: np.ndarray, k: int, path: Path, title: str,
     ax.set_axis_off()
     ax.set_title(title, fontsize=14)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------

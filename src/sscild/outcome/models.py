@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..evaluate import auc_ci
+from ..figures import save_png
 from .cohort import HORIZONS, label_column
 
 TABULAR_KINDS = ("logistic", "gbm")
@@ -147,14 +148,6 @@ def _subplots(figsize: tuple[float, float], dpi: int = 100):
     return fig, fig.subplots()
 
 
-def _save(fig, path) -> Path:
-    from ..util import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
-
-
 def _usable_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]):
     """(name, y, p) of each model with its non-finite pairs left out; models whose outcomes are all one class
     are skipped (no curve to draw)."""
@@ -177,7 +170,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: s
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_calibration(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: str = "",
@@ -193,7 +186,7 @@ def plot_calibration(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, 
     ax.set(xlabel="predicted risk", ylabel="observed proportion", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +366,7 @@ def km_by_goh_stage(table: pd.DataFrame, extent_col: str = "goh_extent", path=No
                title=f"Kaplan-Meier by Goh stage (log-rank p={out.get('logrank_p', float('nan')):.2g})")
         ax.title.set_fontsize(9)
         fig.tight_layout()
-        _save(fig, path)
+        save_png(fig, path)
         out["png"] = str(path)
     return out
 

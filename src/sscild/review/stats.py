@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..domain import LEVELS, PATTERNS
 from ..evaluate import bland_altman, per_level_table
+from ..figures import save_png
 from ..util import atomic_path
 from .study import Study, open_study
 
@@ -208,8 +209,7 @@ def ba_png(a: np.ndarray, b: np.ndarray, path: Path, title: str) -> Path:
     ax.set_xlabel("mean of the two (%)")
     ax.set_ylabel("difference (%)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path)
     return path
 
 
