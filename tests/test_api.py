@@ -81,3 +81,39 @@ def test_settings_are_strict_and_frozen():
     with pytest.raises(ConfigError, match="% predicted"):
         AnalysisSettings(fvc_pct=0.7)
     assert AnalysisSettings.from_mapping({"weights": "w"}).weights == Path("w")
+
+
+def test_model_preload_is_what_get_returns_and_its_failure_is_raised_by_get():
+    """ModelSet.preload loads in a background thread; get() hands out that very load (the loader runs once),
+    raises a failed load's own error, and does not keep the failure (the next get() loads again)."""
+    import threading
+
+    from sscild.errors import ModelError
+    from sscild.modelset import ModelSet
+
+    calls = {"snet": [], "lesions": []}
+    gate = threading.Event()
+
+    def snet(directory, device="cpu"):
+        calls["snet"].append(threading.current_thread().name)
+        gate.wait(5)
+        return "net", "cfg", {"name": "S-Net"}
+
+    def lesions(directory, device="cpu"):
+        calls["lesions"].append(threading.current_thread().name)
+        if len(calls["lesions"]) == 1:
+            raise ModelError("weights damaged")
+        return "unet", "cfg", {"name": "lesion U-Net"}
+
+    models = ModelSet(loaders={"snet": snet, "lesions": lesions})
+    models.preload(["snet", "lesions"])
+    assert len(models) == 0                         # still loading: nothing cached yet
+    gate.set()
+    m = models.get("snet")
+    assert m.model == "net" and models.get("snet") is m
+    assert len(calls["snet"]) == 1 and calls["snet"][0].startswith("sscild-preload")
+    with pytest.raises(ModelError, match="weights damaged"):
+        models.get("lesions")
+    assert models.get("lesions").model == "unet" and len(calls["lesions"]) == 2
+    models.preload(["snet"])                        # already loaded: nothing started
+    assert len(calls["snet"]) == 1

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError     # at import: never first imported beside a model preload
 
 from .anatomy import Lungs
 from .domain import LEVEL_NAMES, LEVELS
@@ -188,8 +189,6 @@ def _in_range(pair: tuple[str, str], upper: float | None, lower: float | None) -
 def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> np.ndarray:
     """Per slice, whether the airway mask shows two bronchi: two components of >= ``min_mm2`` whose centres lie
     >= 8 mm apart left to right."""
-    from scipy.ndimage import center_of_mass
-
     px = scan.spacing[1] * scan.spacing[2]
     out = np.zeros(airways.shape[0], bool)
     ys, xs_ = np.nonzero(airways.any(axis=0))
@@ -200,7 +199,7 @@ def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> np.ndarr
         lab, n = ndi.label(airways[k])
         big = 1 + np.nonzero(np.bincount(lab.ravel(), minlength=n + 1)[1:] * px >= min_mm2)[0]
         if len(big) >= 2:
-            xs = np.array([c[1] for c in center_of_mass(airways[k], lab, big)]) * scan.spacing[2]
+            xs = np.array([c[1] for c in ndi.center_of_mass(airways[k], lab, big)]) * scan.spacing[2]
             out[k] = xs.max() - xs.min() >= 8.0
     return out
 
@@ -339,8 +338,6 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     """Convex hull of a 2D mask: pixels whose centres lie in the hull of the mask's pixel corners, filled row by row
     (``skimage.morphology.convex_hull_image`` tests every pixel against the polygon, which was most of this
     stage's time; the two can differ only in pixels on the hull's edge)."""
-    from scipy.spatial import ConvexHull, QhullError
-
     if not mask.any():
         return mask
     yy, xx = np.nonzero(mask & ~ndi.binary_erosion(mask))      # the boundary pixels carry the hull

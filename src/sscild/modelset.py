@@ -13,6 +13,8 @@ Examples
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +71,7 @@ class ModelSet:
     def __init__(self, loaders: dict[str, Callable[..., tuple]] | None = None) -> None:
         self._loaders = dict(loaders or {})
         self._cache: dict[tuple[str, str, str], LoadedModel] = {}
+        self._pending: dict[tuple[str, str, str], Future] = {}
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -84,16 +87,44 @@ class ModelSet:
         return getattr(importlib.import_module(mod), fn)
 
     def get(self, name: str, weights: str | Path | None = None, device: str = "cpu") -> LoadedModel:
-        """The model ``name``, loaded on first use (from :func:`sscild.bundle.resolve_weights`' folder)."""
+        """The model ``name``, loaded on first use (from :func:`sscild.bundle.resolve_weights`' folder), or
+        when :meth:`preload` started it, once that load is done (its error, if any, is raised here)."""
         from .bundle import resolve_weights
 
         directory, note = resolve_weights(weights, name)
         key = (name, str(directory), device)
         if key not in self._cache:
-            model, cfg, card = self._loader(name)(directory, device=device)
+            pending = self._pending.pop(key, None)
+            model, cfg, card = pending.result() if pending is not None else \
+                self._loader(name)(directory, device=device)
             self._cache[key] = LoadedModel(name, model, cfg, dict(card or {}), note or "")
         return self._cache[key]
 
+    def preload(self, names: Iterable[str], weights: str | Path | None = None, device: str = "cpu") -> None:
+        """Start loading ``names`` in one background thread, so that importing torch and MONAI (seconds, much
+        of it outside the GIL) overlaps the caller's model-free work; :meth:`get` waits for the load. Names
+        whose weights cannot be resolved are left for :meth:`get` to report."""
+        from .bundle import resolve_weights
+
+        todo = []
+        for name in names:
+            try:
+                directory, _ = resolve_weights(weights, name)
+            except Exception:       # noqa: BLE001 - get() raises the same problem with its message
+                continue
+            key = (name, str(directory), device)
+            if key not in self._cache and key not in self._pending:
+                todo.append((key, name, directory))
+        if not todo:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sscild-preload")
+        for key, name, directory in todo:
+            self._pending[key] = pool.submit(lambda n=name, d=directory: self._loader(n)(d, device=device))
+        pool.shutdown(wait=False)
+
     def clear(self) -> None:
-        """Forget every loaded model."""
+        """Forget every loaded model (waiting for loads still running)."""
+        for f in self._pending.values():
+            f.exception()
+        self._pending.clear()
         self._cache.clear()
