@@ -13,8 +13,9 @@ Examples
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -117,10 +118,18 @@ class ModelSet:
                 todo.append((key, name, directory))
         if not todo:
             return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sscild-preload")
-        for key, name, directory in todo:
-            self._pending[key] = pool.submit(lambda n=name, d=directory: self._loader(n)(d, device=device))
-        pool.shutdown(wait=False)
+        futures = [Future() for _ in todo]
+        self._pending.update({key: f for (key, _, _), f in zip(todo, futures)})
+
+        def load() -> None:
+            for (_, name, directory), f in zip(todo, futures):
+                f.set_running_or_notify_cancel()
+                try:
+                    f.set_result(self._loader(name)(directory, device=device))
+                except BaseException as err:        # noqa: BLE001 - handed to get()
+                    f.set_exception(err)
+        # a daemon: when the caller fails (e.g. an unreadable scan) the process exits without waiting for torch
+        threading.Thread(target=load, name="sscild-preload", daemon=True).start()
 
     def clear(self) -> None:
         """Forget every loaded model (waiting for loads still running)."""

@@ -91,8 +91,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
     if options or overrides:
         st = AnalysisSettings.from_mapping({**st.to_dict(), **dict(options or {}), **overrides})
     models = models if models is not None else ModelSet()
-    models.preload([n for n, wanted in (("lnet", st.lnet), ("snet", st.scores), ("lesions", st.lesions)) if wanted],
-                   st.weights, st.device)
+    models.preload(st.model_names, st.weights, st.device)
     clock = _Clock()
     with clock("lungs"):
         lungs = segment_lungs(scan)

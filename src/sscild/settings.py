@@ -122,6 +122,12 @@ class AnalysisSettings:
             raise ConfigError(f"unknown analysis option(s) {unknown}; known: {', '.join(cls.known())}")
         return cls(**merged)
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The learned models these settings run (names of :data:`sscild.modelset.MODEL_NAMES`)."""
+        return tuple(n for n, wanted in (("lnet", self.lnet), ("snet", self.scores), ("lesions", self.lesions))
+                     if wanted)
+
     def replace(self, **changes: Any) -> "AnalysisSettings":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)

@@ -34,6 +34,7 @@ def analyze_cmd(
     """Measure one chest CT: lungs, airways, the five Goh levels, density (and scores, lesions when their
     models are available). Writes NIfTI masks in the input's geometry, JSON files and report.html."""
     from ..io import load_ct
+    from ..modelset import ModelSet
     from ..outputs import check_output_dir, write_outputs
     from ..pipeline import analyze
     from ..settings import AnalysisSettings
@@ -42,10 +43,13 @@ def analyze_cmd(
     check_output_dir(out, input)           # before the work: a bad output folder fails now, not after it
     st = AnalysisSettings(device=pick_device(device), heatmaps=heatmaps, lnet=lnet, weights=weights, fvc_pct=fvc,
                           show_phi=show_phi, deidentify=deidentify, quiet=quiet)
+    models = ModelSet()
+    if input.exists():
+        models.preload(st.model_names, st.weights, st.device)      # loads while the scan is read
     scan = load_ct(input, series_uid=series)
     if scan.meta.get("series_note") and not quiet:
         console.print(f"[cyan]input:[/] {scan.meta['series_note']}")
-    a = analyze(scan, st)
+    a = analyze(scan, st, models=models)
     written = write_outputs(a, scan, out)
     if not quiet:
         _print_summary(a, list(a.warnings) + list(written.warnings), written.folder)
