@@ -15,9 +15,10 @@ then references the de-identified UIDs, not the original series). Other DICOM wr
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -181,16 +182,24 @@ def write_dicom_seg(source_dir: str | os.PathLike, scan: CTScan, segments: Seque
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="sscild", version=__version__, family=Code("123109", "DCM", "Artificial Intelligence")),
     ) for j, s in enumerate(segments)]
-    import warnings
-
-    with warnings.catch_warnings():  # highdicom's advice on the source's PatientName format
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+    with no_person_name_advice():
         seg = _segmentation(hd, datasets, frames, descs, series_description)
     if deidentify:
         deidentify_dataset(seg)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
+
+
+@contextmanager
+def no_person_name_advice() -> Iterator[None]:
+    """Silence highdicom's advice on the format of the source series' PatientName (copied as it is; the
+    user cannot act on it and ``--quiet`` prints only errors)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        yield
 
 
 def _segmentation(hd, datasets, frames, descs, series_description):

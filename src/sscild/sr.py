@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .dicomseg import no_person_name_advice
 from .domain import LEVEL_NAMES, LEVELS, PATTERNS
 from .errors import InputError
 from .util import atomic_path
@@ -277,10 +278,11 @@ def build_sr(analysis: Mapping[str, Any], datasets: Sequence[Any], seg, *, fvc_p
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(), procedure_reported=_code(("24627-2", "LN", "CT Chest")),
         imaging_measurements=[_hd_group(g, seg, algos, images) for g in groups], referenced_images=library)
-    return hd.sr.Comprehensive3DSR(
-        evidence=[*datasets, seg], content=report[0], series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="sscild", is_complete=True,
-        series_description="sscild measurements (TID 1500)")
+    with no_person_name_advice():
+        return hd.sr.Comprehensive3DSR(
+            evidence=[*datasets, seg], content=report[0], series_instance_uid=hd.UID(),
+            series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="sscild",
+            is_complete=True, series_description="sscild measurements (TID 1500)")
 
 
 def write_sr(analysis: Mapping[str, Any], source_dir: str | os.PathLike, seg_path: str | os.PathLike,
