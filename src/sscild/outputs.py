@@ -269,11 +269,11 @@ def write_files(analysis: "Analysis", scan: "CTScan", folder: Path, *, report: b
     from .io import save_like
 
     a = analysis
-    files: dict[str, Path] = {}
     warns = list(a.warnings) + list(warnings)
     with ThreadPoolExecutor(max_workers=1) as pool:     # the masks compress (GIL released) while figures draw
         masks = {k: pool.submit(save_like, arr, scan, folder / f"{k}.nii.gz") for k, arr in _masks(a).items()}
-        heat = _write_summaries(a, scan, folder, files, warns, dicom_seg)
+        files, heat, problems = _write_summaries(a, scan, folder, dicom_seg)
+        warns += problems
         phi = patient_details(scan) if show_phi else {}
         doc = a.to_dict()
         if show_phi:
@@ -298,10 +298,11 @@ def _masks(a: "Analysis") -> dict[str, np.ndarray]:
     return out
 
 
-def _write_summaries(a: "Analysis", scan: "CTScan", folder: Path, files: dict[str, Path], warns: list[str],
-                     dicom_seg: bool | None) -> dict[str, dict[str, str]]:
-    """The JSON files, figures, heat maps and DICOM SEG/SR (into ``files``; problems appended to ``warns``);
-    returns the heat-map PNGs written."""
+def _write_summaries(a: "Analysis", scan: "CTScan", folder: Path, dicom_seg: bool | None
+                     ) -> tuple[dict[str, Path], dict[str, dict[str, str]], list[str]]:
+    """The JSON files, figures, heat maps and DICOM SEG/SR: (files written, heat-map PNGs, problems to warn of)."""
+    files: dict[str, Path] = {}
+    warns: list[str] = []
     if a.lesions is not None:
         files["lesions_json"] = write_json(folder / "lesions.json", a.lesions.to_dict())
     if a.quality is not None:
@@ -331,7 +332,7 @@ def _write_summaries(a: "Analysis", scan: "CTScan", folder: Path, files: dict[st
             files.update(sr)
     elif seg:
         warns.append(seg)
-    return heat
+    return files, heat, warns
 
 
 def _write_dicom_sr(a: "Analysis", scan: "CTScan", folder: Path, seg: Path) -> dict[str, Path] | str:
