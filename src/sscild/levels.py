@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError     # at import: never first imported beside a model preload
+from scipy.spatial import ConvexHull, QhullError     # with the module: not first imported beside the model preload
 
 from .anatomy import Lungs
 from .domain import LEVEL_NAMES, LEVELS
