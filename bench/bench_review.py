@@ -257,7 +257,8 @@ def run_arm(study: Path, name: str, over: dict) -> tuple[Path, float, str]:
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode != 0:
         raise RuntimeError(f"fine-tuning {name} failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
-    warn = " ".join(ln.strip() for ln in r.stderr.splitlines() if "FinetuneWarning" in ln)
+    warn = " ".join(ln.strip() for ln in r.stderr.splitlines() if ln.startswith("warning:") and "fine-tun" in ln)
+    warn = warn.replace(str(REPO) + os.sep, "")         # paths relative to the project, never this machine's
     return W / f"labels_{tag}_snet", time.perf_counter() - t0, warn
 
 

@@ -117,3 +117,19 @@ def test_model_preload_is_what_get_returns_and_its_failure_is_raised_by_get():
     assert models.get("lesions").model == "unet" and len(calls["lesions"]) == 2
     models.preload(["snet"])                        # already loaded: nothing started
     assert len(calls["snet"]) == 1
+
+
+def test_command_line_warnings_are_one_line_without_a_source_location(tmp_path):
+    """A warning raised under `sscild` reaches the user as `warning: <message>`, not as Python's
+    `<file>:<line>: <Category>: <message>` (markup in the message printed as it is)."""
+    code = ("import sys, warnings, typer\n"
+            "from sscild import cli\n"
+            "@cli.app.command('warn-test')\n"
+            "def _w():\n"
+            "    warnings.warn('fine-tuning made [b]S-Net[/b] worse', UserWarning)\n"
+            "sys.argv = ['sscild', 'warn-test']\n"
+            "cli.main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["warning: fine-tuning made [b]S-Net[/b] worse"], r.stderr

@@ -33,9 +33,12 @@ from . import review_cmd  # noqa: E402,F401
 
 def main() -> None:
     """Console entry point: project errors print as one clear line, not a traceback."""
-    from ..errors import SscildError
-    from .common import console
+    import warnings
 
+    from ..errors import SscildError
+    from .common import console, show_warning
+
+    warnings.showwarning = show_warning         # a warning is one line for the user, not a source location
     try:
         app()
     except SscildError as err:

@@ -9,6 +9,14 @@ from .. import __version__
 console = Console(stderr=True, soft_wrap=True)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the command line: ``warning: <message>`` on the console, without the file and
+    line of the code that warned (the Python default), which say nothing to a user."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"sscild {__version__}")
