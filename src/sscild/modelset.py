@@ -90,10 +90,7 @@ class ModelSet:
     def get(self, name: str, weights: str | Path | None = None, device: str = "cpu") -> LoadedModel:
         """The model ``name``, loaded on first use (from :func:`sscild.bundle.resolve_weights`' folder), or
         when :meth:`preload` started it, once that load is done (its error, if any, is raised here)."""
-        from .bundle import resolve_weights
-
-        directory, note = resolve_weights(weights, name)
-        key = (name, str(directory), device)
+        key, directory, note = self._key(name, weights, device)
         if key not in self._cache:
             pending = self._pending.pop(key, None)
             model, cfg, card = pending.result() if pending is not None else \
@@ -101,19 +98,24 @@ class ModelSet:
             self._cache[key] = LoadedModel(name, model, cfg, dict(card or {}), note or "")
         return self._cache[key]
 
+    @staticmethod
+    def _key(name: str, weights: str | Path | None, device: str) -> tuple[tuple[str, str, str], Path, str | None]:
+        """(cache key, weights folder, note) of a request (:func:`sscild.bundle.resolve_weights`)."""
+        from .bundle import resolve_weights
+
+        directory, note = resolve_weights(weights, name)
+        return (name, str(directory), device), directory, note
+
     def preload(self, names: Iterable[str], weights: str | Path | None = None, device: str = "cpu") -> None:
         """Start loading ``names`` in one background thread, so that importing torch and MONAI (seconds, much
         of it outside the GIL) overlaps the caller's model-free work; :meth:`get` waits for the load. Names
         whose weights cannot be resolved are left for :meth:`get` to report."""
-        from .bundle import resolve_weights
-
         todo = []
         for name in names:
             try:
-                directory, _ = resolve_weights(weights, name)
+                key, directory, _ = self._key(name, weights, device)
             except Exception:       # noqa: BLE001 - get() raises the same problem with its message
                 continue
-            key = (name, str(directory), device)
             if key not in self._cache and key not in self._pending:
                 todo.append((key, name, directory))
         if not todo:
