@@ -11,13 +11,16 @@ import numpy as np
 from common import SHARED_DATA, measure, rss_mb, write_section
 
 from sscild.anatomy import LUNG_THRESHOLD, _body_mask, _downsample, _inplane_factor, segment_lungs
-from sscild.density import density_metrics
 from sscild.evaluate import dice
 from sscild.io import load_ct
 from sscild.levels import LEVELS, find_levels
 from sscild.phantom import make_phantom
-from sscild.quality import quality_checks
+from sscild.pipeline import _Clock, model_free_stages
+from sscild.settings import AnalysisSettings
 from sscild.vessels import segment_vessels
+
+#: the anatomy stage of issue 14: levels, vessels, quality, density (no learned stages, no regions)
+ANATOMY_ONLY = AnalysisSettings(scores=False, lesions=False, regions=False)
 
 REAL = {"A0001 (DICOM, 5 mm, Philips L)": "chest-ct-lung-pet-ct-dx-a0001",
         "LIDC-IDRI-0001 (contrast, 2.5 mm)": "chest-ct-lidc-idri-0001/ct.nii.gz",
@@ -124,9 +127,11 @@ def excluded_air(scan, lungs) -> tuple[float, float]:
 
 
 def stage(scan):
+    """The anatomy stage as ``analyze`` runs it: the lungs, then levels, vessels, quality and density on two
+    threads (``pipeline.model_free_stages``)."""
     lungs = segment_lungs(scan)
-    return lungs, segment_vessels(scan, lungs), quality_checks(scan, lungs), find_levels(scan, lungs), \
-        density_metrics(scan, lungs)
+    free = model_free_stages(scan, lungs, ANATOMY_ONLY, _Clock())
+    return lungs, free["vessels"], free["quality"]
 
 
 def real_scans(lines):
@@ -142,7 +147,7 @@ def real_scans(lines):
         if not path.exists():
             continue
         scan, t_read, _ = measure(lambda: load_ct(path), repeat=2)
-        (lungs, ves, q, _, _), t_stage, peak = measure(lambda: stage(scan), repeat=2)
+        (lungs, ves, q), t_stage, peak = measure(lambda: stage(scan), repeat=2)
         _, t_l, _ = measure(lambda: segment_lungs(scan))
         v = lungs.volume_ml(scan)
         inb, outb = excluded_air(scan, lungs)

@@ -125,6 +125,57 @@ def test_quality_checks_reuse_the_body_the_lung_segmentation_found(phantom):
     assert shared.coarse is lungs.body and np.array_equal(shared.coarse, found.coarse)
 
 
+@pytest.mark.parametrize("kw", [dict(table="curved"), dict(table="curved", prone=True, spacing=(3.0, 1.9, 1.7))])
+def test_lungs_worked_out_in_the_body_box_equal_the_whole_image(kw, monkeypatch):
+    """After the body outline the coarse stages run in the body's in-plane box (the air, table and cushion around
+    it left out): the same labels, airways, carina and notes as on the whole image."""
+    from sscild import anatomy
+
+    scan, _ = make_phantom(11, extent=40, neck=True, **kw)
+    scan = type(scan)(np.pad(scan.hu, ((0, 0), (30, 30), (40, 40)), constant_values=-1000), scan.spacing,
+                      scan.origin)        # a wider field of view, as on PET/CT
+    lo = anatomy._downsample(scan.hu, anatomy._inplane_factor(scan))
+    sp = (scan.spacing[0],) + tuple(s * anatomy._inplane_factor(scan) for s in scan.spacing[1:])
+    box = anatomy._body_box(anatomy._body_mask(lo, sp), sp)
+    assert box[1].stop - box[1].start < lo.shape[1] and box[2].stop - box[2].start < lo.shape[2]
+    cropped = anatomy.segment_lungs(scan)
+    monkeypatch.setattr(anatomy, "_body_box", lambda body, sp: (slice(None),) * 3)
+    whole = anatomy.segment_lungs(scan)
+    assert np.array_equal(cropped.labels, whole.labels) and np.array_equal(cropped.airways, whole.airways)
+    assert cropped.labels.any() and cropped.airways.any()
+    assert (cropped.carina_index, cropped.notes) == (whole.carina_index, whole.notes)
+
+
+def test_model_free_stages_on_threads_equal_the_stages_in_turn(phantom):
+    """levels, vessels, quality, density and the region map run on two threads give exactly what each function
+    gives when called alone, and every stage is timed."""
+    from dataclasses import asdict
+
+    from sscild.anatomy import segment_lungs
+    from sscild.density import density_metrics
+    from sscild.levels import find_levels
+    from sscild.pipeline import _Clock, model_free_stages
+    from sscild.quality import quality_checks
+    from sscild.settings import AnalysisSettings
+    from sscild.vessels import segment_vessels
+
+    scan, _, _ = phantom
+    lungs = segment_lungs(scan)
+    clock = _Clock()
+    got = model_free_stages(scan, lungs, AnalysisSettings(scores=False, lesions=False), clock)
+    assert sorted(clock.seconds) == ["density", "levels", "quality", "regions", "vessels"]
+    assert got["levels"] == find_levels(scan, lungs)
+    assert np.array_equal(got["vessels"].mask, segment_vessels(scan, lungs).mask)
+    assert asdict(got["quality"]) == asdict(quality_checks(scan, lungs))
+    assert got["density"] == density_metrics(scan, lungs)
+    rm = region_map(scan, lungs)
+    assert np.array_equal(got["region_map"].zone, rm.zone) and np.array_equal(got["region_map"].subpleural,
+                                                                             rm.subpleural)
+    off = model_free_stages(scan, lungs, AnalysisSettings(scores=False, lesions=False, vessels=False,
+                                                          regions=False), _Clock())
+    assert off["vessels"] is None and off["region_map"] is None and off["levels"] is not None
+
+
 def test_snet_heat_maps_from_window_changes_equal_whole_copies():
     """S-Net's occluded copies scored from the windows' changes (OcclusionInputs, channels-last) against the whole
     copies through the scorer's plain call, on a phantom at 0.7 mm pixels (texture channel denoised)."""

@@ -23,6 +23,7 @@ resolution.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cc3d
@@ -437,7 +438,7 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     if not lung.any():
         return lung.copy()
     out = _fill_holes_from_below(lung, spacing)
-    f = [max(1, int(round(4.0 / s))) for s in spacing]
+    f = [_block(s, CLOSE_GRID_MM) for s in spacing]
     coarse = out[:: f[0], :: f[1], :: f[2]]
     cs = [s * ff for s, ff in zip(spacing, f)]
     r = 10.0
@@ -469,6 +470,7 @@ SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) fo
 FLOOR_RELAX_MM = 10.0  # a column of dense lung may reach this far below the aerated floor of the lung around it
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
 DENSE_GRID_MM = 3.0    # the dense envelope's in-plane working grid
+CLOSE_GRID_MM = 4.0    # the envelope closing's working grid (strides)
 DENSE_BOX_MM = 40.0    # the dense envelope is worked out within the lungs' in-plane box grown by this much
 
 
@@ -753,9 +755,43 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
 
 def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
     """The coarse-grid stages: body, internal air, lungs, airways, envelope, right/left, dense envelope, notes
-    (returned with the body outline)."""
-    vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
+    (returned with the body outline). After the body outline, the work is done in the body's in-plane box
+    (:func:`_body_box`): the air, table and cushion around the patient are never lung and only cost time (a PET/CT
+    field of view is twice the body's width); the position still looks at the whole image (the table)."""
     body = _body_mask(lo, sp)
+    box = _body_box(body, sp)
+    labels_c, aerated_c, airway_c, carina_lo, notes = _segment_inside(np.ascontiguousarray(lo[box]),
+                                                                      np.ascontiguousarray(body[box]), sp)
+    labels_lo, aerated_lo, airway_lo = (np.zeros(lo.shape, a.dtype) for a in (labels_c, aerated_c, airway_c))
+    labels_lo[box], aerated_lo[box], airway_lo[box] = labels_c, aerated_c, airway_c
+    side_note = notes.pop("right_left", "")
+    notes["position"] = _position(lo, body, aerated_lo)
+    if side_note:
+        notes["right_left"] = side_note
+    return labels_lo, aerated_lo, airway_lo, carina_lo, notes, body
+
+
+def _body_box(body: np.ndarray, sp: tuple[float, float, float], margin_mm: float = DENSE_BOX_MM + 5.0
+              ) -> tuple[slice, ...]:
+    """All slices, and the rows and columns of the body grown by ``margin_mm``. The box holds the dense
+    envelope's own box (the lungs' box grown by ``DENSE_BOX_MM``) and starts on the in-plane grids of the dense
+    envelope (~3 mm blocks) and of the envelope closing (~4 mm strides), so that every later stage gives what it
+    gives on the whole image."""
+    rows, cols = np.nonzero(body.any(axis=0))
+    if len(rows) == 0:
+        return (slice(None),) * 3
+    out: list[slice] = [slice(None)]
+    for idx, s in ((rows, sp[1]), (cols, sp[2])):
+        step = math.lcm(_block(sp[1], DENSE_GRID_MM), _block(s, CLOSE_GRID_MM))
+        m = int(np.ceil(margin_mm / s))
+        out.append(slice(max(0, int(idx.min()) - m) // step * step, int(idx.max()) + m + 1))
+    return tuple(out)
+
+
+def _segment_inside(lo: np.ndarray, body: np.ndarray, sp: tuple[float, float, float]):
+    """The coarse stages after the body outline, on the body's box: labels, aerated lung, airways, carina index,
+    notes (split, dense, right_left)."""
+    vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
     internal = _internal_air(lo, body)
     n_internal = int(internal.sum())
     lung = _lung_components(lo, internal, vox_ml)
@@ -779,11 +815,10 @@ def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
         notes["split"] = split_note
     if dense_note:
         notes["dense"] = dense_note
-    notes["position"] = _position(lo, body, aerated_lo)
     side_note = _heart_side(lo, labels_lo, sp)
     if side_note:
         notes["right_left"] = side_note
-    return labels_lo, aerated_lo, airway_lo, carina_lo, notes, body
+    return labels_lo, aerated_lo, airway_lo, carina_lo, notes
 
 
 def _position(hu: np.ndarray, body: np.ndarray, lung: np.ndarray) -> str:

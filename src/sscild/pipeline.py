@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Mapping
@@ -54,7 +55,7 @@ class Step:
 
 
 class _Clock:
-    """Seconds per stage, rounded to the millisecond."""
+    """Seconds per stage, rounded to the millisecond (a stage timed in two parts gets their sum)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -63,7 +64,7 @@ class _Clock:
     def __call__(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        self.seconds[stage] = round(time.perf_counter() - t0, 3)
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
 
 def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: ModelSet | None = None,
@@ -114,10 +115,9 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
             steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"],
                                             aer)
         steps["scores"] = agreement_stage(lungs, steps.get("scores", Step()), steps["lesions"].value)
-    regions = rmap = None
-    if st.regions:
+    regions, rmap = None, free["region_map"]
+    if rmap is not None:
         with clock("regions"):
-            rmap = region_map(scan, lungs)
             regions = regional_metrics(scan, lungs, getattr(steps.get("lesions", Step()).value, "labels", None), rmap)
     quality = free["quality"]
     warns = level_warnings(lungs, levels) + (list(quality.warnings) if quality is not None else []) \
@@ -132,20 +132,23 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
 
 
 def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _Clock) -> dict[str, Any]:
-    """The stages without a model after the lungs: levels, vessels, scan quality, density (None when not asked)."""
-    out: dict[str, Any] = {"levels": None, "vessels": None, "quality": None}
-    if st.levels:
-        with clock("levels"):
-            out["levels"] = find_levels(scan, lungs)
-    if st.vessels:
-        with clock("vessels"):
-            out["vessels"] = segment_vessels(scan, lungs)
-    if st.quality:
-        with clock("quality"):
-            out["quality"] = quality_checks(scan, lungs)
-    with clock("density"):
-        out["density"] = density_metrics(scan, lungs)
-    return out
+    """The stages without a model after the lungs: levels, vessels, scan quality, density and the region map
+    (zones, halves, subpleural band; None when not asked).
+
+    They run on two worker threads, longest first (scipy.ndimage and most numpy work release the GIL, so the two
+    cores share them); each only reads the scan and the lungs, so the results are those of running them in turn.
+    A stage's time in ``clock`` is its own wall time while the others run."""
+    jobs = {"vessels": (st.vessels, segment_vessels), "levels": (st.levels, find_levels),
+            "quality": (st.quality, quality_checks), "region_map": (st.regions, region_map),
+            "density": (True, density_metrics)}
+
+    def run(name: str, fn: Any) -> Any:
+        with clock("regions" if name == "region_map" else name):
+            return fn(scan, lungs)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sscild-anatomy") as pool:
+        pending = {name: pool.submit(run, name, fn) for name, (wanted, fn) in jobs.items() if wanted}
+        return {name: pending[name].result() if name in pending else None for name in jobs}
 
 
 def model_input(scan: CTScan, lungs: Lungs) -> tuple[Aeration, CTScan]:
