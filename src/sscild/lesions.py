@@ -125,7 +125,8 @@ def segment_lesions(model, cfg: UNetConfig, scan: CTScan, lung: np.ndarray, *, b
         ys, xs = max(0, crop.y0), max(0, crop.x0)
         ye, xe = min(H, crop.y0 + crop.side), min(W, crop.x0 + crop.side)
         out[kk, ys:ye, xs:xe] = prob[:, ys - crop.y0:ye - crop.y0, xs - crop.x0:xe - crop.x0]
-    return np.where(lung, out, 0).astype(np.uint8)
+    out[~lung] = 0
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,17 +140,16 @@ def _amounts(counts: np.ndarray, voxel_ml: float) -> dict[str, float | None]:
             "involvement_pct": percent(gg + ret, n)}
 
 
-def _slice_counts(labels: np.ndarray, groups: np.ndarray, slab: int = 16) -> np.ndarray:
-    """Voxel counts (z, group, lesion class) of a (z, y, x) label map in one pass (``groups``: the lung labels;
-    at least outside / right / left, present or not), slab by slab, so the integer copy ``bincount`` makes stays
-    small on a whole scan."""
+def _slice_counts(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Voxel counts (z, group, lesion class) of a (z, y, x) label map (``groups``: the lung labels; at least
+    outside / right / left, present or not), slice by slice on a one-byte key (group x 4 + class), so that no
+    whole-scan integer copy is made."""
     ng = max(int(np.max(groups, initial=0)), int(LungLabel.LEFT)) + 1
+    kind = np.uint8 if ng * 4 <= 256 else np.intp
     out = np.zeros((len(labels), ng, 4), np.int64)
-    for a in range(0, len(labels), slab):
-        lab, grp = labels[a:a + slab], groups[a:a + slab]
-        z = np.arange(len(lab), dtype=np.intp)[:, None, None]
-        key = ((z * ng + grp.astype(np.intp)) * 4 + lab.astype(np.intp)).ravel()
-        out[a:a + slab] = np.bincount(key, minlength=len(lab) * ng * 4).reshape(len(lab), ng, 4)
+    for k in range(len(labels)):
+        key = groups[k].astype(kind) * kind(4) + labels[k].astype(kind)
+        out[k] = np.bincount(key.ravel(), minlength=ng * 4).reshape(ng, 4)
     return out
 
 
