@@ -760,12 +760,12 @@ def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
     field of view is twice the body's width); the position still looks at the whole image (the table)."""
     body = _body_mask(lo, sp)
     box = _body_box(body, sp)
-    labels_c, aerated_c, airway_c, carina_lo, notes = _segment_inside(np.ascontiguousarray(lo[box]),
-                                                                      np.ascontiguousarray(body[box]), sp)
+    lo_c = np.ascontiguousarray(lo[box])
+    labels_c, aerated_c, airway_c, carina_lo, notes = _segment_inside(lo_c, np.ascontiguousarray(body[box]), sp)
     labels_lo, aerated_lo, airway_lo = (np.zeros(lo.shape, a.dtype) for a in (labels_c, aerated_c, airway_c))
     labels_lo[box], aerated_lo[box], airway_lo[box] = labels_c, aerated_c, airway_c
-    side_note = notes.pop("right_left", "")
     notes["position"] = _position(lo, body, aerated_lo)
+    side_note = _heart_side(lo_c, labels_c, sp)
     if side_note:
         notes["right_left"] = side_note
     return labels_lo, aerated_lo, airway_lo, carina_lo, notes, body
@@ -790,7 +790,7 @@ def _body_box(body: np.ndarray, sp: tuple[float, float, float], margin_mm: float
 
 def _segment_inside(lo: np.ndarray, body: np.ndarray, sp: tuple[float, float, float]):
     """The coarse stages after the body outline, on the body's box: labels, aerated lung, airways, carina index,
-    notes (split, dense, right_left)."""
+    notes (split, dense)."""
     vox_ml = sp[0] * sp[1] * sp[2] / 1000.0
     internal = _internal_air(lo, body)
     n_internal = int(internal.sum())
@@ -815,9 +815,6 @@ def _segment_inside(lo: np.ndarray, body: np.ndarray, sp: tuple[float, float, fl
         notes["split"] = split_note
     if dense_note:
         notes["dense"] = dense_note
-    side_note = _heart_side(lo, labels_lo, sp)
-    if side_note:
-        notes["right_left"] = side_note
     return labels_lo, aerated_lo, airway_lo, carina_lo, notes
 
 
