@@ -148,3 +148,27 @@ def test_only_lung_is_lung_on_the_other_real_scans(name):
         assert lungs.carina_index is not None
     if name == "acrin":
         assert 1500 <= v["total"] <= 4000
+
+
+def test_a_mirrored_image_is_noted_from_the_heart_side():
+    """The heart on the image's right (situs inversus or a mirrored image) gives the right_left note, which
+    reaches the analysis warnings; the same phantom as made does not."""
+    from sscild.results import level_warnings
+
+    for kw in (dict(), dict(prone=True, table="curved"), dict(spacing=(5.0, 4.0, 4.0))):
+        scan, _ = make_phantom(4, extent=30, **kw)
+        assert "right_left" not in segment_lungs(scan).notes
+        mirrored = type(scan)(np.ascontiguousarray(scan.hu[:, :, ::-1]), scan.spacing, scan.origin)
+        lungs = segment_lungs(mirrored)
+        assert "image's right" in lungs.notes.get("right_left", "")
+        assert lungs.notes["right_left"] in level_warnings(lungs, None)
+
+
+@pytest.mark.realdata
+def test_a_mirrored_real_series_is_noted_from_the_heart_side(lung_series_dir):
+    from sscild.io import load_ct
+
+    scan = load_ct(lung_series_dir)
+    assert "right_left" not in segment_lungs(scan).notes
+    mirrored = type(scan)(np.ascontiguousarray(scan.hu[:, :, ::-1]), scan.spacing, scan.origin)
+    assert "image's right" in segment_lungs(mirrored).notes.get("right_left", "")

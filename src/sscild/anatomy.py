@@ -760,12 +760,12 @@ def _segment_coarse(lo: np.ndarray, sp: tuple[float, float, float]):
     field of view is twice the body's width); the position still looks at the whole image (the table)."""
     body = _body_mask(lo, sp)
     box = _body_box(body, sp)
-    lo_c = np.ascontiguousarray(lo[box])
-    labels_c, aerated_c, airway_c, carina_lo, notes = _segment_inside(lo_c, np.ascontiguousarray(body[box]), sp)
+    lo_c, body_c = np.ascontiguousarray(lo[box]), np.ascontiguousarray(body[box])
+    labels_c, aerated_c, airway_c, carina_lo, notes = _segment_inside(lo_c, body_c, sp)
     labels_lo, aerated_lo, airway_lo = (np.zeros(lo.shape, a.dtype) for a in (labels_c, aerated_c, airway_c))
     labels_lo[box], aerated_lo[box], airway_lo[box] = labels_c, aerated_c, airway_c
     notes["position"] = _position(lo, body, aerated_lo)
-    side_note = _heart_side(lo_c, labels_c, sp)
+    side_note = _heart_side(labels_c, body_c, sp, carina_lo)
     if side_note:
         notes["right_left"] = side_note
     return labels_lo, aerated_lo, airway_lo, carina_lo, notes, body
@@ -842,27 +842,47 @@ def _position(hu: np.ndarray, body: np.ndarray, lung: np.ndarray) -> str:
     return "supine (no table in view; judged from the dependent, denser posterior lung)"
 
 
-def _heart_side(hu: np.ndarray, labels: np.ndarray, sp: tuple[float, float, float]) -> str:
-    """A note when the heart lies on the image's right (situs inversus or a mirrored image): the soft tissue
-    between the lungs in the lower half of the lung height, left or right of the lungs' midline."""
+HEART_BALANCE_MIN = -0.15   # below: the mediastinum at heart level lies on the image's right (see _heart_side)
+
+
+def _heart_side(labels: np.ndarray, body: np.ndarray, sp: tuple[float, float, float], carina: float | None
+                ) -> str:
+    """A note when the heart lies on the image's right (situs inversus or a mirrored image).
+
+    At heart level (30-90 mm below the carina, else 20-50 % of the lung height from the base; slices where both
+    lungs have at least half their largest area, so not the domes), the mediastinum is what lies between the two
+    lungs' medial borders row by row; its *balance* is (pixels left of the body's midline - pixels right of it) /
+    all, LPS x growing to the patient's left. On phantoms and the five shared real scans it is +0.23 to +0.58 as
+    made and the negative when mirrored, except one scan with a midline heart (-0.08 either way), so only a
+    balance below ``HEART_BALANCE_MIN`` gives the note."""
     zs = np.nonzero(labels.any(axis=(1, 2)))[0]
-    if len(zs) < 4 or not (labels == 1).any() or not (labels == 2).any():
+    if len(zs) < 4:
         return ""
-    k0, k1 = int(zs.min() + 0.2 * (zs.max() - zs.min())), int(zs.min() + 0.5 * (zs.max() - zs.min())) + 1
-    sub, lab = hu[k0:k1], labels[k0:k1]
-    cols = np.arange(hu.shape[2])
-    xr = np.nonzero((lab == 1).any(axis=(0, 1)))[0]
-    xl = np.nonzero((lab == 2).any(axis=(0, 1)))[0]
-    x_mid = (xr.mean() + xl.mean()) / 2
-    between = (cols > xr.mean()) & (cols < xl.mean())
-    soft = (sub > -200) & (sub < 300) & (lab == 0) & between[None, None, :]
-    n = np.count_nonzero(soft, axis=(0, 1))
-    if n.sum() == 0:
+    if carina is not None:
+        k0, k1 = max(int(np.floor(carina - 90.0 / sp[0])), zs.min()), min(int(np.ceil(carina - 30.0 / sp[0])), zs.max())
+    else:
+        k0, k1 = int(zs.min() + 0.2 * (zs.max() - zs.min())), int(zs.min() + 0.5 * (zs.max() - zs.min()))
+    area = [np.count_nonzero(labels == v, axis=(1, 2)) for v in (1, 2)]
+    ks = [k for k in range(k0, k1 + 1) if all(a[k] > 0 and a[k] >= 0.5 * a.max() for a in area)]
+    if not ks:
         return ""
-    offset = (float((n * cols).sum() / n.sum()) - x_mid) * sp[2]
-    if offset < -10:
-        return (f"the heart lies {abs(offset):.0f} mm to the image's right of the midline: situs inversus or a "
-                "mirrored image; right and left lung labels follow the image's LPS orientation, check them")
+    lab, nx = labels[ks], labels.shape[2]
+    r, l_ = lab == 1, lab == 2
+    has_r, has_l = r.any(axis=2), l_.any(axis=2)                                      # (slice, row)
+    r_med = np.where(has_r, nx - 1 - np.argmax(r[:, :, ::-1], axis=2), -1)           # the right lung's medial column
+    l_med = np.where(has_l, np.argmax(l_, axis=2), nx)                                 # the left lung's medial column
+    cols = np.arange(nx)[None, None, :]
+    mediastinum = (has_r & has_l)[:, :, None] & (cols > r_med[:, :, None]) & (cols < l_med[:, :, None])
+    bc = body[ks].any(axis=1)                                                          # (slice, column)
+    mid = ((np.argmax(bc, axis=1) + nx - 1 - np.argmax(bc[:, ::-1], axis=1)) / 2.0)[:, None, None]
+    left, right = int((mediastinum & (cols > mid)).sum()), int((mediastinum & (cols < mid)).sum())
+    if left + right == 0:
+        return ""
+    balance = (left - right) / (left + right)
+    if balance < HEART_BALANCE_MIN:
+        return (f"the mediastinum at heart level lies mostly to the image's right of the body's midline (balance "
+                f"{balance:+.2f}; +0.2 or more is usual): situs inversus or a mirrored image; right and left lung "
+                "labels follow the image's LPS orientation, check them")
     return ""
 
 

@@ -223,8 +223,9 @@ def describe(scan: "CTScan", show_phi: bool = False) -> dict[str, Any]:
 
 
 def level_warnings(lungs: "Lungs", levels: "GohLevels | None") -> list[str]:
-    """The lung notes users must see (apex/base cut off, airways) and each missing or uncertain level."""
-    w = [v for k, v in lungs.notes.items() if k in ("apex", "base", "airways")]
+    """The lung notes users must see (apex/base cut off, airways, a heart on the image's right) and each missing or
+    uncertain level."""
+    w = [v for k, v in lungs.notes.items() if k in ("apex", "base", "airways", "right_left")]
     if levels is not None:
         for n in LEVELS:
             if levels.z_mm[n] is None:
