@@ -195,6 +195,32 @@ def dense_real(lines):
     lines += ["", "Acceptance (issue 14): within 5 %. Before the dense envelope: -50 %.", ""]
 
 
+def _mirrored(scan):
+    return replace(scan, hu=np.ascontiguousarray(scan.hu[:, :, ::-1]))
+
+
+def heart_side(lines):
+    """The right_left note (a heart on the image's right) on scans as made and mirrored left-right."""
+    opts = [{}, dict(neck=True), dict(table="curved"), dict(prone=True, table="curved"), dict(bowel_gas=True),
+            dict(spacing=(5.0, 4.0, 4.0)), dict(spacing=(1.0, 4.0, 4.0))]
+    scans = [make_phantom(seed, extent=float(seed % 8) * 10, **opts[seed % len(opts)])[0] for seed in range(300, 335)]
+    real = {name: load_ct(SHARED_DATA / rel) for name, rel in REAL.items() if (SHARED_DATA / rel).exists()}
+    lines += ["Heart side (the `right_left` note: the mediastinum at heart level mostly on the image's right, situs "
+              "inversus or a mirrored image), on scans as made and mirrored left-right:", "",
+              "| scans | n | noted as made (false) | noted when mirrored (found) |", "|---|---|---|---|"]
+    noted = {}
+    for name, group in (("phantoms, seeds 300-334 (plain, neck, curved table, prone, bowel gas, 4 mm pixels; "
+                         "extent 0-70 %)", dict(enumerate(scans))), ("real scans of ../shared/data", real)):
+        if not group:
+            continue
+        noted[name] = {k: ("right_left" in segment_lungs(s).notes, "right_left" in segment_lungs(_mirrored(s)).notes)
+                       for k, s in group.items()}
+        made, found = (sum(v[i] for v in noted[name].values()) for i in (0, 1))
+        lines.append(f"| {name} | {len(group)} | {made} | {found} |")
+    missed = [k for k, (_, found) in noted.get("real scans of ../shared/data", {}).items() if not found]
+    lines += ["", f"Real scans mirrored but not noted: {', '.join(missed) or 'none'}.", ""]
+
+
 def main():
     lines: list[str] = []
     base = rss_mb()
@@ -202,6 +228,7 @@ def main():
     phantom_options(lines)
     real_scans(lines)
     dense_real(lines)
+    heart_side(lines)
     lines.append(f"(process resident memory at start {base / 1000:.2f} GB)")
     write_section("anatomy", "Lungs, airways, vessels, quality checks (issue 14)", "python bench/run_all.py anatomy",
                   lines)
