@@ -235,13 +235,14 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
     mu = [mae(U[:, i], T[:, i])[0] for i in range(3)]
     S = np.concatenate([r["sd"] for r in rows])
     rho = spearman(S[:, 0], np.abs(P[:, 0] - T[:, 0]))[0]
+    rho_d = spearman(np.abs(P[:, 0] - U[:, 0]), np.abs(P[:, 0] - T[:, 0]))[0]     # the report's disagreement
     fib = [r for r in rows if r["kind"].startswith("fibrotic")]
     fib_txt = "; ".join(f"{r['kind']}: RET {r['ret_vs_gg'][0]} vs GG {r['ret_vs_gg'][1]} voxels, {_stage_text(r)}"
                         for r in fib)
     return [f"| {name} | {src} | {spec['involvement']:.1f} | {spec['slices_100']} | "
             f"{spec['goh']:.1f} | {spec['stage']} | {m[0]:.1f} / {m[1]:.1f} / {m[2]:.1f} | "
             f"{k[0]:.2f} / {k[1]:.2f} / {k[2]:.2f} | {dice['GG']:.2f} / {dice['RET']:.2f} / {dice['total']:.2f} | "
-            f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {rho:.2f} | {fib_txt} |"]
+            f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {rho:.2f} | {rho_d:.2f} | {fib_txt} |"]
 
 
 def _stage_text(r: dict) -> str:
@@ -279,11 +280,12 @@ def main() -> None:
              "| scan | models | involvement % (healthy) | slices at 100 % | Goh extent % | stage | "
              "S-Net MAE TOT / GG / RET | kappa TOT / GG / RET | Dice GG / RET / total | involvement error | "
              "lesion-map area ratio at the same slices: MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
-             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "S-Net vs lesion-map disagreement vs abs. error (Spearman) | "
+             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for j, (name, rel) in enumerate(REAL):
         p = SHARED_DATA / rel
         if not p.exists():
-            lines.append(f"| {name} | not available at {rel} |" + " |" * 11)
+            lines.append(f"| {name} | not available at {rel} |" + " |" * 12)
             continue
         lines.append(scan_row(name, rel, 100 + j))
         print(lines[-1], flush=True)
