@@ -15,7 +15,7 @@ from sscild.evaluate import dice
 from sscild.io import load_ct
 from sscild.levels import LEVELS, find_levels
 from sscild.phantom import make_phantom
-from sscild.pipeline import _Clock, model_free_stages
+from sscild.pipeline import model_free_stages
 from sscild.settings import AnalysisSettings
 from sscild.vessels import segment_vessels
 
@@ -130,7 +130,7 @@ def stage(scan):
     """The anatomy stage as ``analyze`` runs it: the lungs, then levels, vessels, quality and density on two
     threads (``pipeline.model_free_stages``)."""
     lungs = segment_lungs(scan)
-    free = model_free_stages(scan, lungs, ANATOMY_ONLY, _Clock())
+    free = model_free_stages(scan, lungs, ANATOMY_ONLY)
     return lungs, free["vessels"], free["quality"]
 
 

@@ -593,13 +593,10 @@ def _dense_envelope(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
                     ) -> tuple[np.ndarray, str]:
     """:func:`_dense_envelope_box` within the lungs' in-plane box grown by ``DENSE_BOX_MM`` (the ribs and the
     dense lung against them lie within it; the table, arms and air around the body do not need the work)."""
-    rows, cols = np.nonzero((labels > 0).any(axis=0))
-    if len(rows) == 0:
-        return labels, ""
-    my, mx = (int(np.ceil(DENSE_BOX_MM / sp)) for sp in spacing[1:])
     g = _block(spacing[1], DENSE_GRID_MM)           # the box starts on the working grid of the whole image
-    box = (slice(None), slice(max(0, rows.min() - my) // g * g, rows.max() + my + 1),
-           slice(max(0, cols.min() - mx) // g * g, cols.max() + mx + 1))
+    box = _inplane_box(labels > 0, spacing, DENSE_BOX_MM, (g, g))
+    if box is None:
+        return labels, ""
     inner, note = _dense_envelope_box(labels[box], hu[box], spacing)
     out = labels.copy()
     out[box] = inner
@@ -777,12 +774,20 @@ def _body_box(body: np.ndarray, sp: tuple[float, float, float], margin_mm: float
     envelope's own box (the lungs' box grown by ``DENSE_BOX_MM``) and starts on the in-plane grids of the dense
     envelope (~3 mm blocks) and of the envelope closing (~4 mm strides), so that every later stage gives what it
     gives on the whole image."""
-    rows, cols = np.nonzero(body.any(axis=0))
+    g = _block(sp[1], DENSE_GRID_MM)
+    steps = (math.lcm(g, _block(sp[1], CLOSE_GRID_MM)), math.lcm(g, _block(sp[2], CLOSE_GRID_MM)))
+    return _inplane_box(body, sp, margin_mm, steps) or (slice(None),) * 3
+
+
+def _inplane_box(mask: np.ndarray, sp: tuple[float, float, float], margin_mm: float, steps: tuple[int, int]
+                 ) -> tuple[slice, ...] | None:
+    """All slices, and the rows and columns of ``mask`` grown by ``margin_mm``, each starting on a multiple of its
+    ``steps`` (the working grid of the whole image); None when ``mask`` is empty."""
+    rows, cols = np.nonzero(mask.any(axis=0))
     if len(rows) == 0:
-        return (slice(None),) * 3
+        return None
     out: list[slice] = [slice(None)]
-    for idx, s in ((rows, sp[1]), (cols, sp[2])):
-        step = math.lcm(_block(sp[1], DENSE_GRID_MM), _block(s, CLOSE_GRID_MM))
+    for idx, s, step in ((rows, sp[1], steps[0]), (cols, sp[2], steps[1])):
         m = int(np.ceil(margin_mm / s))
         out.append(slice(max(0, int(idx.min()) - m) // step * step, int(idx.max()) + m + 1))
     return tuple(out)
@@ -867,12 +872,10 @@ def _heart_side(labels: np.ndarray, body: np.ndarray, sp: tuple[float, float, fl
     if not ks:
         return ""
     lab, nx = labels[ks], labels.shape[2]
-    r, l_ = lab == 1, lab == 2
-    has_r, has_l = r.any(axis=2), l_.any(axis=2)                                      # (slice, row)
-    r_med = np.where(has_r, nx - 1 - np.argmax(r[:, :, ::-1], axis=2), -1)           # the right lung's medial column
-    l_med = np.where(has_l, np.argmax(l_, axis=2), nx)                                 # the left lung's medial column
+    r_med, l_med = _medial(lab == 1, True), _medial(lab == 2, False)                 # (slice, row); -1 / nx: none
     cols = np.arange(nx)[None, None, :]
-    mediastinum = (has_r & has_l)[:, :, None] & (cols > r_med[:, :, None]) & (cols < l_med[:, :, None])
+    both = (r_med >= 0) & (l_med < nx)
+    mediastinum = both[:, :, None] & (cols > r_med[:, :, None]) & (cols < l_med[:, :, None])
     bc = body[ks].any(axis=1)                                                          # (slice, column)
     mid = ((np.argmax(bc, axis=1) + nx - 1 - np.argmax(bc[:, ::-1], axis=1)) / 2.0)[:, None, None]
     left, right = int((mediastinum & (cols > mid)).sum()), int((mediastinum & (cols < mid)).sum())

@@ -131,23 +131,25 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
                     quality=quality, regions=regions, region_map=rmap)
 
 
-def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _Clock) -> dict[str, Any]:
+def model_free_stages(scan: CTScan, lungs: Lungs, st: AnalysisSettings, clock: _Clock | None = None
+                      ) -> dict[str, Any]:
     """The stages without a model after the lungs: levels, vessels, scan quality, density and the region map
     (zones, halves, subpleural band; None when not asked).
 
     They run on two worker threads, longest first (scipy.ndimage and most numpy work release the GIL, so the two
     cores share them); each only reads the scan and the lungs, so the results are those of running them in turn.
-    A stage's time in ``clock`` is its own wall time while the others run."""
-    jobs = {"vessels": (st.vessels, segment_vessels), "levels": (st.levels, find_levels),
-            "quality": (st.quality, quality_checks), "region_map": (st.regions, region_map),
-            "density": (True, density_metrics)}
+    A stage's time in ``clock`` (under the name given below) is its own wall time while the others run."""
+    clock = clock if clock is not None else _Clock()
+    jobs = {"vessels": (st.vessels, segment_vessels, "vessels"), "levels": (st.levels, find_levels, "levels"),
+            "quality": (st.quality, quality_checks, "quality"), "region_map": (st.regions, region_map, "regions"),
+            "density": (True, density_metrics, "density")}
 
-    def run(name: str, fn: Any) -> Any:
-        with clock("regions" if name == "region_map" else name):
+    def run(fn: Any, stage: str) -> Any:
+        with clock(stage):
             return fn(scan, lungs)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sscild-anatomy") as pool:
-        pending = {name: pool.submit(run, name, fn) for name, (wanted, fn) in jobs.items() if wanted}
+        pending = {name: pool.submit(run, fn, stage) for name, (wanted, fn, stage) in jobs.items() if wanted}
         return {name: pending[name].result() if name in pending else None for name in jobs}
 
 
