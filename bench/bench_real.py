@@ -127,7 +127,7 @@ def _truth_scores(labels, ks):
     return np.array([[scores_from_labels(labels[k])[p] for p in PATTERNS] for k in ks])
 
 
-def _lesions(unet, scan_like, lungs):
+def _lesions(unet, scan_like, lungs, vessels=None):
     """The lesion map as ``sscild analyze`` makes it: the U-Net, then vessels and airways set to normal."""
     from sscild.lesions import segment_lesions
     from sscild.pipeline import exclude_structures
@@ -135,7 +135,52 @@ def _lesions(unet, scan_like, lungs):
 
     model, cfg, _ = unet
     lab = segment_lesions(model, cfg, scan_like, lungs.mask)
-    return exclude_structures(lab, lungs, segment_vessels(scan_like, lungs), scan_like.spacing[1:])
+    vessels = segment_vessels(scan_like, lungs) if vessels is None else vessels
+    return exclude_structures(lab, lungs, vessels, scan_like.spacing[1:])
+
+
+#: Where the false positives of a scan without ILD lie: (column, what it means). The places overlap (a voxel can be
+#: dorsal, subpleural and next to a vessel); each is given as its share of the false-positive volume beside its
+#: share of the lung volume, so that a place holding more false positives than its size is seen.
+FP_PLACES = (("lower", "lower zone (lowest third of the lung height)"),
+             ("dorsal", "dorsal half (each lung's posterior half, slice by slice: dependent when supine)"),
+             ("subpleural", "subpleural band (<= 10 mm from the lung border, region map)"),
+             ("rim", "the lung's outer 3 mm (the subpleural band of the region map, 3 mm wide)"),
+             ("vessel", "within 2 mm of the vessel mask (the vessels themselves are set to normal)"),
+             ("airway", "within 5 mm of the airway mask (trachea and main bronchi)"),
+             ("ends", "the top and bottom 10 mm of the lung height (apex, domes: partial volume)"))
+
+
+def fp_places(scan, lungs, lab, vessels) -> dict:
+    """Share (%) of the false-positive volume (GG or RET on a scan without ILD) and of the lung volume in each of
+    :data:`FP_PLACES`, and the false-positive volume (mL)."""
+    from scipy import ndimage as ndi
+    from sscild.regions import region_map
+
+    rm = region_map(scan, lungs)
+    lung = np.zeros(lab.shape, bool)
+    lung[rm.box] = rm.lung
+    places = {}
+    for key, m in (("lower", rm.zone == 3), ("dorsal", rm.dorsal), ("subpleural", rm.subpleural),
+                   ("rim", region_map(scan, lungs, subpleural_mm=3.0).subpleural)):
+        places[key] = np.zeros(lab.shape, bool)
+        places[key][rm.box] = m
+
+    def near(mask, mm):
+        return ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(2, 1)[None],
+                                   iterations=max(1, round(mm / scan.spacing[1])))
+
+    places["vessel"] = near(vessels.mask, 2.0) & lung
+    places["airway"] = near(lungs.airways, 5.0) & lung
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    z = np.arange(lab.shape[0]) * scan.spacing[0]
+    ends = (z <= z[zs.min()] + 10.0) | (z >= z[zs.max()] - 10.0)   # (a cut-off end included)
+    places["ends"] = lung & ends[:, None, None]
+    fp = (lab >= 2) & lung
+    n_fp, n_lung = max(1, int(fp.sum())), max(1, int(lung.sum()))
+    out = {k: (100.0 * int((fp & m).sum()) / n_fp, 100.0 * int(m.sum()) / n_lung) for k, m in places.items()}
+    out["fp_ml"] = float(fp.sum()) * float(np.prod(scan.spacing)) / 1000.0
+    return out
 
 
 def _with_hu(scan, hu):
@@ -148,7 +193,10 @@ def specificity(name, scan, lungs, ks, snet, unet) -> dict:
     from sscild.domain import goh_extent, goh_stage
     from sscild.pipeline import model_input
 
-    lab = _lesions(unet, scan, lungs)
+    from sscild.vessels import segment_vessels
+
+    vessels = segment_vessels(scan, lungs)
+    lab = _lesions(unet, scan, lungs, vessels)
     lung_n = max(1, int((lab > 0).sum()))
     inv = 100.0 * int((lab >= 2).sum()) / lung_n
     per_slice = [(lab[k] >= 2).sum() / max(1, (lab[k] > 0).sum()) for k in range(len(lab)) if (lab[k] > 0).any()]
@@ -158,7 +206,8 @@ def specificity(name, scan, lungs, ks, snet, unet) -> dict:
     _fp_picture(name, scan, lab, ks)
     return {"involvement": inv, "slices_100": full, "goh": ext.extent,
             "stage": goh_stage(ext.extent, n_levels=ext.n_levels).stage,
-            "gg_share": 100.0 * int((lab == 2).sum()) / max(1, int((lab >= 2).sum()))}
+            "gg_share": 100.0 * int((lab == 2).sum()) / max(1, int((lab >= 2).sum())),
+            "places": fp_places(scan, lungs, lab, vessels)}
 
 
 def _fp_picture(name, scan, lab, ks):
@@ -254,8 +303,8 @@ def _stage_text(r: dict) -> str:
     return f"extent {ext:.0f} % ({goh_stage(ext).stage}; true {true:.0f} %)"
 
 
-def scan_row(name: str, rel: str, seed: int) -> str:
-    """The table row of one real scan (models from :func:`_models`)."""
+def scan_row(name: str, rel: str, seed: int) -> tuple[str, str]:
+    """The table rows of one real scan (models from :func:`_models`): accuracy, and where its false positives lie."""
     from sscild.anatomy import segment_lungs
     from sscild.io import load_ct
 
@@ -265,7 +314,14 @@ def scan_row(name: str, rel: str, seed: int) -> str:
     src, snet, unet = _models(name)
     spec = specificity(name, scan, lungs, ks, snet, unet)
     rows = sensitivity(scan, lungs, ks, snet, unet, seed=seed)
-    return _per_scan_lines(name, src, spec, rows)[0]
+    return _per_scan_lines(name, src, spec, rows)[0], _places_line(name, lungs, spec)
+
+
+def _places_line(name, lungs, spec) -> str:
+    pl = spec["places"]
+    pos = (lungs.notes.get("position") or "not known").split(" (")[0]
+    return (f"| {name} | {pos} | {pl['fp_ml']:.0f} | "
+            + " | ".join(f"{pl[k][0]:.0f} ({pl[k][1]:.0f})" for k, _ in FP_PLACES) + " |")
 
 
 def main() -> None:
@@ -282,14 +338,21 @@ def main() -> None:
              "lesion-map area ratio at the same slices: MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
              "S-Net vs lesion-map disagreement vs abs. error (Spearman) | "
              "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    places = ["| scan | position | false positives (mL) | "
+              + " | ".join(k for k, _ in FP_PLACES) + " |", "|---|---|---|" + "---|" * len(FP_PLACES)]
     for j, (name, rel) in enumerate(REAL):
         p = SHARED_DATA / rel
         if not p.exists():
             lines.append(f"| {name} | not available at {rel} |" + " |" * 12)
             continue
-        lines.append(scan_row(name, rel, 100 + j))
-        print(lines[-1], flush=True)
-    lines += ["", "False-positive pictures: `bench/results/real/fp_<scan>.png`."]
+        row, place = scan_row(name, rel, 100 + j)
+        lines.append(row)
+        places.append(place)
+        print(row, place, sep="\n", flush=True)
+    lines += ["", "False-positive pictures: `bench/results/real/fp_<scan>.png`.", "",
+              "Where the false positives of the lesion map lie on the scans as they are (same models as above): % of "
+              "the false-positive volume in each place, in brackets % of the lung volume there. Places overlap:",
+              ""] + [f"- {k}: {what}" for k, what in FP_PLACES] + [""] + places
     write_section("real", "Real anatomy: specificity and inserted-pattern accuracy per real scan",
                   "python bench/run_all.py real", lines)
 
@@ -301,6 +364,6 @@ if __name__ == "__main__":
         if "--no-row" in sys.argv:
             sys.exit(0)
         j = [n for n, _ in REAL].index(sys.argv[2])
-        print(scan_row(sys.argv[2], REAL[j][1], 100 + j), flush=True)   # the held-out scan, as in the table
+        print(*scan_row(sys.argv[2], REAL[j][1], 100 + j), sep="\n", flush=True)   # the held-out scan, as in the tables
         sys.exit(0)
     sys.exit(main())

@@ -34,6 +34,9 @@ def test_box_lung_regions_are_exact_with_anisotropic_spacing():
     masks = rm.masks()
     assert int(masks["subpleural"].sum()) == expect_sub
     assert int(masks["core"].sum()) == 2 * d.size - expect_sub
+    # another band width (the real-scan benchmark's 3 mm rim) is exact too
+    rim = region_map(scan, lungs, subpleural_mm=3.0).subpleural
+    assert int(rim.sum()) == 2 * int((d <= 3.0).sum()) < expect_sub
     # isotropic 1 mm voxels give a different band: the spacing is used
     rm_iso = region_map(_box_scan((1.0, 1.0, 1.0))[0], lungs)
     assert int(rm_iso.masks()["subpleural"].sum()) != expect_sub

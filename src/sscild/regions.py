@@ -152,8 +152,9 @@ def _dorsal_half(side: np.ndarray) -> np.ndarray:
     return dorsal
 
 
-def region_map(scan: CTScan, lungs: Lungs) -> RegionMap:
-    """Split the lungs into zones, ventral/dorsal halves and the subpleural band (see the module docstring).
+def region_map(scan: CTScan, lungs: Lungs, subpleural_mm: float = SUBPLEURAL_MM) -> RegionMap:
+    """Split the lungs into zones, ventral/dorsal halves and the subpleural band (see the module docstring), the
+    band ``subpleural_mm`` wide.
 
     Raises ``NoLungsError`` when the lung mask is empty.
     """
@@ -177,7 +178,7 @@ def region_map(scan: CTScan, lungs: Lungs) -> RegionMap:
         pad[0] = pad[1]
     if box[0].stop == full.shape[0]:
         pad[-1] = pad[-2]
-    near = _near_boundary(_fill_holes(pad), tuple(float(s) for s in scan.spacing), SUBPLEURAL_MM)
+    near = _near_boundary(_fill_holes(pad), tuple(float(s) for s in scan.spacing), subpleural_mm)
     return RegionMap(box, lung, side, zone, _dorsal_half(side), lung & near[1:-1, 1:-1, 1:-1])
 
 
