@@ -158,8 +158,7 @@ def fp_places(scan, lungs, lab, vessels) -> dict:
     from sscild.regions import region_map
 
     rm = region_map(scan, lungs)
-    lung = np.zeros(lab.shape, bool)
-    lung[rm.box] = rm.lung
+    lung = lungs.mask
     places = {}
     for key, m in (("lower", rm.zone == 3), ("dorsal", rm.dorsal), ("subpleural", rm.subpleural),
                    ("rim", region_map(scan, lungs, subpleural_mm=3.0).subpleural)):
@@ -192,7 +191,6 @@ def _with_hu(scan, hu):
 def specificity(name, scan, lungs, ks, snet, unet) -> dict:
     from sscild.domain import goh_extent, goh_stage
     from sscild.pipeline import model_input
-
     from sscild.vessels import segment_vessels
 
     vessels = segment_vessels(scan, lungs)
