@@ -193,3 +193,19 @@ def test_snet_heat_maps_from_window_changes_equal_whole_copies():
     assert a.n_positions == b.n_positions > 20 and np.abs(b.dp).max() > 0.5
     assert np.abs(a.dp - b.dp).max() < 1e-4
     assert np.array_equal(a.weight, b.weight) and np.array_equal(a.base_scores, b.base_scores)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, bool, np.float32])
+@pytest.mark.parametrize("f", [2, 3])
+def test_block_means_by_strided_sums_equal_the_block_mean(dtype, f):
+    """The lung stage's downsampling (strided block sums) gives the same block means as numpy's mean over the
+    blocks, for the scan's integers, masks and the whole-numbered float32 working grid."""
+    from sscild.anatomy import _downsample
+
+    x = np.random.default_rng(f).integers(-1024, 3071, (4, 17, 20))
+    x = (x > 0 if dtype is bool else np.clip(x, 0, 255) if dtype is np.uint8 else x).astype(dtype)
+    ny, nx = 17 // f * f, 20 // f * f
+    ref = x[:, :ny, :nx].astype(np.float32).reshape(4, ny // f, f, nx // f, f).mean(axis=(2, 4))
+    out = _downsample(x, f)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.array_equal(out, ref)

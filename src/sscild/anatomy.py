@@ -89,16 +89,15 @@ def _downsample(hu: np.ndarray, f: int) -> np.ndarray:
         return hu.astype(np.float32)
     nz, ny, nx = hu.shape
     ny2, nx2 = ny // f * f, nx // f * f
-    if hu.dtype.kind in "iu" and hu.dtype.itemsize <= 2 and f * f * 65536 <= 2 ** 24:
-        # block sums of 16-bit integers are exact in int32 and in float32 (in any order), so one division gives
-        # the float32 block mean below, without its 5-D reduction
-        acc = np.zeros((nz, ny2 // f, nx2 // f), np.int32)
-        for i in range(f):
-            for j in range(f):
-                acc += hu[:, i:ny2:f, j:nx2:f]
-        return acc.astype(np.float32) / np.float32(f * f)
-    v = hu[:, :ny2, :nx2].astype(np.float32).reshape(nz, ny2 // f, f, nx2 // f, f)
-    return v.mean(axis=(2, 4))
+    # block sums by f * f strided adds (8x faster than a 5-D mean): exact for 16-bit integers in int32, and for
+    # whole-numbered float32 HU (what the working grid holds at f == 1) in any order, so the same block means as
+    # np.mean; other float32 data is summed in this fixed order
+    exact_int = hu.dtype.kind in "iu" and hu.dtype.itemsize <= 2 and f * f * 65536 <= 2 ** 24
+    acc = np.zeros((nz, ny2 // f, nx2 // f), np.int32 if exact_int else np.float32)
+    for i in range(f):
+        for j in range(f):
+            acc += hu[:, i:ny2:f, j:nx2:f]
+    return acc.astype(np.float32) / np.float32(f * f)
 
 
 def _select(lab: np.ndarray, n: int, keep) -> np.ndarray:
