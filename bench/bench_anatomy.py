@@ -134,13 +134,15 @@ def stage(scan):
     return lungs, free["vessels"], free["quality"]
 
 
-def real_scans(lines):
+def real_scans(lines) -> dict[str, tuple[bool, bool]]:
+    """The table of every real scan; returns, per scan, whether its lungs got the right_left note as made and
+    mirrored left-right (for :func:`heart_side`, so the scans are read and segmented once)."""
     lines += ["Every real scan in ../shared/data (best of 2 runs). "
               "Stage = lungs + airways + vessels + quality checks + levels + density.", "",
               "| scan | read (s) | lungs (s) | whole stage (s) | stage / read | process peak (GB) | right / left (mL) | "
               "airways (mL) | vessels (mL) | enclosed air left out: in body / outside body (mL) | notes |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    quality = []
+    quality, sides = [], {}
     load0 = os.getloadavg()[0]
     for name, rel in REAL.items():
         path = SHARED_DATA / rel
@@ -157,6 +159,7 @@ def real_scans(lines):
                      f"{lungs.airways.sum() * scan.voxel_volume_ml:.1f} | {ves.volume_ml:.0f} | {inb:.0f} / {outb:.0f} | "
                      f"{notes} |")
         quality.append((name, q))
+        sides[name] = ("right_left" in lungs.notes, "right_left" in segment_lungs(_mirrored(scan)).notes)
     lines += ["", f"CPU load (1-minute load average, 2 cores shared with other jobs): {load0:.1f} before these runs, "
               f"{os.getloadavg()[0]:.1f} after; read and stage are timed in the same process, one after the other.",
               "", "Quality checks on the real scans:", "",
@@ -172,6 +175,7 @@ def real_scans(lines):
                      f"{f(m['lung_share_of_chest'], '{:.2f}')} | {m['head_up']} | {len(q.warnings)}: "
                      f"{' / '.join(w.split(':')[0] for w in q.warnings)} |")
     lines.append("")
+    return sides
 
 
 def dense_real(lines):
@@ -199,25 +203,23 @@ def _mirrored(scan):
     return replace(scan, hu=np.ascontiguousarray(scan.hu[:, :, ::-1]))
 
 
-def heart_side(lines):
-    """The right_left note (a heart on the image's right) on scans as made and mirrored left-right."""
+def heart_side(lines, real: dict[str, tuple[bool, bool]]):
+    """The right_left note (a heart on the image's right) on phantoms as made and mirrored left-right, and on the
+    real scans (``real``: :func:`real_scans`' notes as made and mirrored)."""
     opts = [{}, dict(neck=True), dict(table="curved"), dict(prone=True, table="curved"), dict(bowel_gas=True),
             dict(spacing=(5.0, 4.0, 4.0)), dict(spacing=(1.0, 4.0, 4.0))]
     scans = [make_phantom(seed, extent=float(seed % 8) * 10, **opts[seed % len(opts)])[0] for seed in range(300, 335)]
-    real = {name: load_ct(SHARED_DATA / rel) for name, rel in REAL.items() if (SHARED_DATA / rel).exists()}
     lines += ["Heart side (the `right_left` note: the mediastinum at heart level mostly on the image's right, situs "
               "inversus or a mirrored image), on scans as made and mirrored left-right:", "",
               "| scans | n | noted as made (false) | noted when mirrored (found) |", "|---|---|---|---|"]
-    noted = {}
-    for name, group in (("phantoms, seeds 300-334 (plain, neck, curved table, prone, bowel gas, 4 mm pixels; "
-                         "extent 0-70 %)", dict(enumerate(scans))), ("real scans of ../shared/data", real)):
-        if not group:
-            continue
-        noted[name] = {k: ("right_left" in segment_lungs(s).notes, "right_left" in segment_lungs(_mirrored(s)).notes)
-                       for k, s in group.items()}
-        made, found = (sum(v[i] for v in noted[name].values()) for i in (0, 1))
-        lines.append(f"| {name} | {len(group)} | {made} | {found} |")
-    missed = [k for k, (_, found) in noted.get("real scans of ../shared/data", {}).items() if not found]
+    phantoms = {seed: ("right_left" in segment_lungs(s).notes, "right_left" in segment_lungs(_mirrored(s)).notes)
+                for seed, s in enumerate(scans)}
+    for name, noted in (("phantoms, seeds 300-334 (plain, neck, curved table, prone, bowel gas, 4 mm pixels; "
+                         "extent 0-70 %)", phantoms), ("real scans of ../shared/data", real)):
+        if noted:
+            made, found = (sum(v[i] for v in noted.values()) for i in (0, 1))
+            lines.append(f"| {name} | {len(noted)} | {made} | {found} |")
+    missed = [k for k, (_, found) in real.items() if not found]
     lines += ["", f"Real scans mirrored but not noted: {', '.join(missed) or 'none'}.", ""]
 
 
@@ -226,9 +228,9 @@ def main():
     base = rss_mb()
     phantom_accuracy(lines)
     phantom_options(lines)
-    real_scans(lines)
+    sides = real_scans(lines)
     dense_real(lines)
-    heart_side(lines)
+    heart_side(lines, sides)
     lines.append(f"(process resident memory at start {base / 1000:.2f} GB)")
     write_section("anatomy", "Lungs, airways, vessels, quality checks (issue 14)", "python bench/run_all.py anatomy",
                   lines)
