@@ -5,12 +5,13 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.sscild-installed
 OUT     ?= demo_out
 
-.PHONY: setup demo test bench clean help
+.PHONY: setup demo test bench backgrounds clean help
 
 help:
 	@echo "make demo   - set up .venv and run the full pipeline on a built-in synthetic patient"
 	@echo "make test   - set up .venv and run the test suite (CPU)"
 	@echo "make bench  - set up .venv and write bench/RESULTS.md"
+	@echo "make backgrounds - fetch the extra real chest CTs of the real-anatomy training configs (.cache/backgrounds)"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +33,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+backgrounds: $(STAMP)
+	$(BIN)/python bench/fetch_backgrounds.py
 
 clean:
 	rm -rf $(OUT) bench/work .pytest_cache
