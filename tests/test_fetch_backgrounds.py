@@ -35,8 +35,8 @@ def _archive(tmp_path: Path) -> tuple[Path, str]:
 
 def test_a_pinned_archive_is_extracted_once(fb, tmp_path, monkeypatch):
     path, sha = _archive(tmp_path)
-    bg = fb.Background("scan.nrrd", "pkg", path.name, sha, "pkg-1.0/data/scan.nrrd")
-    monkeypatch.setattr(fb, "BACKGROUNDS", (bg,))
+    arc = fb.Archive("pkg", path.name, sha, {"scan.nrrd": "pkg-1.0/data/scan.nrrd"})
+    monkeypatch.setattr(fb, "ARCHIVES", (arc,))
     calls = []
     monkeypatch.setattr(fb, "_archive_url", lambda package, archive: calls.append(archive) or path.as_uri())
     out = tmp_path / "backgrounds"
@@ -49,8 +49,8 @@ def test_a_pinned_archive_is_extracted_once(fb, tmp_path, monkeypatch):
 def test_an_archive_with_another_hash_is_refused(fb, tmp_path, monkeypatch):
     path, sha = _archive(tmp_path)
     wrong = "0" * 64
-    bg = fb.Background("scan.nrrd", "pkg", path.name, wrong, "pkg-1.0/data/scan.nrrd")
-    monkeypatch.setattr(fb, "BACKGROUNDS", (bg,))
+    arc = fb.Archive("pkg", path.name, wrong, {"scan.nrrd": "pkg-1.0/data/scan.nrrd"})
+    monkeypatch.setattr(fb, "ARCHIVES", (arc,))
     monkeypatch.setattr(fb, "_archive_url", lambda package, archive: path.as_uri())
     with pytest.raises(SystemExit, match=f"sha256 {sha}, expected {wrong}"):
         fb.fetch(tmp_path / "backgrounds")

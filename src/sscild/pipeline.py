@@ -191,7 +191,7 @@ def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSetti
     from .scoring.snet import SNetScorer
 
     scorer = SNetScorer(m.model, m.config, st.device, pixel_mm=float(scan.spacing[1]))
-    per = {n: _score_level(scorer, scan, lungs, levels.z_mm.get(n)) for n in LEVELS}
+    per = {n: score_level(scorer, scan, lungs, levels.z_mm.get(n)) for n in LEVELS}
     scores = LevelScores.from_levels(per, fvc_pct=st.fvc_pct)
     notes, used = _used(m)
     if 0 < scores.n_levels_scored < len(LEVELS):
@@ -199,7 +199,9 @@ def score_stage(scan: CTScan, lungs: Lungs, levels: GohLevels, st: AnalysisSetti
     return Step(scores, notes, used)
 
 
-def _score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> LevelScore:
+def score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> LevelScore:
+    """S-Net's scores of the slice at ``z`` with their test-time-augmentation spread; none (with a note) when the
+    level is not in the scan or its slice holds too little lung."""
     from .consensus import enough_lung, tta_scores
 
     k = scan.slice_at_z(z) if z is not None else None
