@@ -80,3 +80,19 @@ def test_shipped_configs_are_valid_and_point_at_the_shipped_models(name, kind, c
     """the configs in configs/ pass the strict reader; their out is the shipped model folder."""
     tc = trainer_config(kind, REPO / "configs" / name, cls, "out")
     assert tc.out.resolve() == (REPO / "src" / "sscild" / "models" / kind).resolve()
+
+
+def test_init_given_to_the_trainer_replaces_the_configs_and_reaches_the_lesion_trainer(tmp_path):
+    """``--init`` (trainer_config's ``init``) wins over the config's ``init:``; the lesion trainer loads it before
+    building any data, so weights of another kind fail at once with a message naming them."""
+    from typer.testing import CliRunner
+
+    from sscild.cli import app
+
+    c = _write(tmp_path / "c.yaml", f"extends: {REPO / 'configs' / 'lesions_real.yaml'}\nout: {tmp_path / 'o'}\n")
+    assert trainer_config("lesions", c, UNetConfig, "out").init.name == "lesions"      # the config's own
+    assert trainer_config("lesions", c, UNetConfig, "out", init=tmp_path / "mine").init == tmp_path / "mine"
+    snet = REPO / "src" / "sscild" / "models" / "snet"
+    r = CliRunner().invoke(app, ["train", "lesions", "--config", str(c), "--init", str(snet), "--quiet"])
+    assert r.exit_code != 0 and "is a snet card, not a lesions" in str(r.exception), r.output
+    assert not (tmp_path / "o").exists()

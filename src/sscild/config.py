@@ -304,8 +304,10 @@ def _check_data(kind: str, d: Any, where: str, extra: tuple[str, ...] = ()) -> d
     return d
 
 
-def trainer_config(kind: str, path: str | Path, network_cls, default_out: str) -> TrainerConfig:
-    """Read and check the config of a ``kind`` trainer (``snet``, ``lnet``, ``lesions``)."""
+def trainer_config(kind: str, path: str | Path, network_cls, default_out: str,
+                   init: str | Path | None = None) -> TrainerConfig:
+    """Read and check the config of a ``kind`` trainer (``snet``, ``lnet``, ``lesions``); ``init`` (weights to
+    start from) replaces the config's ``init:``."""
     path = Path(path)
     c = load_config(path)
     where = str(path)
@@ -317,7 +319,7 @@ def trainer_config(kind: str, path: str | Path, network_cls, default_out: str) -
     ft = _finetune(kind, c, where)
     return TrainerConfig(
         kind=kind, path=path, description=str(c.get("description", "see config")), label_kind=label_kind,
-        out=Path(c.get("out") or resolve(path.resolve().parent, default_out)), init=Path(c["init"]) if c.get("init") else None,
+        out=Path(c.get("out") or resolve(path.resolve().parent, default_out)), init=Path(init or c["init"]) if init or c.get("init") else None,
         network=from_dict(network_cls, c.get("config"), f"{where}: config"),
         train=train_settings(f"{kind}_finetune" if ft else kind, c.get("train"), f"{where}: train"),
         data=_check_data(kind, c.get("data"), f"{where}: data"),

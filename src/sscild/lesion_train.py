@@ -125,26 +125,27 @@ def _validation(model, tc) -> tuple[list, dict | None]:
 
 
 def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
-                      allow_package: bool = True) -> Path:
+                      init: str | Path | None = None, allow_package: bool = True) -> Path:
     """Train the lesion U-Net as a YAML config says (:mod:`sscild.config` layout; see
     ``configs/lesions_phantoms.yaml``): data from phantoms {n, seed0, every}, ``pairs_csv`` (image + label map
     pairs, ``name_map`` for .seg.nrrd names), real backgrounds with inserted patterns; ``cv: {folds}`` > 1 runs
-    patient-grouped cross-validation first; ``resume`` continues from the checkpoint in ``out``."""
+    patient-grouped cross-validation first; ``resume`` continues from the checkpoint in ``out``; ``init`` (a U-Net
+    bundle to start from) replaces the config's ``init:``."""
     from .config import trainer_config
     from .util import write_json
 
-    tc = trainer_config("lesions", config, UNetConfig, "lesions_out")
+    tc = trainer_config("lesions", config, UNetConfig, "lesions_out", init=init)
     t0 = time.perf_counter()
-    data, weight = _train_data(tc, quiet)
-    cv = _cross_validate(data, tc, device, quiet) if tc.cv_folds > 1 else []
-    if cv:
-        write_json(tc.out / "cv.json", cv)
     init = None
     if tc.init:                  # e.g. a second, slower phase from earlier weights of the same network
         init, icfg, _ = load_unet(tc.init)
         if icfg != tc.network:
             raise ConfigError(f"{tc.path}: init {tc.init} is a U-Net of another config ({icfg}); it cannot start "
                               f"a {tc.network}")
+    data, weight = _train_data(tc, quiet)
+    cv = _cross_validate(data, tc, device, quiet) if tc.cv_folds > 1 else []
+    if cv:
+        write_json(tc.out / "cv.json", cv)
     model, log = train_unet(data, cfg=tc.network, settings=tc.train, device=device, quiet=quiet, model=init,
                             out=tc.out, resume=resume, slice_weight=weight)
     metrics, preds = _validation(model, tc)

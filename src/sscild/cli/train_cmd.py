@@ -12,6 +12,7 @@ from .common import console
 _CONFIG_HELP = "YAML config (see configs/{})."
 _RESUME = typer.Option(False, "--resume", help="Continue from the checkpoint in the output folder.")
 _DEVICE = typer.Option("cpu", "--device", help="cpu or cuda.")
+_INIT = typer.Option(None, "--init", help="Start from your own weights (a model folder; replaces the config's init:).")
 _QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 
 
@@ -31,13 +32,13 @@ def _train(what: str, module: str, config: Path, **kw) -> None:
 
 def _register_trainer(name: str, what: str, module: str, example: str, summary: str) -> None:
     """Add ``sscild train NAME``: train ``what`` from a YAML config (example: ``configs/EXAMPLE``) with the options
-    every trainer shares (--resume, --device, --quiet)."""
+    every trainer shares (--init, --resume, --device, --quiet)."""
 
     def command(
         config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format(example)),
-        resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
+        init: Path = _INIT, resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
     ) -> None:
-        _train(what, module, config, resume=resume, device=device, quiet=quiet)
+        _train(what, module, config, init=init, resume=resume, device=device, quiet=quiet)
 
     command.__doc__ = f"{summary}; writes model.safetensors, card.json, metrics.jsonl."
     command.__name__ = f"train_{name}"
@@ -48,14 +49,8 @@ _register_trainer("levels", "L-Net", "..scoring.lnet", "lnet_phantoms.yaml",
                   "Train L-Net (3D regression of the five Goh levels)")
 
 
-@train_app.command("scoring")
-def train_scoring(
-    config: Path = typer.Option(..., "--config", help=_CONFIG_HELP.format("snet_phantoms.yaml")),
-    init: Path = typer.Option(None, "--init", help="Start from your own checkpoint (folder or .safetensors)."),
-    resume: bool = _RESUME, device: str = _DEVICE, quiet: bool = _QUIET,
-) -> None:
-    """Train S-Net (TOT/GG/RET per level slice); writes model.safetensors, card.json, metrics.jsonl."""
-    _train("S-Net", "..scoring.snet", config, resume=resume, device=device, quiet=quiet, init=init)
+_register_trainer("scoring", "S-Net", "..scoring.snet", "snet_phantoms.yaml",
+                  "Train S-Net (TOT/GG/RET per level slice)")
 
 
 _register_trainer("lesions", "lesion U-Net", "..lesions", "lesions_phantoms.yaml",

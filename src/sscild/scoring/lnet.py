@@ -487,16 +487,17 @@ def _load_cases(spec: dict, cfg: LNetConfig, quiet: bool) -> list[LevelCase]:
 
 
 def train_from_config(config: str | Path, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
-                      allow_package: bool = True) -> Path:
+                      init: str | Path | None = None, allow_package: bool = True) -> Path:
     """Train an L-Net as a YAML config says (:mod:`sscild.config` layout: ``data`` / ``validation`` with
     ``dataset_csv`` (see :func:`cases_from_csv`) and/or ``phantoms`` {n, seed0, size}); writes the bundle
-    (weights, card, validation.json) and ``metrics.jsonl`` in ``out``; ``resume`` continues from its checkpoint."""
+    (weights, card, validation.json) and ``metrics.jsonl`` in ``out``; ``resume`` continues from its checkpoint;
+    ``init`` (an L-Net bundle to fine-tune) replaces the config's ``init:``."""
     import time
 
     from ..bundle import metric_set
     from ..config import trainer_config
 
-    tc = trainer_config("lnet", config, LNetConfig, "lnet_out")
+    tc = trainer_config("lnet", config, LNetConfig, "lnet_out", init=init)
     cfg = tc.network
     train_cases = _load_cases(tc.data, cfg, quiet)
     if not train_cases:

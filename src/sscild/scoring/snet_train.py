@@ -256,7 +256,7 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     from ..config import trainer_config
     from ..util import write_json
 
-    tc = trainer_config("snet", config, SNetConfig, "snet_out")
+    tc = trainer_config("snet", config, SNetConfig, "snet_out", init=init)
     if tc.finetune is not None:
         from .snet_finetune import finetune_from_config
 
