@@ -203,3 +203,17 @@ def test_combine_levels_confidence_from_agreement():
     out = _enforce_order({"L1": (-100.0, 0, 0.9, ""), "L2": (-140.0, 1, 0.9, ""), "L3": (-90.0, 2, 0.3, ""),
                           "L4": (None, None, 0.0, ""), "L5": (-260.0, 4, 0.9, "")})
     assert out["L3"][0] is None and "anatomical order" in out["L3"][3] and out["L1"][0] == -100.0
+
+
+def test_noise_specks_do_not_make_a_false_carina():
+    """1.4 mm pixels and noise SD 100 HU: parenchyma pixels pushed below the air threshold join the trachea as a
+    'second branch' near the apex; the airways are then tracked again on the in-plane median and the carina
+    is found where it is, at lower confidence (before: no carina, no L1-L4)."""
+    scan, truth = make_phantom(0, size="medium", extent=20, neck=True)
+    rng = np.random.default_rng(0)
+    noisy = scan.with_hu(np.clip(scan.hu + rng.normal(0, 100, scan.shape), -1024, 3071).astype(np.int16))
+    lungs = segment_lungs(noisy)
+    assert lungs.carina_index is not None
+    g = find_levels(noisy, lungs)
+    assert g.z_mm["L2"] is not None and abs(g.z_mm["L2"] - truth.levels_z["L2"]) <= 4.0, g.notes["L2"]
+    assert g.confidence["L2"] < 0.8

@@ -35,6 +35,7 @@ from .scan import CTScan
 
 LUNG_THRESHOLD = -300.0   # HU: below this is air or aerated/hazy lung
 AIR_THRESHOLD = -930.0    # HU: airway lumen is darker than lung parenchyma
+APEX_CARINA_MIN_MM = 45.0  # a carina nearer the lung apex is not one (levels.PLAUSIBLE_MM: apex to carina)
 AIRWAY_LUMEN_HU = -500.0  # HU: halfway between lumen air and the airway wall, for the full-resolution lumen border
 
 
@@ -263,11 +264,36 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
     return carina
 
 
-def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
+_INPLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
+
+
+def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], apex: int | None = None
                    ) -> tuple[np.ndarray, float | None]:
-    """Trachea + main bronchi by slice-wise tracking from the top; returns the mask and the carina z index."""
-    airway = np.zeros(hu.shape, bool)
+    """Trachea + main bronchi by slice-wise tracking from the top; returns the mask and the carina z index.
+
+    When that finds no carina, or one less than ``APEX_CARINA_MIN_MM`` below the lung apex (slice ``apex``), the
+    tracking is run again on the in-plane 3x3 median of the image (below the air threshold where at least 5 of the
+    9 pixels are) and its carina kept when it is plausible: in a noisy scan, parenchyma pixels that noise pushes
+    below the threshold join the trachea as specks that look like a second branch (a false carina above the lungs).
+    The median's mask takes back the air pixels within one pixel of the tracked lumen (the median trims its
+    border); thin lobar bronchi are lost there."""
     dark = hu < AIR_THRESHOLD
+    airway, carina = _track(dark, lung, spacing)
+    if apex is None or (carina is not None and (apex - carina) * spacing[0] >= APEX_CARINA_MIN_MM):
+        return airway, carina
+    smooth = ndi.uniform_filter(dark.astype(np.float32), size=(1, 3, 3), mode="nearest") > 4.5 / 9
+    airway2, carina2 = _track(smooth, lung, spacing)
+    if carina2 is None or (apex - carina2) * spacing[0] < APEX_CARINA_MIN_MM:
+        return airway, carina
+    box = _bbox(airway2, margin=1)
+    airway2[box] |= dark[box] & ndi.binary_dilation(airway2[box], structure=_INPLANE_CROSS)
+    return airway2, carina2
+
+
+def _track(dark: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
+           ) -> tuple[np.ndarray, float | None]:
+    """The airway mask and carina index tracked through the air mask ``dark`` from the trachea's first slice."""
+    airway = np.zeros(dark.shape, bool)
     start = _find_trachea(dark, lung, spacing)
     if start is None:
         return airway, None
@@ -805,7 +831,8 @@ def _segment_inside(lo: np.ndarray, body: np.ndarray, sp: tuple[float, float, fl
             "inside the body, none of it lung-like (need at least 100 mL)")
     # the trachea is searched in all internal air: when its lumen is closed off from the parenchyma it is a
     # component of its own (pure air), which the lung filter drops like bowel gas
-    airway_lo, carina_lo = _track_airways(lo, lung | _tubular_air(lo, internal, lung), sp)
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    airway_lo, carina_lo = _track_airways(lo, lung | _tubular_air(lo, internal, lung), sp, int(zs.max()))
     # the trachea outside the lungs' component (in the neck) still counts as airway
     near_airway = _dilate(airway_lo, iterations=1)
     lung_wo = lung & ~near_airway
@@ -919,7 +946,7 @@ def _refine_airways(up: np.ndarray, hu: np.ndarray) -> np.ndarray:
         return up
     box = _bbox(up, margin=3)
     m = up[box]
-    grown = ndi.binary_dilation(m, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool), iterations=2)
+    grown = ndi.binary_dilation(m, structure=_INPLANE_CROSS, iterations=2)
     out = np.zeros_like(up)
     out[box] = grown & (hu[box] < AIRWAY_LUMEN_HU)
     return out
