@@ -71,6 +71,8 @@ IMPLAUSIBLE_CONFIDENCE = 0.3
 #: Above this image noise (HU SD in the lungs) and this slice spacing (mm) the confidences are scaled down.
 NOISE_OK_HU = 60.0
 SPACING_OK_MM = 5.0
+#: From this slice spacing (mm) on, a split seen in one slice is a carina candidate (see _carina_candidates).
+THICK_SLICE_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,9 @@ def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, flo
     loose = _split_slices(scan, lungs.airways, 5.0) | strict
     single = lungs.airways.any(axis=(1, 2)) & ~loose
     dz = abs(scan.spacing[0])
-    run = max(2, int(np.ceil(12.0 / dz)))
+    # in slices of 6 mm or more the left main bronchus (oblique) fades into the lung by partial volume a slice
+    # below the split: one slice with two bronchi (>= 30 mm^2 each) under a single trachea is a candidate there
+    run = max(2, int(np.ceil(12.0 / dz))) if dz < THICK_SLICE_MM else 1
     cands = []
     if lungs.carina_index is not None:
         cands.append((float(lungs.carina_index), "first slice where the trachea is split into two bronchi", 0.9))
