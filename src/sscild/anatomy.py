@@ -35,7 +35,7 @@ from .scan import CTScan
 
 LUNG_THRESHOLD = -300.0   # HU: below this is air or aerated/hazy lung
 AIR_THRESHOLD = -930.0    # HU: airway lumen is darker than lung parenchyma
-APEX_CARINA_MIN_MM = 45.0  # a carina nearer the lung apex is not one (levels.PLAUSIBLE_MM: apex to carina)
+APEX_CARINA_MIN_MM = 45.0  # mm: a carina nearer the lung apex is not one (also levels.PLAUSIBLE_MM's lower bound)
 AIRWAY_LUMEN_HU = -500.0  # HU: halfway between lumen air and the airway wall, for the full-resolution lumen border
 
 

@@ -310,6 +310,8 @@ def trainer_config(kind: str, path: str | Path, network_cls, default_out: str,
     start from) replaces the config's ``init:``."""
     path = Path(path)
     c = load_config(path)
+    if init:
+        c = {**c, "init": str(init)}
     where = str(path)
     label_kind = c.get("label_kind", "synthetic exact")
     if label_kind not in LABEL_KINDS:
@@ -319,7 +321,8 @@ def trainer_config(kind: str, path: str | Path, network_cls, default_out: str,
     ft = _finetune(kind, c, where)
     return TrainerConfig(
         kind=kind, path=path, description=str(c.get("description", "see config")), label_kind=label_kind,
-        out=Path(c.get("out") or resolve(path.resolve().parent, default_out)), init=Path(init or c["init"]) if init or c.get("init") else None,
+        out=Path(c.get("out") or resolve(path.resolve().parent, default_out)),
+        init=Path(c["init"]) if c.get("init") else None,
         network=from_dict(network_cls, c.get("config"), f"{where}: config"),
         train=train_settings(f"{kind}_finetune" if ft else kind, c.get("train"), f"{where}: train"),
         data=_check_data(kind, c.get("data"), f"{where}: data"),

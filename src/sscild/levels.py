@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError     # with the module: not first imported beside the model preload
 
-from .anatomy import Lungs
+from .anatomy import APEX_CARINA_MIN_MM, Lungs
 from .domain import LEVEL_NAMES, LEVELS
 from .errors import NoLungsError
 from .scan import CTScan
@@ -59,7 +59,7 @@ LANDMARKS = ("great_vessel_origin", "carina", "venous_confluence", "right_dome")
 #: 32-68, confluence-dome 26-62, carina-dome 67-110), widened by about a third. A landmark outside its range is
 #: rejected (the next candidate is tried) or kept with a lower confidence and a note.
 PLAUSIBLE_MM: dict[tuple[str, str], tuple[float, float]] = {
-    ("apex", "carina"): (45.0, 130.0),
+    ("apex", "carina"): (APEX_CARINA_MIN_MM, 130.0),
     ("apex", "great_vessel_origin"): (20.0, 90.0),
     ("great_vessel_origin", "carina"): (12.0, 70.0),
     ("carina", "venous_confluence"): (15.0, 90.0),

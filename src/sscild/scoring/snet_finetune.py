@@ -168,11 +168,11 @@ def finetune_data(tc, quiet: bool = True) -> dict[str, SliceSet | None]:
 # --------------------------------------------------------------------------------------------
 # calibration, guard, saving
 # --------------------------------------------------------------------------------------------
-def _initial(tc, init):
+def _initial(tc):
     """(model, config with its calibration, card or None, folder) of the weights to fine-tune."""
     from .snet import load_init, load_snet
 
-    path = Path(init or tc.init)
+    path = Path(tc.init)
     if (path / "card.json").exists():
         model, cfg, card = load_snet(path)
         arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "calibration"}
@@ -262,7 +262,7 @@ def _keep_initial(tc, init_model, init_cfg, init_card, init_path, report: dict, 
     save_snet(init_model, init_cfg, tc.out, card, predictions=preds or None, allow_package=allow_package)
 
 
-def finetune_from_config(tc, *, init=None, resume: bool = False, device: str = "cpu", quiet: bool = False,
+def finetune_from_config(tc, *, resume: bool = False, device: str = "cpu", quiet: bool = False,
                          allow_package: bool = True) -> Path:
     """Fine-tune the config's ``init`` S-Net as its ``finetune:`` section says (module docstring); returns ``out``
     (the fine-tuned bundle, or the initial weights when the guard rejected the fine-tuned ones)."""
@@ -270,7 +270,7 @@ def finetune_from_config(tc, *, init=None, resume: bool = False, device: str = "
 
     t0 = time.perf_counter()
     ft = tc.finetune
-    init_model, init_cfg, init_card, init_path = _initial(tc, init)
+    init_model, init_cfg, init_card, init_path = _initial(tc)
     data = finetune_data(tc, quiet)
     model, log = finetune_snet(data["new_train"], data["replay"], cfg=dataclasses.replace(init_cfg, calibration=None),
                                settings=tc.train, ft=ft, model=copy.deepcopy(init_model), device=device,

@@ -197,13 +197,14 @@ def _training_data(tc, quiet: bool, spec: dict | None = None) -> SliceSet:
     return SliceSet.concat(parts)
 
 
-def _start_model(tc, data: SliceSet, init, resume: bool, device: str, quiet: bool):
-    """The network to train: from ``init`` weights, or pretrained on density proxies (not when resuming)."""
+def _start_model(tc, data: SliceSet, resume: bool, device: str, quiet: bool):
+    """The network to train: from the config's ``init`` weights, or pretrained on density proxies (not when
+    resuming)."""
     from ..engine import has_checkpoint
     from .snet import load_init
 
     model, notes = build_snet(tc.network), {}
-    init = init or tc.init
+    init = tc.init
     if init:
         model, skipped = load_init(model, init)
         notes["init"] = {"from": Path(init).name, "skipped_tensors": skipped}
@@ -252,7 +253,8 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     checkpoint in the output folder (safetensors + JSON). With ``calibrate`` (default) and at least 20 validation
     slices the output calibration is fitted at the end (:func:`calibrate_weights`). A config with a ``finetune:``
     section fine-tunes its ``init`` weights instead (:func:`sscild.scoring.snet_finetune.finetune_from_config`:
-    replay, L2-SP, a guard against getting worse on the original distribution)."""
+    replay, L2-SP, a guard against getting worse on the original distribution). ``init`` (weights to start from)
+    replaces the config's ``init:``."""
     from ..config import trainer_config
     from ..util import write_json
 
@@ -260,11 +262,11 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     if tc.finetune is not None:
         from .snet_finetune import finetune_from_config
 
-        return finetune_from_config(tc, init=init, resume=resume, device=device, quiet=quiet,
+        return finetune_from_config(tc, resume=resume, device=device, quiet=quiet,
                                     allow_package=allow_package)
     t0 = time.perf_counter()
     data = _training_data(tc, quiet)
-    model, notes = _start_model(tc, data, init, resume, device, quiet)
+    model, notes = _start_model(tc, data, resume, device, quiet)
     model, log = train_snet(data, cfg=tc.network, settings=tc.train, device=device, model=model, quiet=quiet,
                             out=tc.out, resume=resume)
     metrics, preds = _validation(model, tc, quiet)
