@@ -37,6 +37,8 @@ LUNG_THRESHOLD = -300.0   # HU: below this is air or aerated/hazy lung
 AIR_THRESHOLD = -930.0    # HU: airway lumen is darker than lung parenchyma
 APEX_CARINA_MIN_MM = 45.0  # mm: a carina nearer the lung apex is not one (also levels.PLAUSIBLE_MM's lower bound)
 AIRWAY_LUMEN_HU = -500.0  # HU: halfway between lumen air and the airway wall, for the full-resolution lumen border
+_INPLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)      # 4-neighbours within a slice
+_SLICE_CROSS = np.concatenate([np.zeros((1, 3, 3), bool), _INPLANE_CROSS, np.zeros((1, 3, 3), bool)])
 
 
 @dataclass(frozen=True)
@@ -146,19 +148,25 @@ def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
 
 
 def _internal_air(hu: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Air (< LUNG_THRESHOLD) inside the body: 3D components not connected to the in-plane border of the image
-    (the air around the patient) with most of their voxels inside the body outline (not a table or cushion)."""
+    """Air (< LUNG_THRESHOLD) inside the body: 3D components of the air that is not connected, in its own slice,
+    to the border of the image (the air around the patient), with most of their voxels inside the body outline (not
+    a table or cushion). The air around the patient is found slice by slice: in thick slices over a narrow neck it
+    can lie right above the lung apex and would join the lungs in 3D."""
     air = hu < LUNG_THRESHOLD
+    flat, n_flat = ndi.label(air, structure=_SLICE_CROSS)            # components within each slice
+    edge = np.unique(np.concatenate([flat[:, 0, :].ravel(), flat[:, -1, :].ravel(), flat[:, :, 0].ravel(),
+                                     flat[:, :, -1].ravel()]))
+    around = np.zeros(n_flat + 1, bool)
+    around[edge] = True
+    around[0] = False
+    air &= ~around[flat]
     lab, n = cc3d.connected_components(air, connectivity=6, return_N=True)
-    border = np.unique(np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(),
-                                       lab[:, :, -1].ravel()]))
     ids = lab[air]
     total = np.bincount(ids, minlength=n + 1)
     in_body = np.bincount(lab[air & body], minlength=n + 1)
     # a lookup table by label is one gather per voxel (np.isin sorts and searches)
     inside = in_body >= 0.5 * np.maximum(total, 1)
     inside[0] = False
-    inside[border] = False
     return inside[lab]
 
 
@@ -262,9 +270,6 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
         airway[k] = cur
         prev = cur
     return carina
-
-
-_INPLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
 
 
 def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], apex: int | None = None
