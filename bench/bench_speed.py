@@ -4,6 +4,7 @@ augmentation (TTA) of the S-Net costs; the heat-map stage on its own; and the `s
 the NIfTI and writing every output."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -59,8 +60,6 @@ def cli_run(nifti) -> tuple[float, float, float, str]:
     """`sscild analyze` as a user runs it: wall s, CPU s (with its threads), peak RSS MB, stage seconds. CPU and
     peak RSS are those of that process alone (``os.wait4``: RUSAGE_CHILDREN would give the largest of every child
     this bench has had)."""
-    import json
-
     out = WORK / "speed_cli_out"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -68,7 +67,7 @@ def cli_run(nifti) -> tuple[float, float, float, str]:
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = os.waitstatus_to_exitcode(status)        # reaped here: Popen must not wait for it again
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, proc.args)
     stages = json.loads((out / "analysis.json").read_text()).get("timings_s", {})

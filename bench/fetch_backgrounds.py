@@ -49,7 +49,8 @@ ARCHIVES = (
              "pyradiomics_lung2.nrrd": "pyradiomics-2.0.0/data/lung2_image.nrrd"}),
     Archive("totalsegmentator", "totalsegmentator-2.18.0.tar.gz",
             "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
-            {"totalseg_example_ct.nii.gz": "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz"}),
+            {"totalseg_example_ct.nii.gz":
+                 "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz"}),
 )
 
 

@@ -156,10 +156,7 @@ def _internal_air(hu: np.ndarray, body: np.ndarray) -> np.ndarray:
     flat, n_flat = ndi.label(air, structure=_SLICE_CROSS)            # components within each slice
     edge = np.unique(np.concatenate([flat[:, 0, :].ravel(), flat[:, -1, :].ravel(), flat[:, :, 0].ravel(),
                                      flat[:, :, -1].ravel()]))
-    around = np.zeros(n_flat + 1, bool)
-    around[edge] = True
-    around[0] = False
-    air &= ~around[flat]
+    air &= ~_select(flat, n_flat, edge)
     lab, n = cc3d.connected_components(air, connectivity=6, return_N=True)
     ids = lab[air]
     total = np.bincount(ids, minlength=n + 1)
@@ -272,7 +269,7 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
     return carina
 
 
-def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], apex: int | None = None
+def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], apex: int
                    ) -> tuple[np.ndarray, float | None]:
     """Trachea + main bronchi by slice-wise tracking from the top; returns the mask and the carina z index.
 
@@ -282,13 +279,16 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     below the threshold join the trachea as specks that look like a second branch (a false carina above the lungs).
     The median's mask takes back the air pixels within one pixel of the tracked lumen (the median trims its
     border); thin lobar bronchi are lost there."""
+    def plausible(carina: float | None) -> bool:
+        return carina is not None and (apex - carina) * spacing[0] >= APEX_CARINA_MIN_MM
+
     dark = hu < AIR_THRESHOLD
     airway, carina = _track(dark, lung, spacing)
-    if apex is None or (carina is not None and (apex - carina) * spacing[0] >= APEX_CARINA_MIN_MM):
+    if plausible(carina):
         return airway, carina
     smooth = ndi.uniform_filter(dark.astype(np.float32), size=(1, 3, 3), mode="nearest") > 4.5 / 9
     airway2, carina2 = _track(smooth, lung, spacing)
-    if carina2 is None or (apex - carina2) * spacing[0] < APEX_CARINA_MIN_MM:
+    if not plausible(carina2):
         return airway, carina
     box = _bbox(airway2, margin=1)
     airway2[box] |= dark[box] & ndi.binary_dilation(airway2[box], structure=_INPLANE_CROSS)

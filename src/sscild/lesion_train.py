@@ -136,9 +136,9 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
 
     tc = trainer_config("lesions", config, UNetConfig, "lesions_out", init=init)
     t0 = time.perf_counter()
-    init = None
+    start = None
     if tc.init:                  # e.g. a second, slower phase from earlier weights of the same network
-        init, icfg, _ = load_unet(tc.init)
+        start, icfg, _ = load_unet(tc.init)
         if icfg != tc.network:
             raise ConfigError(f"{tc.path}: init {tc.init} is a U-Net of another config ({icfg}); it cannot start "
                               f"a {tc.network}")
@@ -146,7 +146,7 @@ def train_from_config(config: str | Path, *, resume: bool = False, device: str =
     cv = _cross_validate(data, tc, device, quiet) if tc.cv_folds > 1 else []
     if cv:
         write_json(tc.out / "cv.json", cv)
-    model, log = train_unet(data, cfg=tc.network, settings=tc.train, device=device, quiet=quiet, model=init,
+    model, log = train_unet(data, cfg=tc.network, settings=tc.train, device=device, quiet=quiet, model=start,
                             out=tc.out, resume=resume, slice_weight=weight)
     metrics, preds = _validation(model, tc)
     card = unet_card(tc.network, description=tc.description, label_kind=tc.label_kind, metrics=metrics,

@@ -204,10 +204,9 @@ def _start_model(tc, data: SliceSet, resume: bool, device: str, quiet: bool):
     from .snet import load_init
 
     model, notes = build_snet(tc.network), {}
-    init = tc.init
-    if init:
-        model, skipped = load_init(model, init)
-        notes["init"] = {"from": Path(init).name, "skipped_tensors": skipped}
+    if tc.init:
+        model, skipped = load_init(model, tc.init)
+        notes["init"] = {"from": Path(tc.init).name, "skipped_tensors": skipped}
     if tc.pretrain_steps and not (resume and has_checkpoint(tc.out)):
         model, plog = pretrain(data, cfg=tc.network, steps=tc.pretrain_steps, batch_size=tc.train.batch_size,
                                lr=tc.train.lr, device=device, quiet=quiet)
