@@ -191,3 +191,16 @@ def test_thick_slices_over_a_narrow_neck_keep_the_lungs(n):
     got_ml = (lungs.labels > 0).sum() * np.prod(thick.spacing) / 1000
     assert abs(got_ml - true_ml) <= 0.05 * true_ml, (got_ml, true_ml)
     assert (lungs.labels == 1).any() and (lungs.labels == 2).any()
+
+
+def test_a_trachea_going_on_beside_a_pocket_is_not_a_split():
+    from sscild.anatomy import lumen_goes_on
+
+    # as on the 5 mm series at 10 mm: the trachea (211 mm^2) beside a pocket of lung on its right, under a trachea
+    # of 218 mm^2 in the same place: the same lumen going on
+    assert lumen_goes_on(211.0, 22.0, 10.0, 218.0, 22.0)
+    # LIDC in 7.5 mm slabs at the split (x in mm): the right bronchus keeps 0.84 of the trachea's area, but the
+    # trachea's centre above lies between the two bronchi (the carina's ridge): divided
+    assert not lumen_goes_on(132.0, 159.0, 171.0, 157.0, 164.0)
+    # a lumen much smaller than the one above is a branch, wherever it lies
+    assert not lumen_goes_on(100.0, 22.0, 10.0, 218.0, 22.0)

@@ -82,3 +82,24 @@ def test_carina_on_thick_slabs_of_a_thin_slice_scan(offset):
     assert g.z_mm["L2"] is not None, g.notes["L2"]
     assert lo - 3.75 <= g.z_mm["L2"] <= hi + 3.75, (g.z_mm["L2"], (lo, hi), g.notes["L2"])
     assert g.confidence["L2"] < 0.8 and "7.5 mm slices" in g.notes["L2"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("offset", [0, 1])
+def test_carina_on_every_second_slice_of_the_5_mm_series(offset):
+    """A0001 (5 mm) with every second slice (5 mm slices every 10 mm, as sparse as HRCT): the wide search of thin-
+    spaced thick slices takes lung beside the trachea into the airways above the carina (a trachea going on beside
+    a pocket, which used to be taken for the split, 20-30 mm below the apex, and the carina was lost); the carina
+    must be placed within the annotated range widened by half the interval."""
+    from sscild.io import load_ct
+    from sscild.scan import CTScan
+
+    rel = "chest-ct-lung-pet-ct-dx-a0001"
+    scan = load_ct(shared_path(rel))
+    sparse = CTScan(scan.hu[offset::2], (2 * scan.spacing[0], *scan.spacing[1:]),
+                    (scan.origin[0], scan.origin[1], scan.z_mm(offset)), scan.direction)
+    g = find_levels(sparse, segment_lungs(sparse))
+    lo, hi = ANNOTATIONS[rel]["levels"]["L2"]["z_mm"]
+    assert g.z_mm["L2"] is not None, g.notes["L2"]
+    assert lo - 5.0 <= g.z_mm["L2"] <= hi + 5.0, (g.z_mm["L2"], (lo, hi), g.notes["L2"])
+    assert g.confidence["L2"] < 0.8

@@ -231,14 +231,33 @@ def _follow_up(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, 
         prev = cur
 
 
+#: a lumen that keeps at least this share of the largest lumen of the slice above is the same airway going on
+#: unless that lumen's centre lies between it and the next one, left to right (:func:`lumen_goes_on`)
+SPLIT_AREA_RATIO = 0.8
+BETWEEN_MARGIN_MM = 2.0
+
+
+def lumen_goes_on(area: float, x_mm: float, x_other_mm: float, area_above: float, x_above_mm: float) -> bool:
+    """Whether the largest lumen of a slice with two or more (area mm^2, centre x mm; ``x_other_mm``: the centre
+    of the next largest) is the largest lumen of the slice above going on, not divided: nearly as large, and the
+    centre of the lumen above does not lie between the two (>= ``BETWEEN_MARGIN_MM`` inside), as the carina's
+    ridge does between the main bronchi. A trachea that goes on beside a second component (a pocket of air, a
+    cyst, lung the wide search of thick slices takes in) is not a carina."""
+    lo, hi = min(x_mm, x_other_mm), max(x_mm, x_other_mm)
+    between = lo + BETWEEN_MARGIN_MM < x_above_mm < hi - BETWEEN_MARGIN_MM
+    return area >= SPLIT_AREA_RATIO * area_above and not between
+
+
 def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, reach: int, spacing
                  ) -> float | None:
-    """Follow every branch downward from ``k0``; the carina is where one branch becomes two and stays two for
+    """Follow every branch downward from ``k0``; the carina is where the trachea divides (two branches or more,
+    the largest not the largest lumen of the slice above going on: :func:`lumen_goes_on`) and stays two for
     >= 12 mm (a short-lived second component, e.g. a cyst touching the trachea, is not a carina). Returns the
     carina's z index (between two slices) or None."""
     px = spacing[1] * spacing[2]
     prev, carina, candidate, max_below = seed, None, None, None
     branch_area = seed.sum() * px
+    above = (branch_area, float(np.nonzero(seed)[1].mean()) * spacing[2])     # largest lumen: area, centre x
     persist = int(np.ceil(12.0 / spacing[0]))
     for k in range(k0 - 1, -1, -1):
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)
@@ -251,22 +270,35 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
             break
         if leak.any():
             cur = _select(lab, n, hit[~leak])
-        box = _bbox(cur, margin=0)
-        n_branches = cc3d.connected_components(np.ascontiguousarray(cur[box]), connectivity=4, return_N=True)[1]
         if carina is None:
-            if n_branches >= 2:
-                if candidate is None:
-                    candidate = k + 0.5          # the ridge lies between this slice and the one above
-                if candidate - k >= persist:
-                    carina = candidate
-                    max_below = int(np.floor(carina - 40.0 / spacing[0]))  # main bronchi: ~4 cm long
-            else:
+            lumens = airway_lumens(cur, spacing)
+            divided = len(lumens) >= 2 and not lumen_goes_on(lumens[0][0], lumens[0][1], lumens[1][1], *above)
+            if candidate is None and divided:
+                candidate = k + 0.5              # the ridge lies between this slice and the one above
+            elif candidate is not None and len(lumens) < 2:
                 candidate = None
+            if candidate is not None and candidate - k >= persist:
+                carina = candidate
+                max_below = int(np.floor(carina - 40.0 / spacing[0]))  # main bronchi: ~4 cm long
+            above = lumens[0] if lumens else above
         if max_below is not None and k < max_below:
             break
         airway[k] = cur
         prev = cur
     return carina
+
+
+def airway_lumens(mask2d: np.ndarray, spacing) -> list[tuple[float, float]]:
+    """(area mm^2, centre x mm) of each 4-connected component of a 2D airway mask, largest first."""
+    lab, n = cc3d.connected_components(np.ascontiguousarray(mask2d), connectivity=4, return_N=True)
+    if n == 0:
+        return []
+    count = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    xs = np.bincount(lab.ravel(), weights=np.broadcast_to(np.arange(mask2d.shape[1]), mask2d.shape).ravel(),
+                     minlength=n + 1)[1:]
+    order = np.argsort(count)[::-1]
+    px = spacing[1] * spacing[2]
+    return [(float(count[i] * px), float(xs[i] / count[i] * spacing[2])) for i in order]
 
 
 def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], apex: int
