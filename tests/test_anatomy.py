@@ -194,13 +194,14 @@ def test_thick_slices_over_a_narrow_neck_keep_the_lungs(n):
 
 
 def test_a_trachea_going_on_beside_a_pocket_is_not_a_split():
-    from sscild.anatomy import lumen_goes_on
+    from sscild.anatomy import lumen_divides
 
     # as on the 5 mm series at 10 mm: the trachea (211 mm^2) beside a pocket of lung on its right, under a trachea
     # of 218 mm^2 in the same place: the same lumen going on
-    assert lumen_goes_on(211.0, 22.0, 10.0, 218.0, 22.0)
+    assert not lumen_divides([(211.0, 22.0), (45.0, 10.0)], (218.0, 22.0))
     # LIDC in 7.5 mm slabs at the split (x in mm): the right bronchus keeps 0.84 of the trachea's area, but the
     # trachea's centre above lies between the two bronchi (the carina's ridge): divided
-    assert not lumen_goes_on(132.0, 159.0, 171.0, 157.0, 164.0)
+    assert lumen_divides([(132.0, 159.0), (83.0, 171.0)], (157.0, 164.0))
     # a lumen much smaller than the one above is a branch, wherever it lies
-    assert not lumen_goes_on(100.0, 22.0, 10.0, 218.0, 22.0)
+    assert lumen_divides([(100.0, 22.0), (45.0, 10.0)], (218.0, 22.0))
+    assert not lumen_divides([(100.0, 22.0)], (218.0, 22.0))          # one lumen: nothing divides

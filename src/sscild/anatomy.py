@@ -232,26 +232,30 @@ def _follow_up(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, 
 
 
 #: a lumen that keeps at least this share of the largest lumen of the slice above is the same airway going on
-#: unless that lumen's centre lies between it and the next one, left to right (:func:`lumen_goes_on`)
+#: unless that lumen's centre lies between it and the next one, left to right (:func:`lumen_divides`)
 SPLIT_AREA_RATIO = 0.8
 BETWEEN_MARGIN_MM = 2.0
 
 
-def lumen_goes_on(area: float, x_mm: float, x_other_mm: float, area_above: float, x_above_mm: float) -> bool:
-    """Whether the largest lumen of a slice with two or more (area mm^2, centre x mm; ``x_other_mm``: the centre
-    of the next largest) is the largest lumen of the slice above going on, not divided: nearly as large, and the
-    centre of the lumen above does not lie between the two (>= ``BETWEEN_MARGIN_MM`` inside), as the carina's
-    ridge does between the main bronchi. A trachea that goes on beside a second component (a pocket of air, a
-    cyst, lung the wide search of thick slices takes in) is not a carina."""
-    lo, hi = min(x_mm, x_other_mm), max(x_mm, x_other_mm)
-    between = lo + BETWEEN_MARGIN_MM < x_above_mm < hi - BETWEEN_MARGIN_MM
-    return area >= SPLIT_AREA_RATIO * area_above and not between
+def lumen_divides(lumens: list[tuple[float, float]], above: tuple[float, float]) -> bool:
+    """Whether a slice's airway lumens (:func:`airway_lumens`: (area mm^2, centre x mm), largest first) divide the
+    largest lumen of the slice above (``above``, the same pair): two or more, and the largest is not that lumen
+    going on (nearly as large, ``SPLIT_AREA_RATIO``, with the centre above not lying between the two largest,
+    ``BETWEEN_MARGIN_MM`` inside, as the carina's ridge lies between the main bronchi). A trachea that goes on
+    beside a second component (a pocket of air, a cyst, lung the wide search of thick slices takes in) is not a
+    carina."""
+    if len(lumens) < 2:
+        return False
+    (area, x), (_, x_other) = lumens[:2]
+    area_above, x_above = above
+    between = min(x, x_other) + BETWEEN_MARGIN_MM < x_above < max(x, x_other) - BETWEEN_MARGIN_MM
+    return area < SPLIT_AREA_RATIO * area_above or between
 
 
 def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray, reach: int, spacing
                  ) -> float | None:
-    """Follow every branch downward from ``k0``; the carina is where the trachea divides (two branches or more,
-    the largest not the largest lumen of the slice above going on: :func:`lumen_goes_on`) and stays two for
+    """Follow every branch downward from ``k0``; the carina is where the trachea divides (:func:`lumen_divides`:
+    two branches or more, the largest not the largest lumen of the slice above going on) and stays two for
     >= 12 mm (a short-lived second component, e.g. a cyst touching the trachea, is not a carina). Returns the
     carina's z index (between two slices) or None."""
     px = spacing[1] * spacing[2]
@@ -272,8 +276,7 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
             cur = _select(lab, n, hit[~leak])
         if carina is None:
             lumens = airway_lumens(cur, spacing)
-            divided = len(lumens) >= 2 and not lumen_goes_on(lumens[0][0], lumens[0][1], lumens[1][1], *above)
-            if candidate is None and divided:
+            if candidate is None and lumen_divides(lumens, above):
                 candidate = k + 0.5              # the ridge lies between this slice and the one above
             elif candidate is not None and len(lumens) < 2:
                 candidate = None

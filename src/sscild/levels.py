@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError     # with the module: not first imported beside the model preload
 
-from .anatomy import APEX_CARINA_MIN_MM, Lungs, airway_lumens, lumen_goes_on
+from .anatomy import APEX_CARINA_MIN_MM, Lungs, airway_lumens, lumen_divides
 from .domain import LEVEL_NAMES, LEVELS
 from .errors import NoLungsError
 from .scan import CTScan
@@ -188,30 +188,29 @@ def _in_range(pair: tuple[str, str], upper: float | None, lower: float | None) -
                                      f"outside the plausible {lo:.0f}-{hi:.0f} mm")
 
 
-def _split_slices(scan: CTScan, airways: np.ndarray, min_mm2: float) -> tuple[np.ndarray, list]:
-    """Per slice, whether the airway mask shows two bronchi (two components of >= ``min_mm2`` whose centres lie
-    >= 8 mm apart left to right), and its lumens (:func:`sscild.anatomy.airway_lumens`, largest first)."""
-    out = np.zeros(airways.shape[0], bool)
-    lumens: list = [[] for _ in range(airways.shape[0])]
-    for k in np.nonzero(airways.any(axis=(1, 2)))[0]:
-        lumens[k] = airway_lumens(airways[k], scan.spacing)
-        xs = [x for a, x in lumens[k] if a >= min_mm2]
+def _split_slices(lumens: list, min_mm2: float) -> np.ndarray:
+    """Per slice (its :func:`sscild.anatomy.airway_lumens`), whether the airway mask shows two bronchi: two
+    components of >= ``min_mm2`` whose centres lie >= 8 mm apart left to right."""
+    out = np.zeros(len(lumens), bool)
+    for k, lu in enumerate(lumens):
+        xs = [x for a, x in lu if a >= min_mm2]
         out[k] = len(xs) >= 2 and max(xs) - min(xs) >= 8.0
-    return out, lumens
+    return out
 
 
 def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, float]]:
     """(array z index (continuous), note, confidence) where the airways split, top first: the tracked carina of
     :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each) begin and stay apart
     (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice above, and the
-    largest is not the lumen above going on (:func:`sscild.anatomy.lumen_goes_on`: a trachea beside a pocket of
-    air is not a split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
+    lumens divide the lumen above (:func:`sscild.anatomy.lumen_divides`: a trachea beside a pocket of air is not a
+    split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
     (at least one, within the scan) show one airway, or one lumen with the others under half its area, not two
     alike (a scan starting below the carina shows the lobar bronchi splitting off the two main ones)."""
-    strict, lumens = _split_slices(scan, lungs.airways, 30.0)
-    loose = _split_slices(scan, lungs.airways, 5.0)[0] | strict
+    lumens = [airway_lumens(a, scan.spacing) if a.any() else [] for a in lungs.airways]
+    strict = _split_slices(lumens, 30.0)
+    loose = _split_slices(lumens, 5.0) | strict
     dominant = np.array([len(lu) == 1 or (len(lu) > 1 and lu[1][0] < 0.5 * lu[0][0]) for lu in lumens])
-    single = lungs.airways.any(axis=(1, 2)) & (~loose | dominant)
+    single = np.array([bool(lu) for lu in lumens]) & (~loose | dominant)
     dz = abs(scan.spacing[0])
     # in slices of 6 mm or more the left main bronchus (oblique) fades into the lung by partial volume a slice
     # below the split: one slice with two bronchi (>= 30 mm^2 each) under a single trachea is a candidate there
@@ -220,8 +219,7 @@ def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, flo
     if lungs.carina_index is not None:
         cands.append((float(lungs.carina_index), "first slice where the trachea is split into two bronchi", 0.9))
     for k in range(len(strict) - 2, run - 2, -1):
-        divides = len(lumens[k]) >= 2 and bool(lumens[k + 1]) and not lumen_goes_on(
-            lumens[k][0][0], lumens[k][0][1], lumens[k][1][1], *lumens[k + 1][0])
+        divides = bool(lumens[k + 1]) and lumen_divides(lumens[k], lumens[k + 1][0])
         if strict[k] and not loose[k + 1] and divides and loose[max(0, k - run + 1):k + 1].mean() >= 2 / 3:
             if all(abs(k + 0.5 - c[0]) > run for c in cands):
                 cands.append((k + 0.5, "first slice where the airways show two main bronchi (candidate from the "
