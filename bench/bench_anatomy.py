@@ -134,6 +134,15 @@ def stage(scan):
     return lungs, free["vessels"], free["quality"]
 
 
+def timed(path):
+    """Read ``path`` and run the stage, each best of 2, and the lungs alone: (scan, stage result, read s, lungs s,
+    stage s, peak RSS MB)."""
+    scan, t_read, _ = measure(lambda: load_ct(path), repeat=2)
+    result, t_stage, peak = measure(lambda: stage(scan), repeat=2)
+    _, t_l, _ = measure(lambda: segment_lungs(scan))
+    return scan, result, t_read, t_l, t_stage, peak
+
+
 def real_scans(lines) -> dict[str, tuple[bool, bool]]:
     """The table of every real scan; returns, per scan, whether its lungs got the right_left note as made and
     mirrored left-right (for :func:`heart_side`, so the scans are read and segmented once)."""
@@ -148,9 +157,7 @@ def real_scans(lines) -> dict[str, tuple[bool, bool]]:
         path = SHARED_DATA / rel
         if not path.exists():
             continue
-        scan, t_read, _ = measure(lambda: load_ct(path), repeat=2)
-        (lungs, ves, q), t_stage, peak = measure(lambda: stage(scan), repeat=2)
-        _, t_l, _ = measure(lambda: segment_lungs(scan))
+        scan, (lungs, ves, q), t_read, t_l, t_stage, peak = timed(path)
         v = lungs.volume_ml(scan)
         inb, outb = excluded_air(scan, lungs)
         notes = "; ".join(f"{k}: {t}" for k, t in lungs.notes.items())
@@ -188,9 +195,7 @@ def full_size(lines):
     load0 = os.getloadavg()[0]
     for name, path in (("DICOM series, 300 x 1.5 mm", full_phantom_dicom()),
                        ("NIfTI (.nii.gz), 300 x 1 mm", full_phantom_nifti())):
-        scan, t_read, _ = measure(lambda: load_ct(path), repeat=2)
-        _, t_stage, peak = measure(lambda: stage(scan), repeat=2)
-        _, t_l, _ = measure(lambda: segment_lungs(scan))
+        _, _, t_read, t_l, t_stage, peak = timed(path)
         lines.append(f"| {name} | {t_read:.2f} | {t_l:.2f} | {t_stage:.2f} | {t_stage / t_read:.1f} | "
                      f"{peak / 1000:.2f} |")
     lines += ["", f"CPU load: {load0:.1f} before, {os.getloadavg()[0]:.1f} after.", ""]

@@ -260,8 +260,8 @@ def _follow_down(dark: np.ndarray, airway: np.ndarray, k0: int, seed: np.ndarray
     carina's z index (between two slices) or None."""
     px = spacing[1] * spacing[2]
     prev, carina, candidate, max_below = seed, None, None, None
-    branch_area = seed.sum() * px
-    above = (branch_area, float(np.nonzero(seed)[1].mean()) * spacing[2])     # largest lumen: area, centre x
+    above = airway_lumens(seed, spacing)[0]            # the largest lumen of the slice above: area, centre x
+    branch_area = above[0]
     persist = int(np.ceil(12.0 / spacing[0]))
     for k in range(k0 - 1, -1, -1):
         lab, n = cc3d.connected_components(dark[k], connectivity=4, return_N=True)

@@ -206,11 +206,13 @@ def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, flo
     split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
     (at least one, within the scan) show one airway, or one lumen with the others under half its area, not two
     alike (a scan starting below the carina shows the lobar bronchi splitting off the two main ones)."""
-    lumens = [airway_lumens(a, scan.spacing) if a.any() else [] for a in lungs.airways]
+    ys, xs = np.nonzero(lungs.airways.any(axis=0))
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1] if len(ys) else np.s_[:, :]  # the airways' box
+    lumens = [airway_lumens(a[box], scan.spacing) if a.any() else [] for a in lungs.airways]
     strict = _split_slices(lumens, 30.0)
     loose = _split_slices(lumens, 5.0) | strict
-    dominant = np.array([len(lu) == 1 or (len(lu) > 1 and lu[1][0] < 0.5 * lu[0][0]) for lu in lumens])
-    single = np.array([bool(lu) for lu in lumens]) & (~loose | dominant)
+    # one airway, or (split) one lumen with the others under half its area
+    single = np.array([bool(lu) and (not lo or lu[1][0] < 0.5 * lu[0][0]) for lu, lo in zip(lumens, loose)])
     dz = abs(scan.spacing[0])
     # in slices of 6 mm or more the left main bronchus (oblique) fades into the lung by partial volume a slice
     # below the split: one slice with two bronchi (>= 30 mm^2 each) under a single trachea is a candidate there
