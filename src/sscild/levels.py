@@ -26,8 +26,9 @@ is reported as missing, never invented):
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
   structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie
   farther forward; the vertebral bodies are the bone behind the trachea, never the sternum or contrast-filled
-  blood in front of it). Below the carina, the middle of the slices within 5 % of the widest. Without it a prior
-  (35 mm below the carina) is used, with low confidence.
+  blood in front of it). Below the carina, the middle of the slices within 5 % of the widest. When no such
+  structure is found, or one is found on most slices (no atrium stands out: :data:`ATRIUM_SHARE_MAX`), a prior
+  (:data:`VENOUS_PRIOR_FRACTION` of the way from the carina to the dome) is used, with low confidence.
 - L4 is halfway between L3 and L5.
 
 Checks (:data:`PLAUSIBLE_MM`, learned from phantoms and the real scans): landmark pairs at implausible distances
@@ -66,6 +67,21 @@ PLAUSIBLE_MM: dict[tuple[str, str], tuple[float, float]] = {
     ("venous_confluence", "right_dome"): (15.0, 130.0),
     ("carina", "right_dome"): (50.0, 180.0),
 }
+#: The venous confluence without a credible atrium: this fraction of the way from the carina down to the right dome.
+#: By eye on the four shared real scans that hold both: 0.47 / 0.57 / 0.67 / 0.52 (middles of the annotated ranges;
+#: the confluence is about halfway, carina at T5, confluence T7-T8, dome T10). The phantoms draw it higher (0.17-0.45),
+#: where their atrium stands out and is found. Without the dome: ``VENOUS_PRIOR_MM`` below the carina (real 32-68 mm).
+VENOUS_PRIOR_FRACTION = 0.55
+VENOUS_PRIOR_MM = 50.0
+#: Share of the searched slices (carina to dome) on which a structure crosses the midline in the atrial band, above
+#: which no slice stands out: on phantoms the atrium is such a structure on 0.22-0.40 of them (seeds 2000-2007, clean,
+#: noisy and 5-8 mm slices); on the real scans the esophagus, the aorta or a heart lying on the spine are, on 0.56-1.0
+#: (a0001, ACRIN, LIDC and A0002, also with every second or fourth slice).
+ATRIUM_SHARE_MAX = 0.5
+#: Of a spine-like vessel component (see :func:`_arch_component`), the arch is sought in the part less than this far
+#: behind the trachea's centre: the trachea's radius (~9 mm) and the esophagus (~10 mm) lie between it and the front
+#: of the vertebral body; the arch's descending end reaches past the trachea's centre (the test needs 2 mm).
+ARCH_BEHIND_MM = 20.0
 #: Confidence of a level whose landmark broke a plausibility check but was kept (best candidate, no other).
 IMPLAUSIBLE_CONFIDENCE = 0.3
 #: Above this image noise (HU SD in the lungs) and this slice spacing (mm) the confidences are scaled down.
@@ -419,26 +435,43 @@ def _arch_component(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float,
     """The aortic arch in slice ``k`` (mask on the grid downsampled by ``f``), or None when the slice does not cut
     it: one vessel structure (>= 150 mm^2) that runs from in front of the trachea, round its left side, to behind
     it, over more than 30 mm front to back (the left brachiocephalic vein crosses in front only; the branches are
-    small and round; the ascending and descending aorta are two)."""
+    small and round; the ascending and descending aorta are two).
+
+    A bone-density component behind the trachea at the midline is the spine; with contrast, a descending aorta
+    lying against a vertebral body whose cortex is not a closed ring (:func:`_bone`) joins it, so of such a component
+    only the part less than ``ARCH_BEHIND_MM`` behind the trachea's centre (in front of the vertebral body) is
+    tested: a spine alone has nothing in front of the trachea there."""
     sy, sx = scan.spacing[1] * f, scan.spacing[2] * f
     hu = scan.hu[k, ::f, ::f]
     lab, _ = ndi.label(_vessel_mask(scan, lungs, k, f, tr))
     tyy, txx = tr[0] * scan.spacing[1], tr[1] * scan.spacing[2]
+    front = (np.arange(lab.shape[0]) * sy < tyy + ARCH_BEHIND_MM)[:, None]
     for j, sl in enumerate(ndi.find_objects(lab), start=1):
-        comp = lab[sl] == j
-        if comp.sum() * sx * sy < 150:
+        comp = lab == j
+        if comp[sl].sum() * sx * sy < 150:
             continue
-        yy, xx = np.nonzero(comp)
-        yy = (yy + sl[0].start) * sy
-        xx = (xx + sl[1].start) * sx
+        yy, xx = np.nonzero(comp[sl])
         # spine: the big round bone-density blob behind the trachea at the midline
-        if np.median(hu[lab == j]) > 180 and abs(xx.mean() - txx) < 25 and yy.mean() > tyy:
-            continue
+        if np.median(hu[comp]) > 180 and abs((xx.mean() + sl[1].start) * sx - txx) < 25 and \
+                (yy.mean() + sl[0].start) * sy > tyy:
+            comp = _largest(comp & front)
+            if comp is None:
+                continue
+        yy, xx = np.nonzero(comp)
+        yy, xx = yy * sy, xx * sx
         at_level = np.abs(yy - tyy) < 6.0      # at the trachea's level the arch lies to its left (larger x)
         if (yy.min() < tyy - 12.0 and yy.max() > tyy + 2.0 and at_level.any() and xx[at_level].max() > txx + 5.0
                 and (yy.max() - yy.min()) > 30.0):
-            return lab == j
+            return comp
     return None
+
+
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 2D component of ``mask`` (None when empty)."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return None
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
 
 
 FAT_HU = -100.0
@@ -682,6 +715,10 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     w = ndi.uniform_filter1d(np.asarray(widths), size=3, mode="nearest")
     if w.max() <= 30.0:
         return _venous_prior(scan, carina, dome, "no atrial structure found in front of the spine")
+    share = float(np.mean(np.asarray(widths) > 0))
+    if share > ATRIUM_SHARE_MAX:
+        return _venous_prior(scan, carina, dome, f"no atrium stands out: a structure crosses the midline in front of "
+                                                 f"the spine on {share:.0%} of the slices from the carina to the dome")
     note = "widest structure just in front of the spine below the carina (left atrium with the veins)"
     i = _widest(w)
     near = carina.z_mm - np.array([scan.z_mm(j) for j in ks]) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]
@@ -706,13 +743,15 @@ def _widest(w: np.ndarray) -> int:
 def _venous_prior(scan: CTScan, carina: Landmark, dome: Landmark, why: str) -> Landmark:
     if carina.z_mm is None:
         return Landmark(None, None, 0.0, why)
-    z = carina.z_mm - 35.0
-    if dome.z_mm is not None:
-        z = max(z, dome.z_mm + 25.0)
+    if dome.z_mm is not None and dome.z_mm < carina.z_mm:
+        z = carina.z_mm - VENOUS_PRIOR_FRACTION * (carina.z_mm - dome.z_mm)
+        where = f"placed {VENOUS_PRIOR_FRACTION:.0%} of the way from the carina to the right dome (prior)"
+    else:
+        z, where = carina.z_mm - VENOUS_PRIOR_MM, f"placed {VENOUS_PRIOR_MM:.0f} mm below the carina (prior)"
     k = scan.slice_at_z(z)
     if k is None:
         return Landmark(None, None, 0.0, why + "; the prior position lies outside the scan")
-    return Landmark(z, scan.input_slice_index(k), 0.2, why + "; placed 35 mm below the carina (prior)")
+    return Landmark(z, scan.input_slice_index(k), 0.2, f"{why}; {where}")
 
 
 def find_great_vessel_origin(scan: CTScan, lungs: Lungs | None = None) -> Landmark:
