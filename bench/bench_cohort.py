@@ -57,7 +57,8 @@ def main():
     manifest = work / "manifest.csv"
     df.to_csv(manifest, index=False)
     lines = [f"{N} phantoms (128x128, ~110 slices of 3 mm), NIfTI; each scan: `sscild batch` defaults (read, lungs, "
-             "levels, vessels, quality, density, S-Net scores with TTA, lesion U-Net, regions), all outputs and "
+             "levels by anatomy and L-Net combined, vessels, quality, density, S-Net scores with TTA, lesion U-Net, "
+             "regions), all outputs and "
              "report.html. dask LocalCluster, one thread per worker process.", "",
              "| workers | wall time (s) | scans / min | peak memory per worker (MB, max over scans) |",
              "|---|---|---|---|"]

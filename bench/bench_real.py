@@ -2,7 +2,8 @@
 
 Two parts, each per real scan, not only pooled:
 1. Specificity: the scan as it is (no ILD known): lesion involvement %, slices called 100 % lesion, S-Net Goh
-   extent and stage at the anatomical levels, and a picture of where the false positives are.
+   extent and stage at the levels analyze places (anatomy and L-Net combined), and a picture of where the false
+   positives are.
 2. Sensitivity: ILD inserted into the same scan by bench/realcases.py (code that shares nothing with the training
    generator): ground glass, mixed, fibrotic with honeycombing, and (thin-slice scans) the fibrotic case as sparse
    sharp HRCT. S-Net MAE / weighted kappa at five slices per case, lesion Dice GG / RET / total and the
@@ -96,11 +97,14 @@ def train_loso(held_out: str, steps: int | None = None, which: str = "lesions,sn
 
 
 def _level_slices(scan, lungs):
-    """The anatomical levels (:class:`sscild.levels.GohLevels`) and the slices scored on inserted ILD: the levels'
-    slices, then, on a partial scan, slices spread over the lungs up to five."""
-    from sscild.levels import find_levels
+    """The levels as ``analyze`` places them (anatomy and the shipped L-Net combined, :class:`sscild.levels.
+    GohLevels`) and the slices scored on inserted ILD: the levels' slices, then, on a partial scan, slices spread
+    over the lungs up to five."""
+    from sscild.levels import combine_levels, find_levels, on_slices
+    from sscild.scoring.lnet import load_lnet, predict_levels
 
-    g = find_levels(scan, lungs)
+    model, cfg, _ = load_lnet()
+    g = on_slices(combine_levels(find_levels(scan, lungs), predict_levels(model, scan, cfg)), scan)
     ks = [scan.slice_at_z(z) for z in g.z_mm.values() if z is not None]
     ks = [k for k in ks if k is not None and lungs.mask[k].any()]
     if len(ks) < 5:                 # levels missing on a partial scan: spread five slices over the lungs
@@ -341,12 +345,13 @@ def main() -> None:
 
     lines = ["Per real scan (none has known ILD). Specificity on the scan as it is; sensitivity on ILD inserted by "
              "`bench/realcases.py` (independent of the training generator; S-Net at five slices per case: the "
-             "anatomical levels found, then slices spread over the lungs on a partial scan; lung mask of the original "
-             "scan). The Goh extent of the scan as it is is what `analyze` reports: the mean TOT of the levels found "
-             "that hold enough lung to be scored. Leave-one-out models train on the real scans that "
-             "configs/{snet,lesions}_real.yaml name (the five of ../shared/data and the four of .cache/backgrounds, "
-             "`make backgrounds`) without the held-out one. Acceptance: involvement <= 3 %, Goh extent <= 5 %, "
-             "stage limited, no slice at 100 %; MAE TOT <= 6, GG/RET <= 5; kappa >= 0.6; Dice GG >= 0.75, "
+             "levels analyze places (anatomy and L-Net combined), then slices spread over the lungs on a partial "
+             "scan; lung mask of the original scan). The Goh extent of the scan as it is is what `analyze` "
+             "reports: the mean TOT of the levels found that hold enough lung to be scored. Leave-one-out models "
+             "train on the real scans that configs/{snet,lesions}_real.yaml name (the five of ../shared/data and "
+             "the four of .cache/backgrounds, `make backgrounds`) without the held-out one. Acceptance: "
+             "involvement <= 3 %, Goh extent <= 5 %, stage limited, no slice at 100 %; MAE TOT <= 6, GG/RET <= 5; "
+             "kappa >= 0.6; Dice GG >= 0.75, "
              "RET >= 0.65, total >= 0.85; involvement error <= 3 points; fibrotic cases: RET outweighs GG and the "
              "stage is extensive. "
              "A0002 (hilar adenocarcinoma) has real opacities in the left lower lobe (seen in its picture): not all "

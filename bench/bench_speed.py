@@ -95,11 +95,13 @@ def main():
     stages = " | ".join(f"{v:.1f}" for v in a.timings_s.values())
     lines = [
         f"Phantom seed 7, 512x512x300 voxels, 0.7 mm pixels, 1.0 mm slices (lungs on "
-        f"{int(a.lungs.mask.any(axis=(1, 2)).sum())} slices), ILD extent 20 %; read from NIfTI in {t_read:.1f} s. Shipped models, default settings (scores with "
-        f"TTA + lesions + vessels, quality, regions; no heat maps, no L-Net); torch and BLAS on {THREADS} threads. "
+        f"{int(a.lungs.mask.any(axis=(1, 2)).sum())} slices), ILD extent 20 %; read from NIfTI in {t_read:.1f} s. "
+        f"Shipped models, default settings (L-Net levels combined with the anatomical ones, scores with TTA + "
+        f"lesions + vessels, quality, regions; no heat maps); torch and BLAS on {THREADS} threads. "
         "**The 2 cores are shared with other workers**: wall times depend on the load average (1/5/15 min) shown; "
         "CPU time (user + system, all threads of this process) is the steadier figure. First call in the process: "
-        "imports (MONAI, ~3 s CPU) and model loading are inside the `scores` / `lesions` stage times. levels, "
+        "imports (MONAI, ~3 s CPU) and model loading are inside the `levels_lnet` / `scores` / `lesions` stage "
+        "times. levels, "
         "vessels, quality, density and the region map run side by side on two threads after the lungs "
         "(`pipeline.model_free_stages`), so their times overlap (each is its own wall time); `regions` is the map "
         "plus the metrics after the lesions.", "",

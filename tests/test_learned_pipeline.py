@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 
 from sscild.phantom import make_phantom
 from sscild import AnalysisSettings, ModelSet, analyze, write_outputs
+from sscild.domain import LEVELS
 from sscild.modelset import DEFAULT_MODELS
 
 
@@ -115,6 +116,27 @@ def test_lnet_levels_feed_the_scores_when_anatomy_is_off(phantom):
         assert abs(a.levels_lnet.z_mm[n] - truth.levels_z[n]) < 3 * scan.spacing[0] + 1e-6
     assert a.scores is not None and a.scores.n_levels_scored == len(placed)
     assert a.to_dict()["levels_lnet"]["method"] == "lnet"
+
+
+def test_analyze_scores_the_anatomical_and_lnet_levels_combined(phantom):
+    """By default both methods place the levels and the slices scored are their combination: each level's z_mm
+    the centre of the slice S-Net scores, agreement raising the confidence over the anatomy's alone; each method's
+    own levels kept in analysis.json."""
+    if not all((DEFAULT_MODELS / m / "model.safetensors").exists() for m in ("lnet", "snet")):
+        pytest.skip("shipped L-Net / S-Net weights not present")
+    scan, truth = phantom
+    a = analyze(scan, AnalysisSettings(lesions=False))
+    assert (a.levels.method, a.levels_anatomy.method, a.levels_lnet.method) == ("anatomy+lnet", "anatomy", "lnet")
+    for n in LEVELS:
+        z = a.levels.z_mm[n]
+        k = scan.slice_at_z(z)
+        assert z == scan.z_mm(k) and a.scores.levels[n].slice == k                      # the slice scored
+        assert abs(z - truth.levels_z[n]) <= 8.0, (n, z, truth.levels_z[n])          # max error allowed
+        zs = (a.levels_anatomy.z_mm[n], a.levels_lnet.z_mm[n])
+        if abs(zs[0] - zs[1]) <= 5.0:                                                 # agree: more confident
+            assert a.levels.confidence[n] >= a.levels_anatomy.confidence[n], n
+    d = a.to_dict()
+    assert d["levels"]["method"] == "anatomy+lnet" and d["levels_anatomy"]["method"] == "anatomy"
 
 
 def test_heatmap_thresholds_come_from_the_card_with_their_patch_and_stride():

@@ -40,7 +40,7 @@ what the confidence means (>= 0.8: error <= 5 mm in >= 95 % of phantom cases wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -856,6 +856,13 @@ AGREE_MM = 10.0
 #: (bench/results/levels.md), so against the checked anatomy it wins only over priors and fallbacks.
 LEARNED_WEIGHT_AGREE = 0.6
 LEARNED_WEIGHT_DISAGREE = 0.2
+
+
+def on_slices(levels: GohLevels, scan: CTScan) -> GohLevels:
+    """``levels`` with each z_mm moved to the centre of the slice that is scored (the nearest; L-Net's positions are
+    continuous, the anatomy's already slice centres)."""
+    ks = {n: None if v is None else scan.slice_at_z(v) for n, v in levels.z_mm.items()}
+    return replace(levels, z_mm={n: v if ks[n] is None else scan.z_mm(ks[n]) for n, v in levels.z_mm.items()})
 
 
 def _combine_one(name: str, a: tuple, b: tuple, interior: bool, agree_mm: float) -> tuple:

@@ -2,6 +2,9 @@
 
 ``analyze(scan, settings)`` runs lungs -> levels -> density, then the learned stages whose weights are available
 (L-Net levels, S-Net scores and heat maps, the lesion U-Net), and returns an :class:`~sscild.results.Analysis`.
+With L-Net, the levels scored are the anatomical and the learned ones combined (:func:`sscild.levels.combine_levels`:
+their agreement sets the confidence; where they disagree the anatomy's checked landmark is kept unless it is only a
+prior or fallback); both sets are kept in the analysis.
 A stage whose model is missing is skipped with a warning; nothing here writes files
 (:func:`sscild.outputs.write_outputs` does), keeps models between calls (pass a :class:`~sscild.modelset.ModelSet`)
 or draws figures (:mod:`sscild.figures`).
@@ -11,7 +14,7 @@ Examples
 >>> from sscild.phantom import make_phantom
 >>> from sscild import analyze, AnalysisSettings
 >>> scan, truth = make_phantom(0, extent=10, shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
->>> a = analyze(scan, AnalysisSettings(scores=False, lesions=False))
+>>> a = analyze(scan, AnalysisSettings(scores=False, lesions=False, lnet=False))
 >>> sorted(a.timings_s), a.levels.method
 (['density', 'levels', 'lungs', 'quality', 'regions', 'vessels'], 'anatomy')
 >>> abs(a.volumes_ml["total"] - sum(truth.volumes_ml[k] for k in ("right", "left"))) < 0.05 * a.volumes_ml["total"]
@@ -32,7 +35,7 @@ from .consensus import MIN_LUNG_AREA_CM2, lung_area_cm2
 from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
-from .levels import GohLevels, find_levels
+from .levels import GohLevels, combine_levels, find_levels, on_slices
 from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
 from .outputs import write_outputs
 from .quality import quality_checks
@@ -97,12 +100,16 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
     with clock("lungs"):
         lungs = segment_lungs(scan)
     free = model_free_stages(scan, lungs, st, clock)
-    levels = free["levels"]
+    anatomical = free["levels"]
     steps: dict[str, Step] = {}
     if st.lnet:
         with clock("levels_lnet"):
             steps["lnet"] = lnet_stage(scan, st, models)
-    scoring_levels = levels if levels is not None else steps.get("lnet", Step()).value
+    learned = steps.get("lnet", Step()).value
+    # both methods: one set of levels, confidence from their agreement (the anatomy's kept where they disagree)
+    levels = on_slices(combine_levels(anatomical, learned), scan) if anatomical is not None and learned is not None \
+        else anatomical
+    scoring_levels = levels if levels is not None else learned
     aer, mscan = model_input(scan, lungs)
     if st.scores and scoring_levels is not None:
         with clock("scores"):
@@ -126,7 +133,8 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
     return Analysis(describe(scan), lungs, levels, free["density"],
                     {k: round(v, 2) for k, v in lungs.volume_ml(scan).items()}, clock.seconds, st, tuple(warns),
                     scores=steps.get("scores", Step()).value, lesions=steps.get("lesions", Step()).value,
-                    heatmaps=steps.get("heatmaps", Step()).value, levels_lnet=steps.get("lnet", Step()).value,
+                    heatmaps=steps.get("heatmaps", Step()).value, levels_lnet=learned,
+                    levels_anatomy=anatomical if levels is not anatomical else None,
                     models=tuple(m for s in steps.values() for m in s.models), vessels=free["vessels"],
                     quality=quality, regions=regions, region_map=rmap)
 

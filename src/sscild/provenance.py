@@ -39,7 +39,9 @@ STAGE_TEXT = {
     "lungs": "lungs and airways segmented model-free (thresholds, connected components, left/right split)",
     "levels": "the five Goh levels placed from anatomy (great-vessel origin, carina, pulmonary venous confluence, "
               "halfway, 1 cm above the right hemidiaphragm dome)",
-    "levels_lnet": "the levels also placed by the L-Net regression network",
+    "levels_lnet": "the levels also placed by the L-Net regression network and combined with the anatomical ones "
+                   "(agreement within 10 mm raises the confidence; where they disagree the anatomical landmark is kept "
+                   "unless it is only a prior)",
     "density": "density histogram metrics of the whole lung, each lung and thirds of the lung height",
     "scores": "the total extent (TOT), ground glass (GG) and reticulation (RET) of each level slice, in % of its lung "
               "area, regressed by the S-Net network",

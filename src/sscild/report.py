@@ -326,9 +326,20 @@ def _level_card(inp: ReportInput, name: str, out: Path) -> str:
             f"{_fmt(e.get('confidence'), 2)}; {html.escape(str(e.get('note', '')))}</small>{tbl}{hm}</div>")
 
 
+#: How the levels were placed, by ``levels.json`` method.
+LEVEL_METHODS = {"anatomy": "Levels placed from anatomy (model-free landmarks).",
+                 "lnet": "Levels placed by L-Net alone (the anatomical levels were not available).",
+                 "anatomy+lnet": "Levels placed from anatomy and by L-Net, combined: where the two agree within 10 mm "
+                                 "the confidence rises; where they disagree the anatomical landmark is kept (unless it "
+                                 "is only a prior) and the confidence is low; each method's own positions are in "
+                                 "analysis.json (levels_anatomy, levels_lnet)."}
+
+
 def _levels_section(inp: ReportInput, out: Path) -> str:
-    head = ("<p>S-Net's score is the headline number of each level (and of the Goh extent); the lesion map's area "
-            "ratio of the same slice is shown beside it as a check.</p>") if inp.scores else ""
+    method = ((inp.analysis or {}).get("levels") or {}).get("method")
+    head = f"<p>{html.escape(LEVEL_METHODS[method])}</p>" if method in LEVEL_METHODS else ""
+    head += ("<p>S-Net's score is the headline number of each level (and of the Goh extent); the lesion map's area "
+             "ratio of the same slice is shown beside it as a check.</p>") if inp.scores else ""
     return ("<h2>Goh levels</h2>" + head + "<p><small class='h'>Lung outline cyan; lesion overlay ground glass "
             "orange, reticulation red.</small></p><div class='levels'>"
             + "".join(_level_card(inp, n, out) for n in LEVELS) + "</div>")

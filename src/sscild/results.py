@@ -153,6 +153,7 @@ class Analysis:
     lesions: LesionMaps | None = None
     heatmaps: HeatMaps | None = None
     levels_lnet: "GohLevels | None" = None
+    levels_anatomy: "GohLevels | None" = None     # the anatomical levels alone, when ``levels`` combines them
     models: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     vessels: "Vessels | None" = None
     quality: "QualityReport | None" = None
@@ -187,8 +188,10 @@ class Analysis:
         for key in ("vessels", "quality", "regions"):
             part = getattr(self, key)
             d[key] = part.to_dict() if part is not None else None
-        if self.levels_lnet is not None:
-            d["levels_lnet"] = self.levels_lnet.to_dict()
+        for key in ("levels_lnet", "levels_anatomy"):
+            part = getattr(self, key)
+            if part is not None:
+                d[key] = part.to_dict()
         d.update({"timings_s": self.timings_s, "warnings": list(self.warnings), "models": list(self.models)})
         return d
 

@@ -49,7 +49,8 @@ class AnalysisSettings:
     heatmaps : bool
         Explain the scores with occlusion heat maps (slower).
     lnet : bool
-        Also place the levels with L-Net and report both.
+        Also place the levels with L-Net; the levels scored are then both methods combined
+        (:func:`sscild.levels.combine_levels`), each method's own kept in the analysis.
     weights : Path or None
         Folder whose ``snet/``, ``lnet/``, ``lesions/`` subfolders replace the shipped models.
     patch_mm, stride_mm : float
@@ -77,7 +78,7 @@ class AnalysisSettings:
     scores: bool = True
     lesions: bool = True
     heatmaps: bool = False
-    lnet: bool = False
+    lnet: bool = True
     weights: Path | None = None
     patch_mm: float = 45.0
     stride_mm: float = 11.0

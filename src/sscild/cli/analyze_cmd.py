@@ -18,7 +18,8 @@ def analyze_cmd(
                                                      "replaced as a whole)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (learned stages)."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Explain the scores with heat maps (slower)."),
-    lnet: bool = typer.Option(False, "--lnet", help="Also place the levels with L-Net and report both."),
+    lnet: bool = typer.Option(True, "--lnet/--no-lnet", help="Also place the levels with L-Net; the levels "
+                                                          "scored combine both methods."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
     fvc: Optional[float] = typer.Option(None, "--fvc", help="FVC in % predicted: stages a Goh extent of 10-30 %."),
@@ -64,9 +65,10 @@ def _print_summary(a, warnings: list[str], folder: Path) -> None:
     console.print(f"lungs {v['total'] / 1000:.2f} L (right {v['right']:.0f} mL, left {v['left']:.0f} mL); "
                   f"HAA {a.density.regions['whole']['HAA_pct']:.1f} %")
     if a.levels is not None:
-        console.print("levels (z mm): " + _levels_line(a.levels))
-    if a.levels_lnet is not None:
-        console.print("L-Net levels (z mm): " + _levels_line(a.levels_lnet))
+        console.print(f"levels (z mm, {a.levels.method}): " + _levels_line(a.levels))
+    for name, lv in (("anatomy", a.levels_anatomy), ("L-Net", a.levels_lnet)):
+        if lv is not None:
+            console.print(f"  {name} alone: " + _levels_line(lv))
     if a.scores is not None and a.scores.goh_extent is not None:
         console.print(f"Goh extent {a.scores.goh_extent:.1f} % ({a.scores.extent_note}); stage {a.scores.goh_stage}")
     for w in warnings:

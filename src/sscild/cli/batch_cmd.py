@@ -21,7 +21,8 @@ def batch(
                                                                       "e.g. tcp://HOST:8786."),
     force: bool = typer.Option(False, "--force", help="Redo scans already done."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Also compute heat maps (slower)."),
-    lnet: bool = typer.Option(False, "--lnet", help="Also place the levels with L-Net."),
+    lnet: bool = typer.Option(True, "--lnet/--no-lnet", help="Also place the levels with L-Net (levels scored: "
+                                                          "both combined)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with model subfolders overriding the "
                                                                    "shipped weights."),
