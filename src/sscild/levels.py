@@ -498,22 +498,24 @@ def _arch_component(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float,
     tyy, txx = tr[0] * scan.spacing[1], tr[1] * scan.spacing[2]
     front = (np.arange(lab.shape[0]) * sy < tyy + ARCH_BEHIND_MM)[:, None]
     for j, sl in enumerate(ndi.find_objects(lab), start=1):
-        comp = lab == j
-        if comp[sl].sum() * sx * sy < 150:
+        comp = lab[sl] == j
+        if comp.sum() * sx * sy < 150:
             continue
-        yy, xx = np.nonzero(comp[sl])
+        yy, xx = np.nonzero(comp)
         # spine: the big round bone-density blob behind the trachea at the midline
-        if np.median(hu[comp]) > 180 and abs((xx.mean() + sl[1].start) * sx - txx) < 25 and \
+        if np.median(hu[sl][comp]) > 180 and abs((xx.mean() + sl[1].start) * sx - txx) < 25 and \
                 (yy.mean() + sl[0].start) * sy > tyy:
-            comp = _largest(comp & front)
+            comp = _largest(comp & front[sl[0]])
             if comp is None:
                 continue
-        yy, xx = np.nonzero(comp)
-        yy, xx = yy * sy, xx * sx
+            yy, xx = np.nonzero(comp)
+        yy, xx = (yy + sl[0].start) * sy, (xx + sl[1].start) * sx
         at_level = np.abs(yy - tyy) < 6.0      # at the trachea's level the arch lies to its left (larger x)
         if (yy.min() < tyy - 12.0 and yy.max() > tyy + 2.0 and at_level.any() and xx[at_level].max() > txx + 5.0
                 and (yy.max() - yy.min()) > 30.0):
-            return comp
+            out = np.zeros(lab.shape, bool)
+            out[sl] = comp
+            return out
     return None
 
 
