@@ -16,7 +16,7 @@ from common import REPO, SHARED_DATA, WORK, write_section
 from sscild.anatomy import segment_lungs
 from sscild.domain import LEVELS
 from sscild.errors import SscildError
-from sscild.levels import combine_levels, find_levels, on_slices
+from sscild.levels import combine_levels, find_levels
 from sscild.phantom import make_phantom
 from sscild.scan import CTScan
 
@@ -86,7 +86,7 @@ def rows_for(condition, seed, scan, truth, lnet):
 
         learned = predict_levels(lnet[0], scan, lnet[1])
         results["lnet"] = learned
-        results["combined"] = on_slices(combine_levels(results["anatomy"], learned), scan)     # as analyze scores
+        results["combined"] = combine_levels(results["anatomy"], learned, scan=scan)     # as analyze scores
     out = []
     for method, g in results.items():
         for n in LEVELS:
@@ -187,7 +187,7 @@ def real_scans(lines):
         res = [g]
         if model is not None:
             learned = predict_levels(model, scan, cfg)
-            res += [learned, on_slices(combine_levels(g, learned), scan)]
+            res += [learned, combine_levels(g, learned, scan=scan)]
         right = []
         for r in res:
             ok = 0

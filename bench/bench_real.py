@@ -100,11 +100,11 @@ def _level_slices(scan, lungs):
     """The levels as ``analyze`` places them (anatomy and the shipped L-Net combined, :class:`sscild.levels.
     GohLevels`) and the slices scored on inserted ILD: the levels' slices, then, on a partial scan, slices spread
     over the lungs up to five."""
-    from sscild.levels import combine_levels, find_levels, on_slices
+    from sscild.levels import combine_levels, find_levels
     from sscild.scoring.lnet import load_lnet, predict_levels
 
     model, cfg, _ = load_lnet()
-    g = on_slices(combine_levels(find_levels(scan, lungs), predict_levels(model, scan, cfg)), scan)
+    g = combine_levels(find_levels(scan, lungs), predict_levels(model, scan, cfg), scan=scan)
     ks = [scan.slice_at_z(z) for z in g.z_mm.values() if z is not None]
     ks = [k for k in ks if k is not None and lungs.mask[k].any()]
     if len(ks) < 5:                 # levels missing on a partial scan: spread five slices over the lungs

@@ -217,3 +217,24 @@ def test_noise_specks_do_not_make_a_false_carina():
     g = find_levels(noisy, lungs)
     assert g.z_mm["L2"] is not None and abs(g.z_mm["L2"] - truth.levels_z["L2"]) <= 4.0, g.notes["L2"]
     assert g.confidence["L2"] < 0.8
+
+
+def test_combined_levels_on_slice_centres_each_level_its_own_slice():
+    """As analyze combines them (with the scan): each z at the centre of the slice scored, and where L-Net's
+    position would put a level on another's slice (8 mm slices; seen on A0002: L4 and L5 both at 184 mm) the
+    anatomy's position is kept. Without the scan, L-Net's continuous position is returned as before."""
+    import numpy as np
+
+    from sscild.levels import combine_levels
+    from sscild.scan import CTScan
+
+    scan = CTScan(np.zeros((40, 8, 8), np.int16), (8.0, 1.0, 1.0), (0.0, 0.0, 0.0))       # slices at 0, 8, ... 312
+    a = _levels([264.0, 232.0, 200.0, 192.0, 184.0], [0.5, 0.6, 0.2, 0.2, 0.3])
+    b = _levels([262.0, 229.0, 203.0, 187.6, 182.0], [0.9, 0.9, 0.9, 0.9, 0.9], "lnet")
+    loose = combine_levels(a, b)
+    assert loose.z_mm["L4"] == 187.6 and loose.z_mm["L3"] == 203.0
+    g = combine_levels(a, b, scan=scan)
+    assert all(g.z_mm[n] == scan.z_mm(scan.slice_at_z(g.z_mm[n])) for n in LEVELS)        # slice centres
+    assert g.z_mm["L3"] == 200.0 and g.z_mm["L4"] == 192.0 and g.z_mm["L5"] == 184.0
+    assert "another level's" in g.notes["L4"] and g.confidence["L4"] > a.confidence["L4"]
+    assert len({g.z_mm[n] for n in LEVELS}) == len(LEVELS)

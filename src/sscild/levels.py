@@ -40,7 +40,7 @@ what the confidence means (>= 0.8: error <= 5 mm in >= 95 % of phantom cases wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -911,13 +911,6 @@ LEARNED_WEIGHT_AGREE = 0.6
 LEARNED_WEIGHT_DISAGREE = 0.2
 
 
-def on_slices(levels: GohLevels, scan: CTScan) -> GohLevels:
-    """``levels`` with each z_mm moved to the centre of the slice that is scored (the nearest; L-Net's positions are
-    continuous, the anatomy's already slice centres)."""
-    ks = {n: None if v is None else scan.slice_at_z(v) for n, v in levels.z_mm.items()}
-    return replace(levels, z_mm={n: v if ks[n] is None else scan.z_mm(ks[n]) for n, v in levels.z_mm.items()})
-
-
 def _combine_one(name: str, a: tuple, b: tuple, interior: bool, agree_mm: float) -> tuple:
     """(z, slice_index, confidence, note) of one level from the anatomical ``a`` and learned ``b`` entries;
     ``interior``: the learned z lies between two levels the anatomy placed (a gap, not beyond the anatomy's span)."""
@@ -944,6 +937,18 @@ def _combine_one(name: str, a: tuple, b: tuple, interior: bool, agree_mm: float)
             f"disagree by {d:.0f} mm; {who} kept")
 
 
+def _on_own_slices(entries: dict[str, tuple], anatomical: GohLevels, scan: CTScan) -> dict[str, tuple]:
+    """The combined entries with each z at the centre of its slice; one moved by L-Net onto another level's slice
+    gets the anatomy's position back (see :func:`combine_levels`)."""
+    out = {n: (e if e[0] is None else (scan.z_mm(scan.slice_at_z(e[0])), *e[1:])) for n, e in entries.items()}
+    for n in LEVELS:
+        z, za = out[n][0], anatomical.z_mm[n]
+        if z is not None and za is not None and z != za and any(out[m][0] == z for m in LEVELS if m != n):
+            out[n] = (za, anatomical.slice_index[n], out[n][2],
+                      f"{out[n][3]}; L-Net's slice is another level's: the anatomy's position kept")
+    return out
+
+
 def _between_anatomical(anatomical: GohLevels, name: str, z: float | None) -> bool:
     """Whether ``z`` lies below a level the anatomy placed above ``name`` and above one it placed below."""
     if z is None:
@@ -954,7 +959,8 @@ def _between_anatomical(anatomical: GohLevels, name: str, z: float | None) -> bo
     return bool(above and below and min(above) > z > max(below))
 
 
-def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM) -> GohLevels:
+def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM,
+                   scan: CTScan | None = None) -> GohLevels:
     """One set of levels from the anatomical method and a learned one (L-Net), confidence from their agreement.
 
     Per level: both within ``agree_mm`` -> the more confident one's slice (L-Net's confidence weighted by
@@ -962,6 +968,10 @@ def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float
     the more confident (L-Net weighted by :data:`LEARNED_WEIGHT_DISAGREE`) at a low confidence (<= 0.3) with both
     positions in the note; L-Net alone -> used only inside a gap of the anatomical levels (never beyond them, where
     the landmark may be outside the scan), at most 0.5. The anatomical landmarks and the order check are kept.
+
+    With ``scan`` (as ``analyze`` combines them) each z_mm is the centre of the slice scored (L-Net's positions
+    are continuous, the anatomy's slice centres already), and a level that L-Net's position puts on another level's
+    slice (thick slices) keeps the anatomy's, on a slice of its own.
 
     Examples
     --------
@@ -978,6 +988,8 @@ def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float
                                (learned.z_mm.get(n), learned.slice_index.get(n), learned.confidence.get(n, 0.0),
                                 learned.notes.get(n, "")),
                                _between_anatomical(anatomical, n, learned.z_mm.get(n)), agree_mm) for n in LEVELS}
+    if scan is not None:
+        entries = _on_own_slices(entries, anatomical, scan)
     entries = _enforce_order(entries)
     return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
                      {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS},

@@ -35,7 +35,7 @@ from .consensus import MIN_LUNG_AREA_CM2, lung_area_cm2
 from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
 from .errors import ModelMissingError
-from .levels import GohLevels, combine_levels, find_levels, on_slices
+from .levels import GohLevels, combine_levels, find_levels
 from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
 from .outputs import write_outputs
 from .quality import quality_checks
@@ -107,7 +107,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
             steps["lnet"] = lnet_stage(scan, st, models)
     learned = steps.get("lnet", Step()).value
     # both methods: one set of levels, confidence from their agreement (the anatomy's kept where they disagree)
-    levels = on_slices(combine_levels(anatomical, learned), scan) if anatomical is not None and learned is not None \
+    levels = combine_levels(anatomical, learned, scan=scan) if anatomical is not None and learned is not None \
         else anatomical
     scoring_levels = levels if levels is not None else learned
     aer, mscan = model_input(scan, lungs)
