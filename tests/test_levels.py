@@ -238,3 +238,17 @@ def test_combined_levels_on_slice_centres_each_level_its_own_slice():
     assert g.z_mm["L3"] == 200.0 and g.z_mm["L4"] == 192.0 and g.z_mm["L5"] == 184.0
     assert "another level's" in g.notes["L4"] and g.confidence["L4"] > a.confidence["L4"]
     assert len({g.z_mm[n] for n in LEVELS}) == len(LEVELS)
+
+
+def test_combined_level_out_of_order_keeps_the_anatomy_instead_of_being_dropped():
+    """LIDC every fourth slice: the anatomy's L3 is a prior (0.1) at -145, its L4 -155; L-Net put L3 at -164.5
+    (0.95), which won the disagreement and then lay below L4: the order check dropped L3 altogether. Now the
+    anatomy's L3 is kept."""
+    from sscild.levels import combine_levels
+
+    a = _levels([-85.0, -105.0, -145.0, -155.0, -175.0], [0.38, 0.45, 0.1, 0.28, 0.45])
+    b = _levels([-83.0, -126.6, -164.5, -175.3, -206.0], [0.39, 0.48, 0.95, 0.85, 0.6], "lnet")
+    g = combine_levels(a, b)
+    assert g.z_mm["L3"] == -145.0 and "not between the neighbouring levels" in g.notes["L3"]
+    assert all(g.z_mm[n] is not None for n in LEVELS)
+    assert [g.z_mm[n] for n in LEVELS] == sorted([g.z_mm[n] for n in LEVELS], reverse=True)

@@ -937,15 +937,23 @@ def _combine_one(name: str, a: tuple, b: tuple, interior: bool, agree_mm: float)
             f"disagree by {d:.0f} mm; {who} kept")
 
 
-def _on_own_slices(entries: dict[str, tuple], anatomical: GohLevels, scan: CTScan) -> dict[str, tuple]:
-    """The combined entries with each z at the centre of its slice; one moved by L-Net onto another level's slice
-    gets the anatomy's position back (see :func:`combine_levels`)."""
-    out = {n: (e if e[0] is None else (scan.z_mm(scan.slice_at_z(e[0])), *e[1:])) for n, e in entries.items()}
-    for n in LEVELS:
+def _anatomy_where_lnet_conflicts(entries: dict[str, tuple], anatomical: GohLevels, scan: CTScan | None
+                                  ) -> dict[str, tuple]:
+    """The combined entries, with ``scan`` each z at the centre of its slice; a level whose L-Net position lies on
+    another level's slice or not between its neighbours gets the anatomy's position back (see
+    :func:`combine_levels`)."""
+    out = {n: (e if e[0] is None or scan is None else (scan.z_mm(scan.slice_at_z(e[0])), *e[1:]))
+           for n, e in entries.items()}
+    for i, n in enumerate(LEVELS):
         z, za = out[n][0], anatomical.z_mm[n]
-        if z is not None and za is not None and z != za and any(out[m][0] == z for m in LEVELS if m != n):
+        if z is None or za is None or z == za:
+            continue
+        above = [out[m][0] for m in LEVELS[:i] if out[m][0] is not None]
+        below = [out[m][0] for m in LEVELS[i + 1:] if out[m][0] is not None]
+        if (above and z >= min(above)) or (below and z <= max(below)):
             out[n] = (za, anatomical.slice_index[n], out[n][2],
-                      f"{out[n][3]}; L-Net's slice is another level's: the anatomy's position kept")
+                      f"{out[n][3]}; L-Net's position is not between the neighbouring levels (or on another "
+                      f"level's slice): the anatomy's kept")
     return out
 
 
@@ -969,9 +977,10 @@ def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float
     positions in the note; L-Net alone -> used only inside a gap of the anatomical levels (never beyond them, where
     the landmark may be outside the scan), at most 0.5. The anatomical landmarks and the order check are kept.
 
-    With ``scan`` (as ``analyze`` combines them) each z_mm is the centre of the slice scored (L-Net's positions
-    are continuous, the anatomy's slice centres already), and a level that L-Net's position puts on another level's
-    slice (thick slices) keeps the anatomy's, on a slice of its own.
+    A level taken from L-Net that is not between its neighbours keeps the anatomy's position (rather than being
+    dropped by the order check). With ``scan`` (as ``analyze`` combines them) each z_mm is the centre of the slice
+    scored (L-Net's positions are continuous, the anatomy's slice centres already), and a level that L-Net's
+    position puts on another level's slice (thick slices) keeps the anatomy's too.
 
     Examples
     --------
@@ -988,9 +997,7 @@ def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float
                                (learned.z_mm.get(n), learned.slice_index.get(n), learned.confidence.get(n, 0.0),
                                 learned.notes.get(n, "")),
                                _between_anatomical(anatomical, n, learned.z_mm.get(n)), agree_mm) for n in LEVELS}
-    if scan is not None:
-        entries = _on_own_slices(entries, anatomical, scan)
-    entries = _enforce_order(entries)
+    entries = _enforce_order(_anatomy_where_lnet_conflicts(entries, anatomical, scan))
     return GohLevels({n: entries[n][0] for n in LEVELS}, {n: entries[n][1] for n in LEVELS},
                      {n: float(entries[n][2]) for n in LEVELS}, {n: entries[n][3] for n in LEVELS},
                      dict(anatomical.landmarks), f"{anatomical.method}+{learned.method}")
