@@ -14,6 +14,7 @@ from shared_data import shared_path
 from sscild.anatomy import segment_lungs
 from sscild.domain import LEVELS
 from sscild.levels import find_levels
+from sscild.modelset import DEFAULT_MODELS
 
 ANNOTATIONS = json.loads((Path(__file__).parent / "data" / "real_levels.json").read_text())["scans"]
 
@@ -118,18 +119,27 @@ def test_levels_on_every_fourth_slice_of_the_contrast_series(offset):
 
 
 def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
-    """The levels of ``rel`` kept every ``every``-th slice from ``offset`` (slices 10 mm apart here); each placed
-    within its annotated range widened by half the interval (5 mm). Returns the levels."""
+    """The levels of ``rel`` kept every ``every``-th slice from ``offset`` (slices 10 mm apart here), by anatomy and,
+    with the shipped L-Net, combined as ``analyze`` combines them; each placed within its annotated range widened by
+    half the interval (5 mm). Returns the anatomical levels."""
     from sscild.io import load_ct
+    from sscild.levels import combine_levels
     from sscild.scan import CTScan
 
     scan = load_ct(shared_path(rel))
     sparse = CTScan(scan.hu[offset::every], (every * scan.spacing[0], *scan.spacing[1:]),
                     (scan.origin[0], scan.origin[1], scan.z_mm(offset)), scan.direction)
     g = find_levels(sparse, segment_lungs(sparse))
+    found = [g]
+    if (DEFAULT_MODELS / "lnet" / "model.safetensors").exists():
+        from sscild.scoring.lnet import load_lnet, predict_levels
+
+        model, cfg, _ = load_lnet()
+        found.append(combine_levels(g, predict_levels(model, sparse, cfg), scan=sparse))
     half = every * scan.spacing[0] / 2
-    for name in LEVELS:
-        lo, hi = ANNOTATIONS[rel]["levels"][name]["z_mm"]
-        assert g.z_mm[name] is not None, (name, g.notes[name])
-        assert lo - half <= g.z_mm[name] <= hi + half, (name, g.z_mm[name], (lo, hi), g.notes[name])
+    for lv in found:
+        for name in LEVELS:
+            lo, hi = ANNOTATIONS[rel]["levels"][name]["z_mm"]
+            assert lv.z_mm[name] is not None, (lv.method, name, lv.notes[name])
+            assert lo - half <= lv.z_mm[name] <= hi + half, (lv.method, name, lv.z_mm[name], (lo, hi), lv.notes[name])
     return g
