@@ -216,22 +216,24 @@ def _split_slices(lumens: list, min_mm2: float) -> np.ndarray:
 
 def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, float]]:
     """(array z index (continuous), note, confidence) where the airways split, top first: the tracked carina of
-    :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each) begin and stay apart
-    (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice above, and the
-    lumens divide the lumen above (:func:`sscild.anatomy.lumen_divides`: a trachea beside a pocket of air is not a
+    :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each, 20 in thick slices)
+    begin and stay apart (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice
+    above, and the lumens divide the lumen above (:func:`sscild.anatomy.lumen_divides`: a trachea beside a pocket of air is not a
     split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
     (at least one, within the scan) show one airway, or one lumen with the others under half its area, not two
     alike (a scan starting below the carina shows the lobar bronchi splitting off the two main ones)."""
     ys, xs = np.nonzero(lungs.airways.any(axis=0))
     box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1] if len(ys) else np.s_[:, :]  # the airways' box
     lumens = [airway_lumens(a[box], scan.spacing) if a.any() else [] for a in lungs.airways]
-    strict = _split_slices(lumens, 30.0)
+    dz = abs(scan.spacing[0])
+    # two bronchi: >= 30 mm^2 each; in slices of 6 mm or more >= 20 (partial volume: ACRIN in 8 mm slabs showed the
+    # split with a 29 mm^2 left main bronchus, never more)
+    strict = _split_slices(lumens, 30.0 if dz < THICK_SLICE_MM else 20.0)
     loose = _split_slices(lumens, 5.0) | strict
     # one airway, or (split) one lumen with the others under half its area
     single = np.array([bool(lu) and (not lo or lu[1][0] < 0.5 * lu[0][0]) for lu, lo in zip(lumens, loose)])
-    dz = abs(scan.spacing[0])
     # in slices of 6 mm or more the left main bronchus (oblique) fades into the lung by partial volume a slice
-    # below the split: one slice with two bronchi (>= 30 mm^2 each) under a single trachea is a candidate there
+    # below the split: one slice with two bronchi (>= 20 mm^2 each there) under a single trachea is a candidate
     run = max(2, int(np.ceil(12.0 / dz))) if dz < THICK_SLICE_MM else 1
     cands = []
     if lungs.carina_index is not None:
