@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shared_data import shared_path
@@ -157,3 +158,24 @@ def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
             assert lv.z_mm[name] is not None, (lv.method, name, lv.notes[name])
             assert lo - half <= lv.z_mm[name] <= hi + half, (lv.method, name, lv.z_mm[name], (lo, hi), lv.notes[name])
     return g
+
+
+def test_trachea_followed_past_the_glottis_of_a_scan_with_the_larynx():
+    """LCTSC-Test-S1-101 (3 mm, from `make backgrounds`; it starts in the larynx): the airway was followed from the
+    pharynx, whose folds looked like a split (a 'carina' 36 mm above the lung apex, rejected), and the glottis (a
+    slit of a few mm^2) ended it; the trachea below was not airway but lung, and no carina, so L1-L4 were not
+    placed. Now the trachea below the glottis is found and followed to the carina."""
+    from sscild.io import load_ct
+
+    path = Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / "lctsc_test_s1_101.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not fetched (make backgrounds)")
+    scan = load_ct(path)
+    lungs = segment_lungs(scan)
+    g = find_levels(scan, lungs)
+    assert all(g.z_mm[n] is not None for n in LEVELS), g.notes
+    apex = scan.z_mm(int(np.nonzero(lungs.mask.any(axis=(1, 2)))[0].max()))
+    assert 45.0 <= apex - g.z_mm["L2"] <= 130.0, (apex, g.z_mm["L2"], g.notes["L2"])
+    for z in (-322.0, -316.0, -310.0):          # the trachea between the glottis and the apex: airway, not lung
+        k = scan.slice_at_z(z)
+        assert lungs.airways[k].any() and not lungs.mask[k].any(), z

@@ -189,14 +189,15 @@ def _lung_components(hu: np.ndarray, internal: np.ndarray, vox_ml: float) -> np.
     return _select(lab, n, keep)
 
 
-def _find_trachea(dark: np.ndarray, lung: np.ndarray, spacing) -> tuple[int, np.ndarray] | None:
-    """The trachea's first slice from the top of the lungs: a round dark component (1-5 cm^2) inside the lung/air
-    mask near the middle of the body in x; returns (slice, its mask) or None."""
+def _find_trachea(dark: np.ndarray, lung: np.ndarray, spacing, top: int | None = None
+                  ) -> tuple[int, np.ndarray] | None:
+    """The trachea's first slice from the top of the lungs (or from slice ``top`` down): a round dark component
+    (1-5 cm^2) inside the lung/air mask near the middle of the body in x; returns (slice, its mask) or None."""
     zs = np.nonzero(lung.any(axis=(1, 2)))[0]
     if len(zs) == 0:
         return None
     px = spacing[1] * spacing[2]
-    top = zs.max()
+    top = zs.max() if top is None else min(top, zs.max())
     xs = np.nonzero(lung.any(axis=(0, 1)))[0]
     x_mid = (xs.min() + xs.max()) / 2
     for k in range(top, max(zs.min(), top - int(120 / spacing[0])), -1):
@@ -321,6 +322,13 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     airway, carina = _track(dark, lung, spacing)
     if plausible(carina):
         return airway, carina
+    low = np.nonzero(airway.any(axis=(1, 2)))[0]
+    if len(low) and low.min() > 0:
+        # in a scan that includes the larynx the airway is followed from the pharynx, its folds look like a split
+        # and the glottis (a slit of a few mm^2) ends it: the trachea below that end is found and followed again
+        below, carina_b = _track(dark, lung, spacing, top=int(low.min()) - 1)
+        if plausible(carina_b):
+            return airway | below, carina_b
     smooth = ndi.uniform_filter(dark.astype(np.float32), size=(1, 3, 3), mode="nearest") > 4.5 / 9
     airway2, carina2 = _track(smooth, lung, spacing)
     if not plausible(carina2):
@@ -330,11 +338,12 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     return airway2, carina2
 
 
-def _track(dark: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
+def _track(dark: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], top: int | None = None
            ) -> tuple[np.ndarray, float | None]:
-    """The airway mask and carina index tracked through the air mask ``dark`` from the trachea's first slice."""
+    """The airway mask and carina index tracked through the air mask ``dark`` from the trachea's first slice (from
+    the top of ``lung``, or from slice ``top`` down)."""
     airway = np.zeros(dark.shape, bool)
-    start = _find_trachea(dark, lung, spacing)
+    start = _find_trachea(dark, lung, spacing, top)
     if start is None:
         return airway, None
     k0, seed = start
