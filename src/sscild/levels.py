@@ -218,10 +218,11 @@ def _carina_candidates(scan: CTScan, lungs: Lungs) -> list[tuple[float, str, flo
     """(array z index (continuous), note, confidence) where the airways split, top first: the tracked carina of
     :func:`sscild.anatomy.segment_lungs`, then every slice where two bronchi (>= 30 mm^2 each, 20 in thick slices)
     begin and stay apart (>= 5 mm^2 each, at least two thirds of the slices) for >= 12 mm, between it and the slice
-    above, and the lumens divide the lumen above (:func:`sscild.anatomy.lumen_divides`: a trachea beside a pocket of air is not a
-    split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
+    above, and the lumens divide the lumen above (:func:`sscild.anatomy.lumen_divides`: a trachea beside a pocket of
+    air is not a split). A split is a carina only under a single trachea: most of the slices up to 15 mm above it
     (at least one, within the scan) show one airway, or one lumen with the others under half its area, not two
-    alike (a scan starting below the carina shows the lobar bronchi splitting off the two main ones)."""
+    alike (a scan starting below the carina shows the lobar bronchi splitting off the two main ones). When no split
+    is found, where the single airway leaves the trachea's axis (:data:`AXIS_EXIT_AREA`)."""
     ys, xs = np.nonzero(lungs.airways.any(axis=0))
     box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1] if len(ys) else np.s_[:, :]  # the airways' box
     lumens = [airway_lumens(a[box], scan.spacing) if a.any() else [] for a in lungs.airways]
