@@ -7,10 +7,8 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from common import REPO, WORK, write_section
@@ -58,8 +56,7 @@ def main():
     df.to_csv(manifest, index=False)
     lines = [f"{N} phantoms (128x128, ~110 slices of 3 mm), NIfTI; each scan: `sscild batch` defaults (read, lungs, "
              "levels by anatomy and L-Net combined, vessels, quality, density, S-Net scores with TTA, lesion U-Net, "
-             "regions), all outputs and "
-             "report.html. dask LocalCluster, one thread per worker process.", "",
+             "regions), all outputs and report.html. dask LocalCluster, one thread per worker process.", "",
              "| workers | wall time (s) | scans / min | peak memory per worker (MB, max over scans) |",
              "|---|---|---|---|"]
     for workers in (1, 2):

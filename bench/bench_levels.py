@@ -18,7 +18,7 @@ from sscild.domain import LEVELS
 from sscild.errors import SscildError
 from sscild.levels import combine_levels, find_levels
 from sscild.phantom import make_phantom
-from sscild.scan import CTScan
+from sscild.scan import CTScan, thick_slices
 
 SEEDS = range(2000, 2008)          # held out: tests and development used other seeds
 COARSE_SEEDS = range(2000, 2004)
@@ -37,16 +37,6 @@ def crop_z(scan: CTScan, k0: int, k1: int) -> CTScan:
     o = list(scan.origin)
     o[2] = scan.z_mm(k0)
     return CTScan(scan.hu[k0:k1].copy(), scan.spacing, tuple(o), scan.direction, dict(scan.meta), scan.source)
-
-
-def thick_slices(scan: CTScan, n: int) -> CTScan:
-    """Slices of ``n`` times the thickness: the mean of each block of ``n`` (partial volume as a thick slice)."""
-    nz = scan.shape[0] // n * n
-    hu = scan.hu[:nz].astype(np.float32).reshape(nz // n, n, *scan.shape[1:]).mean(axis=1)
-    o = list(scan.origin)
-    o[2] = (scan.z_mm(0) + scan.z_mm(n - 1)) / 2
-    return CTScan(np.rint(hu).astype(np.int16), (scan.spacing[0] * n, *scan.spacing[1:]), tuple(o), scan.direction,
-                  dict(scan.meta), scan.source)
 
 
 def variants(seed: int):

@@ -101,8 +101,7 @@ def main():
         "**The 2 cores are shared with other workers**: wall times depend on the load average (1/5/15 min) shown; "
         "CPU time (user + system, all threads of this process) is the steadier figure. First call in the process: "
         "imports (MONAI, ~3 s CPU) and model loading are inside the `levels_lnet` / `scores` / `lesions` stage "
-        "times. levels, "
-        "vessels, quality, density and the region map run side by side on two threads after the lungs "
+        "times. levels, vessels, quality, density and the region map run side by side on two threads after the lungs "
         "(`pipeline.model_free_stages`), so their times overlap (each is its own wall time); `regions` is the map "
         "plus the metrics after the lesions.", "",
         "| " + " | ".join(a.timings_s) + " | total wall | CPU time | peak RSS | load before -> after | goal <= 30 s |",

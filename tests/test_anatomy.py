@@ -179,13 +179,10 @@ def test_thick_slices_over_a_narrow_neck_keep_the_lungs(n):
     """Neck phantoms in 6 and 9 mm slices (block means of 3 mm slices): the slice over the apices shows the air
     around the narrow neck right above the lungs, which joined them in 3D to the air around the patient (before:
     'no lungs found'); the air around the patient is now found slice by slice."""
-    from sscild.scan import CTScan
+    from sscild.scan import thick_slices
 
     scan, truth = make_phantom(100, extent=35, neck=True)
-    nz = scan.shape[0] // n * n
-    hu = scan.hu[:nz].astype(np.float32).reshape(nz // n, n, *scan.shape[1:]).mean(axis=1)
-    thick = CTScan(np.rint(hu).astype(np.int16), (n * scan.spacing[0], *scan.spacing[1:]),
-                   (scan.origin[0], scan.origin[1], float(np.mean([scan.z_mm(i) for i in range(n)]))))
+    thick = thick_slices(scan, n)
     lungs = segment_lungs(thick)
     true_ml = (truth.lungs > 0).sum() * np.prod(scan.spacing) / 1000
     got_ml = (lungs.labels > 0).sum() * np.prod(thick.spacing) / 1000

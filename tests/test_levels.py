@@ -156,13 +156,10 @@ def test_noise_lowers_the_confidence(phantom44):
 def test_thick_slices_score_slice_centres_at_lower_confidence(phantom44):
     """8 mm slices (block means of 3 slices of 3 mm, with their partial volume): each level is the centre of a
     slice, within a slice of the truth, with the confidence scaled down for the thickness."""
-    from sscild.scan import CTScan
+    from sscild.scan import thick_slices
 
     scan, truth, _ = phantom44
-    nz = scan.shape[0] // 3 * 3
-    hu = scan.hu[:nz].astype(np.float32).reshape(nz // 3, 3, *scan.shape[1:]).mean(axis=1)
-    o = (scan.origin[0], scan.origin[1], scan.z_mm(1))
-    thick = CTScan(np.rint(hu).astype(np.int16), (9.0, *scan.spacing[1:]), o)
+    thick = thick_slices(scan, 3)
     g = find_levels(thick, segment_lungs(thick))
     for n in ("L2", "L5"):
         assert g.z_mm[n] is not None, g.notes[n]

@@ -5,6 +5,7 @@ outside the scan must not be placed, and the placed levels keep their anatomical
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -83,18 +84,10 @@ def test_carina_on_8_mm_slabs_of_the_pet_ct(offset):
 def _carina_on_slabs(rel: str, n: int, offset: int) -> None:
     """The carina of ``rel`` averaged into slabs of ``n`` slices from ``offset``: placed within its annotated range
     widened by half a slab, at a confidence that says 'thick slices'."""
-    import numpy as np
+    from sscild.scan import thick_slices
 
-    from sscild.io import load_ct
-    from sscild.scan import CTScan
-
-    scan = load_ct(shared_path(*rel.split("/")))
-    hu = scan.hu[offset:].astype(np.float32)
-    nz = hu.shape[0] // n * n
-    hu = hu[:nz].reshape(nz // n, n, *scan.shape[1:]).mean(axis=1)
-    z0 = float(np.mean([scan.z_mm(offset + i) for i in range(n)]))
-    slab = CTScan(np.rint(hu).astype(np.int16), (n * scan.spacing[0], *scan.spacing[1:]),
-                  (scan.origin[0], scan.origin[1], z0), scan.direction)
+    scan = _read(rel)
+    slab = thick_slices(scan, n, offset)
     g = find_levels(slab, segment_lungs(slab))
     lo, hi = ANNOTATIONS[rel]["levels"]["L2"]["z_mm"]
     half = n * scan.spacing[0] / 2
@@ -133,15 +126,22 @@ def test_levels_on_every_fourth_slice_of_the_contrast_series(offset):
     _sparse_levels_within_ranges("chest-ct-lidc-idri-0001/ct.nii.gz", 4, offset)
 
 
+@functools.cache
+def _read(rel: str):
+    """The real scan ``rel`` of ../shared/data, read once for all the cases made from it (slabs, sparse slices)."""
+    from sscild.io import load_ct
+
+    return load_ct(shared_path(*rel.split("/")))
+
+
 def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
     """The levels of ``rel`` kept every ``every``-th slice from ``offset`` (slices 10 mm apart here), by anatomy and,
     with the shipped L-Net, combined as ``analyze`` combines them; each placed within its annotated range widened by
     half the interval (5 mm). Returns the anatomical levels."""
-    from sscild.io import load_ct
     from sscild.levels import combine_levels
     from sscild.scan import CTScan
 
-    scan = load_ct(shared_path(rel))
+    scan = _read(rel)
     sparse = CTScan(scan.hu[offset::every], (every * scan.spacing[0], *scan.spacing[1:]),
                     (scan.origin[0], scan.origin[1], scan.z_mm(offset)), scan.direction)
     g = find_levels(sparse, segment_lungs(sparse))

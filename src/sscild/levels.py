@@ -768,10 +768,11 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
             if xx.min() < tx - 10 and xx.max() > tx + 10:      # crosses the midline: not the aorta
                 best = max(best, float(xx.max() - xx.min()))
         widths.append(best)
-    w = ndi.uniform_filter1d(np.asarray(widths), size=3, mode="nearest")
+    widths = np.asarray(widths)
+    w = ndi.uniform_filter1d(widths, size=3, mode="nearest")
     if w.max() <= 30.0:
         return _venous_prior(scan, carina, dome, "no atrial structure found in front of the spine")
-    share = float(np.mean(np.asarray(widths) > 0))
+    share = float(np.mean(widths > 0))
     if share > ATRIUM_SHARE_MAX:
         return _venous_prior(scan, carina, dome, f"no atrium stands out: a structure crosses the midline in front of "
                                                  f"the spine on {share:.0%} of the slices from the carina to the dome")
@@ -947,27 +948,30 @@ def _anatomy_where_lnet_conflicts(entries: dict[str, tuple], anatomical: GohLeve
     :func:`combine_levels`)."""
     out = {n: (e if e[0] is None or scan is None else (scan.z_mm(scan.slice_at_z(e[0])), *e[1:]))
            for n, e in entries.items()}
-    for i, n in enumerate(LEVELS):
+    for n in LEVELS:
         z, za = out[n][0], anatomical.z_mm[n]
         if z is None or za is None or z == za:
             continue
-        above = [out[m][0] for m in LEVELS[:i] if out[m][0] is not None]
-        below = [out[m][0] for m in LEVELS[i + 1:] if out[m][0] is not None]
-        if (above and z >= min(above)) or (below and z <= max(below)):
+        above, below = _neighbours({m: e[0] for m, e in out.items()}, n)
+        if (above is not None and z >= above) or (below is not None and z <= below):
             out[n] = (za, anatomical.slice_index[n], out[n][2],
                       f"{out[n][3]}; L-Net's position is not between the neighbouring levels (or on another "
                       f"level's slice): the anatomy's kept")
     return out
 
 
+def _neighbours(z_mm: dict[str, float | None], name: str) -> tuple[float | None, float | None]:
+    """The z of the nearest placed levels above and below ``name`` (None where there is none)."""
+    i = LEVELS.index(name)
+    above = [z_mm[n] for n in LEVELS[:i] if z_mm[n] is not None]
+    below = [z_mm[n] for n in LEVELS[i + 1:] if z_mm[n] is not None]
+    return (min(above) if above else None), (max(below) if below else None)
+
+
 def _between_anatomical(anatomical: GohLevels, name: str, z: float | None) -> bool:
     """Whether ``z`` lies below a level the anatomy placed above ``name`` and above one it placed below."""
-    if z is None:
-        return False
-    i = LEVELS.index(name)
-    above = [anatomical.z_mm[n] for n in LEVELS[:i] if anatomical.z_mm[n] is not None]
-    below = [anatomical.z_mm[n] for n in LEVELS[i + 1:] if anatomical.z_mm[n] is not None]
-    return bool(above and below and min(above) > z > max(below))
+    above, below = _neighbours(anatomical.z_mm, name)
+    return z is not None and above is not None and below is not None and above > z > below
 
 
 def combine_levels(anatomical: GohLevels, learned: GohLevels, *, agree_mm: float = AGREE_MM,

@@ -165,6 +165,18 @@ class CTScan:
                       dict(self.meta), self.source, self.input_geometry)
 
 
+def thick_slices(scan: CTScan, n: int, offset: int = 0) -> CTScan:
+    """The scan in slices ``n`` times as thick, from slice ``offset``: the mean of each block of ``n`` (partial
+    volume as a thick slice; an axis-aligned scan, each slab centred on its slices). Benchmarks and tests use it for
+    thick-slice cases; :mod:`sscild.acquisition` simulates slice profiles for training."""
+    nz = (scan.shape[0] - offset) // n * n
+    hu = scan.hu[offset:offset + nz].astype(np.float32).reshape(nz // n, n, *scan.shape[1:]).mean(axis=1)
+    o = list(scan.origin)
+    o[2] = (scan.z_mm(offset) + scan.z_mm(offset + n - 1)) / 2
+    return CTScan(np.rint(hu).astype(np.int16), (scan.spacing[0] * n, *scan.spacing[1:]), tuple(o), scan.direction,
+                  dict(scan.meta), scan.source)
+
+
 def orientation_of(image: sitk.Image) -> str:
     """Three-letter orientation code (e.g. ``"LPS"``) of a SimpleITK image's direction."""
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
