@@ -131,6 +131,35 @@ def test_lesion_stage_counts_vessels_and_airways_as_normal_lung(small, monkeypat
         100 * (lungs.mask & ~small & ~vessels.mask & ~lungs.airways).sum() / lungs.mask.sum(), abs=0.01)
 
 
+def test_thin_vessel_voxels_inside_reticulation_stay_ret_and_vessels_elsewhere_are_normal():
+    """A slice at 0.7 mm pixels: a vessel 4.2 mm in radius and a line one pixel wide across the slice, all called RET;
+    the parenchyma is RET on the left half only. The line stays RET where it crosses the reticulation (the vessel
+    mask takes reticular lines for vessels) and is normal beyond; the thick vessel is normal although it lies in the
+    reticulation; vessel voxels called GG are normal everywhere."""
+    from sscild.anatomy import Lungs
+    from sscild.pipeline import RET_AREA_WINDOW_MM, exclude_structures
+    from sscild.vessels import Vessels
+
+    lung = np.ones((3, 200, 200), bool)
+    yy, xx = np.mgrid[:200, :200]
+    disk = (yy - 50) ** 2 + (xx - 50) ** 2 <= 36                        # 6 px = 4.2 mm radius, in the reticulation
+    vessel = np.zeros(lung.shape, bool)
+    vessel[:, disk] = True
+    vessel[:, 120, 10:190] = True                                       # a line, left half in the reticulation
+    lungs = Lungs(lung.astype(np.uint8), np.zeros(lung.shape, bool))
+    labels = np.where(xx < 100, 3, 1)[None].repeat(3, 0).astype(np.uint8)
+    labels[vessel] = 3
+    out = exclude_structures(labels, lungs, Vessels(vessel, 0.0), (0.7, 0.7))
+    margin = int(np.ceil(RET_AREA_WINDOW_MM / 0.7))
+    assert (out[:, 120, 10:100 - margin] == 3).all()                   # reticular line kept
+    assert (out[:, 120, 100 + margin:190] == 1).all()                  # a vessel in normal lung
+    assert (out[:, disk] == 1).all()                                    # thick: a vessel in reticulation
+    assert (out[~vessel] == labels[~vessel]).all()                     # the parenchyma keeps its labels
+    labels[vessel] = 2
+    out = exclude_structures(labels, lungs, Vessels(vessel, 0.0), (0.7, 0.7))
+    assert (out[vessel] == 1).all()
+
+
 class _FakeScorer:
     """Stands in for S-Net: TOT = 20 % (+1 on the mirrored copy), GG 12, RET 8."""
 
