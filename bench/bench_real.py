@@ -309,6 +309,7 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
     inv = np.mean([r["inv_err"] for r in rows])
     U = np.concatenate([r["unet"] for r in rows])
     mu = [mae(U[:, i], T[:, i])[0] for i in range(3)]
+    mm = [mae((P[:, i] + U[:, i]) / 2, T[:, i])[0] for i in range(3)]
     S = np.concatenate([r["sd"] for r in rows])
     rho = spearman(S[:, 0], np.abs(P[:, 0] - T[:, 0]))[0]
     rho_d = spearman(np.abs(P[:, 0] - U[:, 0]), np.abs(P[:, 0] - T[:, 0]))[0]     # the report's disagreement
@@ -318,7 +319,8 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
     return [f"| {name} | {src} | {spec['involvement']:.1f} | {spec['slices_100']} | "
             f"{_goh_text(spec)} | {spec['stage']} | {m[0]:.1f} / {m[1]:.1f} / {m[2]:.1f} | "
             f"{k[0]:.2f} / {k[1]:.2f} / {k[2]:.2f} | {dice['GG']:.2f} / {dice['RET']:.2f} / {dice['total']:.2f} | "
-            f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {rho:.2f} | {rho_d:.2f} | {fib_txt} |"]
+            f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {mm[0]:.1f} / {mm[1]:.1f} / {mm[2]:.1f} | "
+            f"{rho:.2f} | {rho_d:.2f} | {fib_txt} |"]
 
 
 def _goh_text(spec: dict) -> str:
@@ -374,9 +376,10 @@ def main() -> None:
              "of its 'healthy' involvement is false positive.", "",
              "| scan | models | involvement % (healthy) | slices at 100 % | Goh extent % | stage | "
              "S-Net MAE TOT / GG / RET | kappa TOT / GG / RET | Dice GG / RET / total | involvement error | "
-             "lesion-map area ratio at the same slices: MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
+             "lesion-map area ratio at the same slices: MAE TOT / GG / RET | mean of S-Net and the lesion map: "
+             "MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
              "S-Net vs lesion-map disagreement vs abs. error (Spearman) | "
-             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---" * 15 + "|"]
     places = ["| scan | position | false positives (mL) | "
               + " | ".join(k for k, _ in FP_PLACES) + " |", "|---|---|---|" + "---|" * len(FP_PLACES)]
     for j, (name, rel) in enumerate(REAL):
