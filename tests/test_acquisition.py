@@ -65,6 +65,21 @@ def test_dependent_density_goes_with_gravity():
     assert np.all(sup[~lung] == hu[~lung])                # only lung changes
 
 
+def test_random_gravity_reaches_the_density_of_a_free_breathing_pet_ct():
+    """The draws cover a dependent border of +200 HU or more that is still +40 HU or more 30-50 mm in (a real
+    free-breathing PET/CT: +235 HU at the border, +55 HU at 30-50 mm), and a stronger density reaches deeper."""
+    rng = np.random.default_rng(5)
+    acqs = [random_acquisition(rng, (1.0, 0.7, 0.7)) for _ in range(200)]
+    amount = np.array([a.dependent_hu for a in acqs])
+    depth = np.array([a.dependent_depth_mm for a in acqs])
+    assert amount.min() >= 0 and (amount >= 200).mean() > 0.1 and (amount <= 60).mean() > 0.2
+    assert np.corrcoef(amount, depth)[0, 1] > 0.9
+    hu, lung = np.full((2, 120, 10), -850.0, np.float32), np.ones((2, 120, 10), bool)
+    a = acqs[int(np.argmax(amount))]
+    out = dependent_density(hu, lung, (1.0, 1.0, 1.0), a.dependent_hu, depth_mm=a.dependent_depth_mm)
+    assert out[0, 119, 5] - hu[0, 119, 5] >= 200 and out[0, 119 - 40, 5] - hu[0, 119 - 40, 5] >= 40
+
+
 def test_random_acquisition_is_never_finer_than_the_scan():
     rng = np.random.default_rng(3)
     for _ in range(50):

@@ -4,8 +4,10 @@ Training and test data for the learned stages are real volumes (with or without 
 through :func:`simulate`, which applies, in this order, to the image and to its label fractions together:
 
 1. breath-hold: a shallower inspiration (free breathing, the CT of a PET/CT) raises the density of the whole
-   lung parenchyma by up to ~150 HU; gravity: dependent density (a few tens of HU) in the lowest ~2-3 cm of each
-   lung, posterior for a supine and anterior for a prone patient (the labels stay "normal": hard negatives);
+   lung parenchyma by up to ~150 HU; gravity: dependent density (0 to 260 HU at the dependent border, reaching
+   20-60 mm in, the stronger the deeper) in each lung, posterior for a supine and anterior for a prone patient (the
+   labels stay "normal": hard negatives); the real scans of ../shared/data hold +40 to +80 HU at the border, the
+   PET/CT of a free-breathing patient +235 HU with +55 HU still 30-50 mm in;
 2. the reconstruction kernel in-plane, as a Gaussian MTF (smooth kernels) or an unsharp mask (sharp kernels);
 3. quantum noise, Gaussian with a correlation length (noise grain) of its own;
 4. the slice profile along z (Gaussian of the requested FWHM, combined with the native one) and the slice
@@ -45,7 +47,8 @@ class Acquisition:
 
     ``kernel_mm`` > 0 smooths in-plane (Gaussian sigma); ``sharpen`` > 0 adds an unsharp mask of that amount
     (sharp kernels); ``noise_hu`` is the added noise SD and ``noise_grain_mm`` its correlation length;
-    ``dependent_hu`` the gravity-dependent density added at the dependent lung border; ``aeration_hu`` the
+    ``dependent_hu`` the gravity-dependent density added at the dependent lung border, fading over
+    ``dependent_depth_mm``; ``aeration_hu`` the
     density added to all lung parenchyma by a shallower inspiration.
     """
 
@@ -58,6 +61,7 @@ class Acquisition:
     noise_grain_mm: float = 0.5
     prone: bool = False
     dependent_hu: float = 0.0
+    dependent_depth_mm: float = 25.0
     aeration_hu: float = 0.0
 
     def describe(self) -> str:
@@ -78,6 +82,10 @@ class Simulated:
     labels: np.ndarray | None
 
 
+#: HU: the strongest gravity-dependent density drawn at the dependent lung border
+DEPENDENT_MAX_HU = 260.0
+
+
 def random_acquisition(rng: np.random.Generator, native_spacing: tuple[float, float, float], *,
                        sparse: float = 0.15, prone: float = 0.15, shallow: float = 0.0) -> Acquisition:
     """A plausible acquisition no finer than the native one: slices 0.6-8 mm (contiguous or, with chance
@@ -94,10 +102,11 @@ def random_acquisition(rng: np.random.Generator, native_spacing: tuple[float, fl
     kind = rng.random()
     kernel, sharpen = (float(rng.uniform(0.3, 1.2)), 0.0) if kind < 0.45 else \
         ((0.0, float(rng.uniform(0.3, 1.5))) if kind < 0.8 else (0.0, 0.0))
+    noise, grain, is_prone = float(rng.uniform(0.0, 60.0)), float(rng.uniform(0.3, 1.0)), bool(rng.random() < prone)
+    g = float(rng.uniform(0.0, 1.0))          # gravity: one draw sets both, a stronger density reaches deeper
     return Acquisition(slice_thickness_mm=th, slice_interval_mm=step, pixel_mm=px, kernel_mm=kernel,
-                       sharpen=sharpen, noise_hu=float(rng.uniform(0.0, 60.0)),
-                       noise_grain_mm=float(rng.uniform(0.3, 1.0)), prone=bool(rng.random() < prone),
-                       dependent_hu=float(rng.uniform(0.0, 120.0)),
+                       sharpen=sharpen, noise_hu=noise, noise_grain_mm=grain, prone=is_prone,
+                       dependent_hu=DEPENDENT_MAX_HU * g ** 1.5, dependent_depth_mm=20.0 + 40.0 * g,
                        aeration_hu=float(rng.uniform(30.0, 150.0)) if shallow > 0 and rng.random() < shallow else 0.0)
 
 
@@ -193,7 +202,7 @@ def simulate(hu: np.ndarray, spacing, acq: Acquisition, rng: np.random.Generator
     v = np.asarray(hu, np.float32)
     if acq.aeration_hu > 0 and lung is not None:
         v = v + acq.aeration_hu * (lung & (v < -500))
-    v = dependent_density(v, lung, spacing, acq.dependent_hu, prone=acq.prone)
+    v = dependent_density(v, lung, spacing, acq.dependent_hu, prone=acq.prone, depth_mm=acq.dependent_depth_mm)
     v = apply_kernel(v, spacing, acq.kernel_mm, acq.sharpen)
     v = add_correlated_noise(v, spacing, acq.noise_hu, acq.noise_grain_mm, rng)
     th, step = max(acq.slice_thickness_mm, dz), max(acq.slice_interval_mm, dz)

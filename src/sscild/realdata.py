@@ -73,7 +73,7 @@ def random_draw(rng: np.random.Generator, seed: int, native_spacing, *, healthy:
 
 
 def _key(name: str, spec: DrawSpec) -> str:
-    return hashlib.sha256(json.dumps([name, repr(spec), 4]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([name, repr(spec), 5]).encode()).hexdigest()[:16]
 
 
 def draw_slices(name: str, hu: np.ndarray, lung: np.ndarray, spacing, spec: DrawSpec,
