@@ -269,11 +269,14 @@ def _lungs_like(lung):
     return Lungs(np.where(lung, 1, 0).astype(np.uint8), np.zeros_like(lung, dtype=bool))
 
 
+#: The lesion classes Dice is given for, as label tests
+DICE_CLASSES = {"GG": lambda a: a == 2, "RET": lambda a: a == 3, "total": lambda a: a >= 2}
+
+
 def _overlap(pred, truth, cls) -> tuple[int, int]:
-    """Twice the overlap and the sum of the sizes of class ``cls`` (GG, RET or total lesion) in a prediction and
-    its truth: the Dice terms, summed over a scan's cases (:func:`_pooled_dice`)."""
-    p, t = (pred == 2, truth == 2) if cls == "GG" else (pred == 3, truth == 3) if cls == "RET" else \
-        (pred >= 2, truth >= 2)
+    """Twice the overlap and the sum of the sizes of class ``cls`` (:data:`DICE_CLASSES`) in a prediction and its
+    truth: the Dice terms, summed over a scan's cases (:func:`_pooled_dice`)."""
+    p, t = DICE_CLASSES[cls](pred), DICE_CLASSES[cls](truth)
     return 2 * int((p & t).sum()), int(p.sum()) + int(t.sum())
 
 
@@ -294,7 +297,7 @@ def _measure_case(kind, scan_like, lab, lungs, ks, snet, unet) -> dict:
     sc, sd = _snet_scores(snet, model_input(scan_like, lungs)[1].hu, lung, ks, float(scan_like.spacing[1]),
                           spread=True)
     return {"kind": kind, "pred": sc, "sd": sd, "truth": _truth_scores(t, ks), "unet": _truth_scores(pred, ks),
-            "dice": {c: _overlap(pred, t, c) for c in ("GG", "RET", "total")},
+            "dice": {c: _overlap(pred, t, c) for c in DICE_CLASSES},
             "inv_err": abs(100.0 * (pred >= 2).sum() / n - 100.0 * (t >= 2).sum() / n),
             "ret_vs_gg": (int((pred == 3).sum()), int((pred == 2).sum()))}
 
@@ -305,7 +308,7 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
     P = np.concatenate([r["pred"] for r in rows]); T = np.concatenate([r["truth"] for r in rows])
     m = [mae(P[:, i], T[:, i])[0] for i in range(3)]
     k = [weighted_kappa(P[:, i], T[:, i]) for i in range(3)]
-    dice = {c: _pooled_dice(rows, c) for c in ("GG", "RET", "total")}
+    dice = {c: _pooled_dice(rows, c) for c in DICE_CLASSES}
     inv = np.mean([r["inv_err"] for r in rows])
     U = np.concatenate([r["unet"] for r in rows])
     mu = [mae(U[:, i], T[:, i])[0] for i in range(3)]
