@@ -134,6 +134,14 @@ def _read(rel: str):
     return load_ct(shared_path(*rel.split("/")))
 
 
+@functools.cache
+def _lnet():
+    """The shipped L-Net, loaded once for all the sparse cases."""
+    from sscild.scoring.lnet import load_lnet
+
+    return load_lnet()
+
+
 def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
     """The levels of ``rel`` kept every ``every``-th slice from ``offset`` (slices 10 mm apart here), by anatomy and,
     with the shipped L-Net, combined as ``analyze`` combines them; each placed within its annotated range widened by
@@ -147,9 +155,9 @@ def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
     g = find_levels(sparse, segment_lungs(sparse))
     found = [g]
     if (DEFAULT_MODELS / "lnet" / "model.safetensors").exists():
-        from sscild.scoring.lnet import load_lnet, predict_levels
+        from sscild.scoring.lnet import predict_levels
 
-        model, cfg, _ = load_lnet()
+        model, cfg, _ = _lnet()
         found.append(combine_levels(g, predict_levels(model, sparse, cfg), scan=sparse))
     half = every * scan.spacing[0] / 2
     for lv in found:

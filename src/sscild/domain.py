@@ -39,6 +39,11 @@ GOH_SIMPLE_THRESHOLD = 20.0
 GOH_FVC_THRESHOLD = 70.0
 #: A Goh extent needs at least this many scored levels to be staged.
 MIN_LEVELS_FOR_STAGE = 3
+#: Levels placed by anatomy and by L-Net within this distance (mm) agree (:func:`sscild.levels.combine_levels`),
+#: and the rule of their combination in words (the methods paragraph and the report).
+LEVELS_AGREE_MM = 10.0
+COMBINED_LEVELS_RULE = (f"agreement within {LEVELS_AGREE_MM:g} mm raises the confidence; where they disagree the "
+                        "anatomical landmark is kept unless it is only a prior")
 
 
 class LungLabel(IntEnum):

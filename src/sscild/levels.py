@@ -48,7 +48,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError     # with the module: not first imported beside the model preload
 
 from .anatomy import APEX_CARINA_MIN_MM, Lungs, airway_lumens, lumen_divides
-from .domain import LEVEL_NAMES, LEVELS
+from .domain import LEVEL_NAMES, LEVELS, LEVELS_AGREE_MM
 from .errors import NoLungsError
 from .scan import CTScan
 
@@ -906,7 +906,7 @@ def find_levels(scan: CTScan, lungs: Lungs) -> GohLevels:
 
 
 #: Levels of the two methods within this distance (mm) agree; agreement raises the confidence.
-AGREE_MM = 10.0
+AGREE_MM = LEVELS_AGREE_MM
 #: Weight of the learned method's own confidence: where the two agree (corroboration) and where they disagree.
 #: L-Net is trained on phantoms and its window spread is not calibrated on real scans: on the five shared real
 #: scans it reported 0.95-1.0 for levels 20-80 mm off and placed levels whose landmarks are outside the scan

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from .anatomy import Lungs, segment_lungs
+from .anatomy import Lungs, _bbox, segment_lungs
 from .consensus import MIN_LUNG_AREA_CM2, lung_area_cm2
 from .density import Aeration, aeration, density_metrics, model_scan
 from .domain import LEVELS, PATTERNS, LesionClass, area_percent
@@ -275,17 +276,17 @@ def heatmap_thresholds(card: Mapping[str, Any], st: AnalysisSettings) -> tuple[d
     return {p: float(fitted[p]) for p in PATTERNS}, notes
 
 
-#: What ``lesions.json`` says about the voxels the lesion map may not call ground glass or reticulation.
-EXCLUDED_TEXT = {True: "vessels and airway walls (model-free masks) are counted as normal lung, never GG/RET, but for "
-                       "thin vessel-mask voxels inside reticulation (at least {share:.0%} of the parenchyma within "
-                       "{win:g} mm is RET; not within a vessel of {thick:g} mm radius): there the mask cannot tell "
-                       "vessels from reticular lines, and those stay RET",
-                 False: "airway walls (model-free mask) are counted as normal lung, never GG/RET"}
 #: The reticular area around a vessel-mask voxel: in-plane window (mm) and the share of its parenchyma that is RET.
 RET_AREA_WINDOW_MM = 7.0
 RET_AREA_SHARE = 0.5
 #: Vessel-mask voxels inside a vessel of at least this radius (mm, in-plane) are vessels even in reticulation.
 THICK_VESSEL_MM = 1.5
+#: What ``lesions.json`` says about the voxels the lesion map may not call ground glass or reticulation.
+EXCLUDED_TEXT = {True: f"vessels and airway walls (model-free masks) are counted as normal lung, never GG/RET, but for "
+                       f"thin vessel-mask voxels inside reticulation (at least {RET_AREA_SHARE:.0%} of the parenchyma "
+                       f"within {RET_AREA_WINDOW_MM:g} mm is RET; not within a vessel of {THICK_VESSEL_MM:g} mm "
+                       f"radius): there the mask cannot tell vessels from reticular lines, and those stay RET",
+                 False: "airway walls (model-free mask) are counted as normal lung, never GG/RET"}
 #: ... and what it says of the slices with too little lung to judge.
 SMALL_SLICES_TEXT = ("; so are the slices with less than {:g} cm^2 of lung (apex tips and domes, partial volume "
                      "with the tissue above or below; S-Net does not score them either)")
@@ -306,9 +307,7 @@ def lesion_stage(scan: CTScan, lungs: Lungs, levels: GohLevels | None, st: Analy
     lab = exclude_structures(lab, lungs, vessels, scan.spacing[1:])
     ks = {n: levels.array_index(scan, n) for n in LEVELS} if levels is not None else {}
     notes, used = _used(m)
-    excluded = EXCLUDED_TEXT[vessels is not None].format(share=RET_AREA_SHARE, win=RET_AREA_WINDOW_MM,
-                                                         thick=THICK_VESSEL_MM)
-    excluded += SMALL_SLICES_TEXT.format(MIN_LUNG_AREA_CM2)
+    excluded = EXCLUDED_TEXT[vessels is not None] + SMALL_SLICES_TEXT.format(MIN_LUNG_AREA_CM2)
     summary = {**summarise(lab, lungs.labels, scan, ks), "excluded": excluded,
                "aeration": {"p10_HU": round(aer.p10_hu, 1), "shift_HU": round(aer.shift_hu, 1),
                             "note": aer.note() or "lung well inflated: no shift"}}
@@ -338,10 +337,6 @@ def _reticular_lines(labels: np.ndarray, vessel: np.ndarray, lung: np.ndarray, p
     vessel) within :data:`RET_AREA_WINDOW_MM` in the slice labelled RET. The vesselness takes reticular walls for
     vessels (on ILD inserted into real scans a third of the reticular area was vessel mask, against 6 % of normal
     lung), so without this the reticulation lost a third of its voxels to "vessels"."""
-    from scipy import ndimage as ndi
-
-    from .anatomy import _bbox
-
     out = np.zeros(labels.shape, bool)
     ret = (labels == LesionClass.RET) & vessel
     if not ret.any():

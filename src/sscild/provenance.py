@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import __version__
-from .domain import GOH_EXTENSIVE_ABOVE, GOH_FVC_THRESHOLD, GOH_LIMITED_BELOW
+from .domain import COMBINED_LEVELS_RULE, GOH_EXTENSIVE_ABOVE, GOH_FVC_THRESHOLD, GOH_LIMITED_BELOW
 
 #: Shipped model folders; a ``--weights DIR`` folder holds the same sub-folders.
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
@@ -39,9 +39,8 @@ STAGE_TEXT = {
     "lungs": "lungs and airways segmented model-free (thresholds, connected components, left/right split)",
     "levels": "the five Goh levels placed from anatomy (great-vessel origin, carina, pulmonary venous confluence, "
               "halfway, 1 cm above the right hemidiaphragm dome)",
-    "levels_lnet": "the levels also placed by the L-Net regression network and combined with the anatomical ones "
-                   "(agreement within 10 mm raises the confidence; where they disagree the anatomical landmark is kept "
-                   "unless it is only a prior)",
+    "levels_lnet": f"the levels also placed by the L-Net regression network and combined with the anatomical ones "
+                   f"({COMBINED_LEVELS_RULE})",
     "density": "density histogram metrics of the whole lung, each lung and thirds of the lung height",
     "scores": "the total extent (TOT), ground glass (GG) and reticulation (RET) of each level slice, in % of its lung "
               "area, regressed by the S-Net network",

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .domain import LEVEL_NAMES, LEVELS, PATTERNS, goh_extent, goh_stage
+from .domain import COMBINED_LEVELS_RULE, LEVEL_NAMES, LEVELS, PATTERNS, goh_extent, goh_stage
 from .figures import save_png
 from .provenance import SLS2_COLUMNS, methods_paragraph, public_text, run_facts, sls2_values
 from .scan import CTScan
@@ -329,10 +329,8 @@ def _level_card(inp: ReportInput, name: str, out: Path) -> str:
 #: How the levels were placed, by ``levels.json`` method.
 LEVEL_METHODS = {"anatomy": "Levels placed from anatomy (model-free landmarks).",
                  "lnet": "Levels placed by L-Net alone (the anatomical levels were not available).",
-                 "anatomy+lnet": "Levels placed from anatomy and by L-Net, combined: where the two agree within 10 mm "
-                                 "the confidence rises; where they disagree the anatomical landmark is kept (unless it "
-                                 "is only a prior) and the confidence is low; each method's own positions are in "
-                                 "analysis.json (levels_anatomy, levels_lnet)."}
+                 "anatomy+lnet": f"Levels placed from anatomy and by L-Net, combined ({COMBINED_LEVELS_RULE}); each "
+                                 "method's own positions are in analysis.json (levels_anatomy, levels_lnet)."}
 
 
 def _levels_section(inp: ReportInput, out: Path) -> str:
