@@ -187,3 +187,31 @@ def test_trachea_followed_past_the_glottis_of_a_scan_with_the_larynx():
     for z in (-322.0, -316.0, -310.0):          # the trachea between the glottis and the apex: airway, not lung
         k = scan.slice_at_z(z)
         assert lungs.airways[k].any() and not lungs.mask[k].any(), z
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("rel", ["chest-ct-lung-pet-ct-dx-a0001", "chest-ct-lidc-idri-0001/ct.nii.gz"])
+@pytest.mark.parametrize("above_mm", [30, 40, 60])
+def test_no_dome_when_the_scan_ends_above_it(rel, above_mm):
+    """A real scan cut to end ``above_mm`` above the top of its annotated L5 range (so above the right dome): the
+    lung over the heart then ends above the last slice while the posterior base runs out of the scan, and that
+    lower surface is not the diaphragm. The dome, L5 and L4 are not placed (before: a dome 30-90 mm too high on
+    a0001 at every cut, on LIDC at 30 and 40 mm); L1 and L2 still are, within their ranges, where those lie 20 mm
+    or more above the scan's end."""
+    from sscild.scan import CTScan
+
+    scan = _read(rel)
+    want = ANNOTATIONS[rel]["levels"]
+    ks = [k for k in range(scan.shape[0]) if scan.z_mm(k) >= want["L5"]["z_mm"][1] + above_mm]
+    k0 = min(ks)
+    cut = CTScan(scan.hu[k0:], scan.spacing, (scan.origin[0], scan.origin[1], scan.z_mm(k0)), scan.direction)
+    lungs = segment_lungs(cut)
+    assert lungs.cut_off["base"]
+    g = find_levels(cut, lungs)
+    assert g.z_mm["L5"] is None and g.z_mm["L4"] is None, (g.z_mm, g.notes["L5"])
+    assert "above the right hemidiaphragm" in g.notes["L5"]
+    z_end = cut.z_mm(0) - cut.spacing[0] / 2
+    for n in ("L1", "L2"):          # those whose range lies well inside the cut scan
+        lo, hi = want[n]["z_mm"]
+        if lo >= z_end + 20:
+            assert g.z_mm[n] is not None and lo - 1e-6 <= g.z_mm[n] <= hi + 1e-6, (n, g.z_mm[n], g.notes[n])

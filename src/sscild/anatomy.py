@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cc3d
 import numpy as np
@@ -63,9 +64,13 @@ class Lungs:
     carina_index: float | None = None
     body: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    @property
+    @cached_property
     def mask(self) -> np.ndarray:
-        return self.labels > 0
+        """``labels > 0``, worked out once (the levels, quality and vessel stages each ask for it several times);
+        read-only, since it is shared."""
+        m = self.labels > 0
+        m.setflags(write=False)
+        return m
 
     def volume_ml(self, scan: CTScan) -> dict[str, float]:
         """Volumes in mL: right, left, total."""
@@ -799,15 +804,22 @@ def segment_lungs(scan: CTScan, *, quiet: bool = True) -> Lungs:
     lo = _downsample(scan.hu, f)
     sp = (scan.spacing[0], scan.spacing[1] * f, scan.spacing[2] * f)
     labels_lo, aerated_lo, airway_lo, carina_lo, notes, body = _segment_coarse(lo, sp)
-    # back to full resolution, refined with the full-resolution threshold at the border
-    labels = _upsample_labels(labels_lo, scan.shape, f)
-    airways = _refine_airways(_upsample_labels(airway_lo.astype(np.uint8), scan.shape, f) > 0, scan.hu) if f > 1 \
-        else airway_lo
+    # back to full resolution, refined with the full-resolution threshold at the border; the work is done within
+    # the lungs' box (and the airways' box) grown by one coarse voxel, zero outside it
     if f > 1:
-        dense = _upsample_labels(np.where(aerated_lo, 0, labels_lo).astype(np.uint8), scan.shape, f)
-        labels = _refine(labels, scan.hu, airways)
+        airways = np.zeros(scan.shape, bool)
+        if airway_lo.any():
+            a_box = _fine_box(_bbox(airway_lo, margin=1), f, scan.shape)
+            airways[a_box] = _upsample_box(airway_lo, a_box, f)
+            airways = _refine_airways(airways, scan.hu)
+        labels = np.zeros(scan.shape, np.uint8)
+        box = _fine_box(_bbox(labels_lo > 0, margin=1), f, scan.shape)
+        dense = _upsample_box(np.where(aerated_lo, 0, labels_lo), box, f)
+        lab = _refine_box(_upsample_box(labels_lo, box, f), scan.hu[box], airways[box])
         # the dense regions stay whole (the refinement trims the border by the air threshold)
-        labels = np.where((dense > 0) & (labels == 0), dense, labels)
+        labels[box] = np.where((dense > 0) & (lab == 0), dense, lab)
+    else:
+        labels, airways = labels_lo, airway_lo
     # the airway lumen and a rim of two voxels around it are never lung (no slivers of trachea as lung)
     labels[_dilate(airways, iterations=2)] = 0
     zs = np.nonzero(labels.any(axis=(1, 2)))[0]
@@ -973,6 +985,27 @@ def _upsample_labels(lab: np.ndarray, shape: tuple[int, int, int], f: int) -> np
     return out
 
 
+def _fine_box(box_lo: tuple[slice, ...], f: int, shape: tuple[int, int, int]) -> tuple[slice, ...]:
+    """The full-resolution box of a box on the grid of ``f`` x ``f`` in-plane blocks (all its slices; the rows and
+    columns of its blocks, and the remainder rows / columns beyond the last whole block when it reaches it)."""
+    out = [box_lo[0]]
+    for ax in (1, 2):
+        sl, n_lo = box_lo[ax], shape[ax] // f
+        out.append(slice(sl.start * f, shape[ax] if sl.stop >= n_lo else sl.stop * f))
+    return tuple(out)
+
+
+def _upsample_box(lab: np.ndarray, box: tuple[slice, ...], f: int) -> np.ndarray:
+    """:func:`_upsample_labels` of ``lab`` (a coarse grid of ``f`` x ``f`` blocks) cut to the full-resolution
+    ``box`` of :func:`_fine_box` (the remainder beyond the last whole block is 0)."""
+    r0, r1, c0, c1 = box[1].start // f, -(-box[1].stop // f), box[2].start // f, -(-box[2].stop // f)
+    up = np.repeat(np.repeat(lab[box[0], r0:r1, c0:c1], f, axis=1), f, axis=2)
+    out = np.zeros((up.shape[0], box[1].stop - box[1].start, box[2].stop - box[2].start), lab.dtype)
+    ny, nx = min(up.shape[1], out.shape[1]), min(up.shape[2], out.shape[2])
+    out[:, :ny, :nx] = up[:, :ny, :nx]
+    return out
+
+
 def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """Bounding box of ``mask`` grown by ``margin`` voxels, as slices (the whole array when empty)."""
     if not mask.any():
@@ -1001,18 +1034,16 @@ def _refine_airways(up: np.ndarray, hu: np.ndarray) -> np.ndarray:
     return out
 
 
-def _refine(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.ndarray:
-    """At the lung border, keep full-resolution voxels that are below the lung threshold; keep the interior."""
-    out = labels.copy()
-    box = _bbox(labels > 0, margin=2)
-    out[box] = _refine_box(labels[box], hu[box], airways[box])
-    return out
-
-
 def _refine_box(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.ndarray:
+    """At the lung border, keep full-resolution voxels that are below the lung threshold; keep the interior.
+    Each lung is worked on within its own box grown by two voxels (the band reaches one voxel out)."""
     out = labels.copy()
     for lab in (1, 2):
-        m = labels == lab
+        whole = labels == lab
+        if not whole.any():
+            continue
+        sub = _bbox(whole, margin=2)
+        m, hu_s, aw, res = whole[sub], hu[sub], airways[sub], out[sub]
         # in-plane 4-neighbour erosion and dilation, outside the box counting as background (as
         # ndi.binary_erosion/dilation with the 2D cross), by shifted copies
         inner = m.copy()
@@ -1028,9 +1059,10 @@ def _refine_box(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.n
         outer[:, :, 1:] |= m[:, :, :-1]
         outer[:, :, :-1] |= m[:, :, 1:]
         band = outer & ~inner
-        keep = band & (hu < LUNG_THRESHOLD) & (out == 0) | (band & m & (hu < LUNG_THRESHOLD))
-        out[m & band & ~(hu < LUNG_THRESHOLD)] = 0
-        out[keep & ~airways] = lab
+        air = hu_s < LUNG_THRESHOLD
+        keep = band & air & (res == 0) | (band & m & air)
+        res[m & band & ~air] = 0
+        res[keep & ~aw] = lab
     return out
 
 

@@ -11,8 +11,9 @@ is reported as missing, never invented):
   surface, over the columns where the lung ends on the abdomen (lower half of the lung; not within 30 mm of
   its medial edge, where it ends on the heart; solid lung columns, not noise specks; median-filtered, 98th
   percentile, to ignore spurs). The surface is interpolated between slices from the partial volume of the lowest
-  lung slice and the one below (thick slices). With the base cut off, columns reaching the last slice are left out
-  and a dome within 15 mm of the scan's end is not placed. L5 = dome + 10 mm.
+  lung slice and the one below (thick slices). With the base cut off, columns reaching the last slice are left out,
+  the dome is not placed when most of the posterior base reaches the last slice (:data:`DOME_SEEN_MIN`: what ends
+  above it is then the lung over the heart) nor within 15 mm of the scan's end. L5 = dome + 10 mm.
 - ``great_vessel_origin`` (L1): where the brachiocephalic trunk arises from the aorta. Above the carina, in the
   mediastinum (lung outline, or a box round the trachea when the lungs are cut off), the arch's apex is the
   highest slice with one vessel structure (blood, > -20 HU, bone excluded) that runs from in front of the
@@ -337,6 +338,10 @@ def _first_along_z(mask: np.ndarray) -> np.ndarray:
 
 
 SOFT_TISSUE_HU = 40.0      # the diaphragm and liver under the lung base
+#: With the base cut off, the share of the posterior half of the right lung's base (lower half, lateral, solid
+#: columns) that must end above the scan's last slice for the dome to count as in view: a scan ending below the
+#: dome sees 0.93 of it on A0002 (8 mm), a scan ending at mid-heart 0.17 (pyradiomics lung1).
+DOME_SEEN_MIN = 0.5
 
 
 def _base_surface(scan: CTScan, right: np.ndarray, bottom: np.ndarray, has: np.ndarray) -> np.ndarray:
@@ -382,6 +387,14 @@ def _right_dome(scan: CTScan, lungs: Lungs) -> Landmark:
     solid = (count >= 0.7 * (top - bottom + 1)) & (count * abs(scan.spacing[0]) >= 20.0)
     cand = has & lateral & solid & (bottom <= lo + 0.5 * (hi - lo))
     if cut:     # columns where the lung reaches the scan's last slice end below it: their surface is unknown
+        # the dome is in view when most of the posterior half of the base (where it peaks, away from the heart)
+        # ends above the last slice; else what ends above it is the lung over the heart
+        ys = np.nonzero(has.any(axis=1))[0]
+        post = cand & (np.arange(has.shape[0]) >= (ys.min() + ys.max()) / 2)[:, None]
+        seen = float((post & (bottom > 0)).sum() / max(post.sum(), 1))
+        if seen < DOME_SEEN_MIN:
+            return Landmark(None, None, 0.0, f"the scan ends above the right hemidiaphragm: the posterior lung base "
+                            f"reaches the last slice in {1 - seen:.0%} of its columns (lung base cut off)")
         cand &= bottom > 0
     if not cand.any():
         return Landmark(None, None, 0.0, "no lower lung surface found" if not cut else
@@ -775,7 +788,7 @@ def _venous_confluence(scan: CTScan, lungs: Lungs, carina: Landmark, dome: Landm
     share = float(np.mean(widths > 0))
     if share > ATRIUM_SHARE_MAX:
         return _venous_prior(scan, carina, dome, f"no atrium stands out: a structure crosses the midline in front of "
-                                                 f"the spine on {share:.0%} of the slices from the carina to the dome")
+                                                 f"the spine on {share:.0%} of the slices searched below the carina")
     note = "widest structure just in front of the spine below the carina (left atrium with the veins)"
     i = _widest(w)
     near = carina.z_mm - np.array([scan.z_mm(j) for j in ks]) < PLAUSIBLE_MM[("carina", "venous_confluence")][0]
