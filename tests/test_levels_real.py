@@ -168,17 +168,45 @@ def _sparse_levels_within_ranges(rel: str, every: int, offset: int):
     return g
 
 
+def _background(name: str):
+    """A real chest CT of .cache/backgrounds (``make backgrounds``), read; the test skips when it is absent."""
+    from sscild.io import load_ct
+
+    path = Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / name
+    if not path.exists():
+        pytest.skip(f"{path} not fetched (make backgrounds)")
+    return load_ct(path)
+
+
+def test_great_vessel_origin_of_a_ct_angiogram_below_the_contrast_filled_veins():
+    """The TotalSegmentator example CT angiogram (1.5 mm, from `make backgrounds`): at the thoracic inlet the
+    contrast-filled veins and the arteries round the trachea made an arch-like structure at 772.7 mm whose trunk
+    could not be followed, and L1 was put there, 15 mm above the arch. By eye the arch rises to about 757 mm and
+    the brachiocephalic trunk leaves it at about 745-752 mm. The next apex down, whose trunk is followed, now
+    gives L1."""
+    scan = _background("totalseg_example_ct.nii.gz")
+    g = find_levels(scan, segment_lungs(scan))
+    assert 744.0 <= g.z_mm["L1"] <= 758.0, (g.z_mm["L1"], g.notes["L1"])
+
+
+def test_no_dome_in_a_scan_ending_at_mid_heart():
+    """pyradiomics' lung1 sample CT (5 mm, from `make backgrounds`) ends with the heart in full section and the
+    posterior lung reaching the last slice: the right dome lies below the scan. L5 was put on the lung over the
+    heart (-727.5 mm); now L5 and L4 are not placed, and the carina still is."""
+    scan = _background("pyradiomics_lung1.nrrd")
+    lungs = segment_lungs(scan)
+    g = find_levels(scan, lungs)
+    assert lungs.cut_off["base"]
+    assert g.z_mm["L5"] is None and g.z_mm["L4"] is None, (g.z_mm, g.notes["L5"])
+    assert g.z_mm["L2"] is not None, g.notes["L2"]
+
+
 def test_trachea_followed_past_the_glottis_of_a_scan_with_the_larynx():
     """LCTSC-Test-S1-101 (3 mm, from `make backgrounds`; it starts in the larynx): the airway was followed from the
     pharynx, whose folds looked like a split (a 'carina' 36 mm above the lung apex, rejected), and the glottis (a
     slit of a few mm^2) ended it; the trachea below was not airway but lung, and no carina, so L1-L4 were not
     placed. Now the trachea below the glottis is found and followed to the carina."""
-    from sscild.io import load_ct
-
-    path = Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / "lctsc_test_s1_101.nii.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not fetched (make backgrounds)")
-    scan = load_ct(path)
+    scan = _background("lctsc_test_s1_101.nii.gz")
     lungs = segment_lungs(scan)
     g = find_levels(scan, lungs)
     assert all(g.z_mm[n] is not None for n in LEVELS), g.notes

@@ -20,8 +20,9 @@ is reported as missing, never invented):
   trachea, round its left side, to behind it; the left brachiocephalic vein crosses in front only and the
   branches are small and round. From just above the apex the trunk (the artery nearest the trachea on its right
   front) is followed down to where it joins the aorta (:func:`_brachiocephalic_origin`); in an unfolded aorta
-  that is 2-3 cm below the apex. When the trunk cannot be followed, L1 falls back to the apex, with low
-  confidence and a note saying so. Apices are tried from the top down (at least 20 mm below the lung apex) until
+  that is 2-3 cm below the apex. When the trunk cannot be followed, the next apex down is tried once (contrast-
+  filled veins at the thoracic inlet can look like the arch) and kept when its trunk is followed; else L1 falls
+  back to the first apex, with low confidence and a note saying so. Apices are tried from the top down (at least 20 mm below the lung apex) until
   the origin lies at a plausible distance from the carina (neck vessels at the thoracic inlet are passed over).
 - ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
@@ -693,6 +694,7 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: f
     if tr is None:
         return Landmark(None, None, 0.0, "the trachea is not visible above the carina")
     rejected: list[str] = []
+    fallback: Landmark | None = None      # an apex whose trunk could not be followed, kept while a lower one is tried
     k = k_hi
     while k > kc and len(rejected) < 3:
         # from the top down, the first slice that cuts the arch is its apex
@@ -706,13 +708,26 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: f
         lm = _origin_below_apex(scan, lungs, f, tr, top, arch, kc)
         why = (_in_range(("great_vessel_origin", "carina"), lm.z_mm, carina.z_mm)
                or _in_range(("apex", "great_vessel_origin"), apex_z, lm.z_mm))
+        if not why and fallback is not None and lm.confidence <= fallback.confidence:
+            return fallback           # the lower apex is no better: the first one stays
         if not why:
+            if lm.confidence < 0.75 and fallback is None:
+                # no trunk followed from this apex: in contrast-filled veins at the thoracic inlet a vein and an
+                # artery can look like the arch; the next apex down is tried once, and kept if its trunk is followed
+                fallback = lm if not rejected else Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
+                                                           f"{lm.note}; rejected higher: {'; '.join(rejected)}")
+                k = top - int(np.ceil(10.0 / dz))
+                continue
+            note = f"{lm.note}; a higher arch-like structure without a trunk passed over: z = {fallback.z_mm:.1f} mm" \
+                if fallback is not None else lm.note
             if not rejected:
-                return lm
+                return Landmark(lm.z_mm, lm.slice_index, lm.confidence, note)
             return Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
-                            f"{lm.note}; rejected higher: {'; '.join(rejected)}")
+                            f"{note}; rejected higher: {'; '.join(rejected)}")
         rejected.append(f"z = {lm.z_mm:.1f} mm ({why})")
         k = top - int(np.ceil(10.0 / dz))
+    if fallback is not None:
+        return fallback
     if rejected:
         return Landmark(None, None, 0.0, "no plausible great-vessel origin: " + "; ".join(rejected))
     return Landmark(None, None, 0.0, "no aortic arch found above the carina (the scan may start below the arch)")
