@@ -720,21 +720,26 @@ def _dense_envelope_box(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float
         ok = (cols[None, None, :] <= lim[:, :, None]) if i == 0 else (cols[None, None, :] >= lim[:, :, None])
         ok &= np.arange(hs.shape[0])[:, None, None] >= _floor(aer, other, x_mid, int(FLOOR_RELAX_MM // sp[0]))[None]
         region = cand & ok & side[None, None, :] & cavity
+        if not region.any():
+            continue
         # only thick regions (an in-plane opening by ~6 mm): the thin layer of chest wall between the lung and the
         # ribs is not dense lung (thin subpleural disease is the closing's); the opened region then takes back its
-        # own border up to ~9 mm within the candidates
+        # own border up to ~9 mm within the candidates; and at least ~8 mm tall in every column: dense lung
+        # continues from slice to slice, while the chest wall seen through a gap between two ribs is a one-slice
+        # ledge. Worked out within the box of this lung and its candidates, grown beyond the reach of each step
         it = max(1, int(round(6.0 / sp[1])))
-        cross = ndi.generate_binary_structure(2, 1)[None]
-        core = ndi.binary_opening(region, structure=cross, iterations=it)
-        region = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=region)
-        region = _under_dome(region, aer)
-        # and at least ~8 mm tall in every column: dense lung continues from slice to slice, while the chest wall
-        # seen through a gap between two ribs is a one-slice ledge
         n_z = max(2, int(np.ceil(8.0 / sp[0])))
-        region = ndi.binary_opening(region, structure=np.ones((n_z, 1, 1), bool))
-        lab, n = cc3d.connected_components(region, connectivity=6, return_N=True)
-        touch = np.unique(lab[_dilate(aer, 1) & region])
-        grown = _select(lab, n, touch[touch > 0])
+        sub = _bbox(region | aer, margin=max(it + 2, n_z + 1))
+        reg, aer_s = region[sub], aer[sub]
+        cross = ndi.generate_binary_structure(2, 1)[None]
+        core = ndi.binary_opening(reg, structure=cross, iterations=it)
+        reg = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=reg)
+        reg = _under_dome(reg, aer_s)
+        reg = ndi.binary_opening(reg, structure=np.ones((n_z, 1, 1), bool))
+        lab, n = cc3d.connected_components(reg, connectivity=6, return_N=True)
+        touch = np.unique(lab[_dilate(aer_s, 1) & reg])
+        grown = np.zeros(hs.shape, bool)
+        grown[sub] = _select(lab, n, touch[touch > 0])
         size = grown.sum() * vox
         if grown.sum() > aer.sum():
             notes.append(f"{name}: a dense region of {size:.0f} mL against the lung was larger than the aerated lung "
@@ -743,9 +748,11 @@ def _dense_envelope_box(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float
         if size >= 100:
             notes.append(f"{name}: the envelope was closed over {size:.0f} mL of dense lung "
                          f"({DENSE_RANGE[0]:.0f} to +{DENSE_RANGE[1]:.0f} HU)")
-        up = np.zeros(labels.shape, bool)
-        up[:, :ny2, :nx2] = np.repeat(np.repeat(grown, g, axis=1), g, axis=2) if g > 1 else grown
-        out[up & (out == 0) & (hu < 300)] = i + 1
+        if not grown.any():
+            continue
+        box = _fine_box(_bbox(grown, margin=0), g, labels.shape)
+        o = out[box]
+        o[_upsample_box(grown, box, g) & (o == 0) & (hu[box] < 300)] = i + 1
     return out, "; ".join(notes)
 
 
