@@ -303,6 +303,7 @@ def _measure_case(kind, scan_like, lab, lungs, ks, snet, unet) -> dict:
 
 
 def _per_scan_lines(name, src, spec, rows) -> list[str]:
+    from sscild.consensus import score_uncertainty
     from sscild.evaluate import mae, spearman, weighted_kappa
 
     P = np.concatenate([r["pred"] for r in rows]); T = np.concatenate([r["truth"] for r in rows])
@@ -316,6 +317,9 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
     S = np.concatenate([r["sd"] for r in rows])
     rho = spearman(S[:, 0], np.abs(P[:, 0] - T[:, 0]))[0]
     rho_d = spearman(np.abs(P[:, 0] - U[:, 0]), np.abs(P[:, 0] - T[:, 0]))[0]     # the report's disagreement
+    unc = score_uncertainty(S, P, U)
+    rho_u = spearman(unc[:, 0], np.abs(P[:, 0] - T[:, 0]))[0]
+    cover = 100.0 * np.mean(np.abs(P - T) <= 2 * unc, axis=0)
     fib = [r for r in rows if r["kind"].startswith("fibrotic")]
     fib_txt = "; ".join(f"{r['kind']}: RET {r['ret_vs_gg'][0]} vs GG {r['ret_vs_gg'][1]} voxels, {_stage_text(r)}"
                         for r in fib)
@@ -323,7 +327,7 @@ def _per_scan_lines(name, src, spec, rows) -> list[str]:
             f"{_goh_text(spec)} | {spec['stage']} | {m[0]:.1f} / {m[1]:.1f} / {m[2]:.1f} | "
             f"{k[0]:.2f} / {k[1]:.2f} / {k[2]:.2f} | {dice['GG']:.2f} / {dice['RET']:.2f} / {dice['total']:.2f} | "
             f"{inv:.1f} | {mu[0]:.1f} / {mu[1]:.1f} / {mu[2]:.1f} | {mm[0]:.1f} / {mm[1]:.1f} / {mm[2]:.1f} | "
-            f"{rho:.2f} | {rho_d:.2f} | {fib_txt} |"]
+            f"{rho:.2f} | {rho_d:.2f} | {rho_u:.2f} | {cover[0]:.0f} / {cover[1]:.0f} / {cover[2]:.0f} | {fib_txt} |"]
 
 
 def _goh_text(spec: dict) -> str:
@@ -382,13 +386,15 @@ def main() -> None:
              "lesion-map area ratio at the same slices: MAE TOT / GG / RET | mean of S-Net and the lesion map: "
              "MAE TOT / GG / RET | S-Net TTA SD vs abs. error (Spearman) | "
              "S-Net vs lesion-map disagreement vs abs. error (Spearman) | "
-             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---" * 15 + "|"]
+             "uncertainty u = sqrt(TTA SD^2 + (disagreement / 2)^2) vs abs. error, TOT (Spearman) | "
+             "abs. error <= 2u, % of slices: TOT / GG / RET | "
+             "fibrotic cases: RET vs GG, S-Net extent and stage |", "|---" * 17 + "|"]
     places = ["| scan | position | false positives (mL) | "
               + " | ".join(k for k, _ in FP_PLACES) + " |", "|---|---|---|" + "---|" * len(FP_PLACES)]
     for j, (name, rel) in enumerate(REAL):
         p = SHARED_DATA / rel
         if not p.exists():
-            lines.append(f"| {name} | not available at {rel} |" + " |" * 12)
+            lines.append(f"| {name} | not available at {rel} |" + " |" * 14)
             continue
         row, place = scan_row(name, rel, 100 + j)
         lines.append(row)

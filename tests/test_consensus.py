@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from sscild.consensus import DISAGREE_POINTS, MIN_LUNG_AREA_CM2, enough_lung, level_agreement, lung_area_cm2, \
-    tta_scores
+    score_uncertainty, tta_scores
 
 
 def _disc(n=96, r=30):
@@ -45,3 +45,13 @@ def test_agreement_note_names_disagreement():
     assert a.difference > DISAGREE_POINTS and "disagree" in a.note
     assert "agree within" in level_agreement(10.0, 12.0).note
     assert level_agreement(None, 5.0).difference is None
+
+
+def test_uncertainty_is_the_spread_widened_by_the_disagreement():
+    sd, snet = np.array([2.0, 1.0, 0.5]), np.array([30.0, 20.0, 10.0])
+    assert np.allclose(score_uncertainty(sd, snet), sd)                   # no lesion map: the spread alone
+    assert np.allclose(score_uncertainty(sd, snet, snet), sd)             # the two answers agree
+    u = score_uncertainty(sd, snet, snet + np.array([0.0, 8.0, -30.0]))
+    assert u[0] == 2.0 and abs(u[1] - np.hypot(1.0, 4.0)) < 1e-9 and abs(u[2] - np.hypot(0.5, 15.0)) < 1e-9
+    # per slice, on the last axis
+    assert score_uncertainty(np.ones((4, 3)), np.zeros((4, 3)), np.full((4, 3), 6.0)).shape == (4, 3)

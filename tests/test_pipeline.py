@@ -209,6 +209,12 @@ def test_score_stage_skips_slices_with_too_little_lung_and_keeps_the_tta_spread(
     assert ag["lesion_tot"] == pytest.approx(100 * half.mean(), abs=0.01) and ag["headline"] == "S-Net"
     assert any(w.startswith("L3: S-Net 20.0 % vs lesion map") for w in step.warnings)
     assert step.value.to_dict()["levels"]["L3"]["agreement"]["difference"] == pytest.approx(ag["difference"])
+    # the map's GG / RET ratios beside it, and each score's uncertainty: the TTA SD and half the difference
+    assert ag["lesion_GG"] == pytest.approx(ag["lesion_tot"]) and ag["lesion_RET"] == 0.0
+    u = ag["uncertainty"]
+    assert u["TOT"] == pytest.approx(np.hypot(l3.TOT_sd, (l3.TOT - ag["lesion_tot"]) / 2))
+    assert u["RET"] == pytest.approx(np.hypot(l3.RET_sd, l3.RET / 2)) and u["TOT"] > 14.0
+    assert step.value.uncertainty() == {"L3": u}
 
 
 def test_analysis_holds_vessels_quality_and_regions(small):

@@ -32,7 +32,7 @@ def test_report_has_every_image_and_no_phi_by_default(tmp_path):
     inp = ReportInput(scan, lungs, levels, density={"whole": {"MLA_HU": -850.0, "HAA_pct": 1.2}},
                       volumes_ml={"right": 1000.0, "left": 900.0, "total": 1900.0},
                       scores={n: {"TOT": 26.0, "GG": 20.0, "RET": 6.0} for n in ("L1", "L2", "L3", "L4")},
-                      fvc_pct=65.0,
+                      uncertainty={"L2": {"TOT": 7.3, "GG": 3.5, "RET": 1.4}}, fvc_pct=65.0,
                       lesion_labels=lesions, warnings=["L5 not found: scan ends above the dome"],
                       phi={"PatientName": "DOE^JANE"}, model_cards=[{"name": "S-Net", "trained_on": "phantoms"}])
     html = write_report(inp, tmp_path).read_text()
@@ -43,6 +43,9 @@ def test_report_has_every_image_and_no_phi_by_default(tmp_path):
     assert "DOE" not in html
     assert "extensive" in html and "FVC 65 %" in html
     assert "scan ends above the dome" in html
+    # each score's uncertainty below S-Net's row, on the level that has one
+    l2_card = html.split("<b>L2</b>")[1].split("<b>L3</b>")[0]
+    assert html.count("S-Net uncertainty (+-)") == 1 and "<td>7.3</td><td>3.5</td><td>1.4</td>" in l2_card
     html_phi = write_report(inp, tmp_path / "phi", show_phi=True).read_text()
     assert "DOE^JANE" in html_phi
 

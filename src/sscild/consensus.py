@@ -7,6 +7,8 @@ of the same slice beside it, their disagreement, and which number is the headlin
   trained with rotations of +-30 degrees); the standard deviation of the four answers is the score's spread.
 - **Agreement**: the lesion U-Net's area ratios (% of the slice's lung area) at the same slice; the absolute
   difference is reported, and a difference above :data:`DISAGREE_POINTS` is a warning.
+- **Uncertainty of each score** (:func:`score_uncertainty`): the augmentation spread and half the difference
+  from the lesion map, added in quadrature (measured against the error in ``python bench/run_all.py real``).
 
 Examples
 --------
@@ -60,6 +62,21 @@ def tta_scores(scorer: Callable[[np.ndarray, np.ndarray], np.ndarray], hu: np.nd
     hs, ls = zip(*_variants(np.asarray(hu, np.float32), np.asarray(lung, bool)))
     s = np.asarray(scorer(np.ascontiguousarray(np.stack(hs)), np.ascontiguousarray(np.stack(ls))), float)
     return s[0], s.std(axis=0, ddof=1)
+
+
+def score_uncertainty(sd, snet, lesion=None) -> np.ndarray:
+    """The uncertainty of S-Net's scores (TOT, GG, RET; last axis): their test-time-augmentation SD ``sd`` and,
+    given the lesion map's area ratios ``lesion`` of the same slice, half the two answers' difference, added in
+    quadrature: sqrt(sd^2 + (|snet - lesion| / 2)^2). Two learned answers that disagree say the slice is hard
+    even when S-Net alone is steady under augmentation.
+
+    >>> score_uncertainty([3.0, 1.0, 1.0], [20.0, 10.0, 10.0], [12.0, 10.0, 10.0]).round(2).tolist()
+    [5.0, 1.0, 1.0]
+    """
+    u = np.asarray(sd, float)
+    if lesion is None:
+        return u
+    return np.hypot(u, (np.asarray(snet, float) - np.asarray(lesion, float)) / 2.0)
 
 
 @dataclass(frozen=True)

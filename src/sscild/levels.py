@@ -22,8 +22,9 @@ is reported as missing, never invented):
   front) is followed down to where it joins the aorta (:func:`_brachiocephalic_origin`); in an unfolded aorta
   that is 2-3 cm below the apex. When the trunk cannot be followed, the next apex down is tried once (contrast-
   filled veins at the thoracic inlet can look like the arch) and kept when its trunk is followed; else L1 falls
-  back to the first apex, with low confidence and a note saying so. Apices are tried from the top down (at least 20 mm below the lung apex) until
-  the origin lies at a plausible distance from the carina (neck vessels at the thoracic inlet are passed over).
+  back to the first apex, with low confidence and a note saying so. Apices are tried from the top down (at least
+  20 mm below the lung apex) until the origin lies at a plausible distance from the carina (neck vessels at the
+  thoracic inlet are passed over).
 - ``venous_confluence`` (L3): the left atrium is the most posterior heart chamber, just in front of the
   esophagus and descending aorta; where the pulmonary veins enter it from both hila it is the widest soft-tissue
   structure crossing the midline in the band 10-32 mm in front of the vertebral bodies (the ventricles lie

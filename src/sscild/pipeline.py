@@ -225,22 +225,33 @@ def score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> Lev
 
 def agreement_stage(lungs: Lungs, scores: Step, lesions: LesionMaps | None) -> Step:
     """The score step with, per level, the lesion map's area ratio beside S-Net's TOT
-    (:func:`sscild.consensus.level_agreement`; S-Net stays the headline) and a warning where they disagree by more
-    than :data:`sscild.consensus.DISAGREE_POINTS`."""
-    from .consensus import DISAGREE_POINTS, level_agreement
+    (:func:`sscild.consensus.level_agreement`; S-Net stays the headline), its GG and RET ratios and each score's
+    uncertainty (:func:`sscild.consensus.score_uncertainty`: the augmentation SD and half the difference from the
+    lesion map), and a warning where the two disagree by more than :data:`sscild.consensus.DISAGREE_POINTS`."""
+    from .consensus import DISAGREE_POINTS, level_agreement, score_uncertainty
 
     sc = scores.value
     if sc is None or lesions is None:
         return scores
     per, warns = {}, []
     for n, s in sc.levels.items():
-        les = None if s.slice is None else area_percent(lesions.labels[s.slice] >= LesionClass.GG,
-                                                         lungs.mask[s.slice])
-        ag = level_agreement(s.TOT, les)
-        per[n] = replace(s, agreement=asdict(ag))
+        les = None if s.slice is None else _lesion_ratios(lesions.labels[s.slice], lungs.mask[s.slice])
+        ag = level_agreement(s.TOT, None if les is None else les[0])
+        extra: dict[str, Any] = {}
+        if les is not None and None not in les and s.TOT is not None and s.TOT_sd is not None:
+            u = score_uncertainty((s.TOT_sd, s.GG_sd, s.RET_sd), (s.TOT, s.GG, s.RET), les)
+            extra = {"lesion_GG": les[1], "lesion_RET": les[2],
+                     "uncertainty": {p: float(x) for p, x in zip(PATTERNS, u)}}
+        per[n] = replace(s, agreement={**asdict(ag), **extra})
         if ag.difference is not None and ag.difference > DISAGREE_POINTS:
             warns.append(f"{n}: {ag.note}")
     return Step(replace(sc, levels=per), scores.warnings + tuple(warns), scores.models)
+
+
+def _lesion_ratios(labels: np.ndarray, lung: np.ndarray) -> tuple[float | None, ...]:
+    """The lesion map's TOT, GG and RET area ratios of one slice (% of its lung area)."""
+    return (area_percent(labels >= LesionClass.GG, lung), area_percent(labels == LesionClass.GG, lung),
+            area_percent(labels == LesionClass.RET, lung))
 
 
 def heatmap_stage(scan: CTScan, lungs: Lungs, scores: LevelScores, st: AnalysisSettings, models: ModelSet) -> Step:

@@ -81,7 +81,9 @@ class ReportInput:
 
     ``levels`` maps "L1".."L5" to dicts with ``z_mm``, ``slice_index`` (as read), ``confidence``, ``note``
     (as in levels.json). ``scores`` maps levels to {"TOT","GG","RET"}; ``derived_scores`` likewise;
-    ``heatmap_pngs`` maps level -> pattern -> PNG file name in the output folder. ``analysis`` (the
+    ``uncertainty`` maps levels to the S-Net scores' uncertainty {"TOT","GG","RET"}
+    (:func:`sscild.consensus.score_uncertainty`); ``heatmap_pngs`` maps level -> pattern -> PNG file name in the
+    output folder. ``analysis`` (the
     ``analysis.json`` dict) and ``weights`` (the ``--weights`` folder) feed the methods paragraph; without
     ``analysis`` it is built from the other fields.
     """
@@ -94,6 +96,7 @@ class ReportInput:
     scores: Mapping[str, Mapping[str, float]] | None = None
     goh_extent: float | None = None
     derived_scores: Mapping[str, Mapping[str, float]] | None = None
+    uncertainty: Mapping[str, Mapping[str, float]] | None = None
     lesion_labels: np.ndarray | None = None
     lesion_summary: Mapping[str, Any] | None = None
     heatmap_pngs: Mapping[str, Mapping[str, str]] | None = None
@@ -300,6 +303,8 @@ def _level_rows(inp: ReportInput, name: str) -> list[list[Any]]:
     for label, src in (("S-Net", inp.scores), ("heat-map derived", inp.derived_scores)):
         if src and name in src:
             rows.append([label] + [src[name].get(p) for p in PATTERNS])
+    if inp.uncertainty and name in inp.uncertainty:
+        rows.append(["S-Net uncertainty (+-)"] + [inp.uncertainty[name].get(p) for p in PATTERNS])
     lv = (inp.lesion_summary or {}).get("levels") if inp.lesion_summary else None
     if isinstance(lv, Mapping) and name in lv:
         rows.append(["U-Net lesions"] + [lv[name].get(p, lv[name].get(f"{p}_pct")) for p in PATTERNS])
@@ -337,7 +342,9 @@ def _levels_section(inp: ReportInput, out: Path) -> str:
     method = ((inp.analysis or {}).get("levels") or {}).get("method")
     head = f"<p>{html.escape(LEVEL_METHODS[method])}</p>" if method in LEVEL_METHODS else ""
     head += ("<p>S-Net's score is the headline number of each level (and of the Goh extent); the lesion map's area "
-             "ratio of the same slice is shown beside it as a check.</p>") if inp.scores else ""
+             "ratio of the same slice is shown beside it as a check. S-Net's uncertainty (+-) combines its spread "
+             "over the slice mirrored and rotated with half its difference from the lesion map: where the two "
+             "learned answers disagree, trust neither without looking at the slice.</p>") if inp.scores else ""
     return ("<h2>Goh levels</h2>" + head + "<p><small class='h'>Lung outline cyan; lesion overlay ground glass "
             "orange, reticulation red.</small></p><div class='levels'>"
             + "".join(_level_card(inp, n, out) for n in LEVELS) + "</div>")

@@ -47,7 +47,8 @@ class LevelScore:
 
     ``TOT_sd``, ``GG_sd``, ``RET_sd``: the scores' SD under test-time augmentation
     (:func:`sscild.consensus.tta_scores`); ``agreement``: the lesion map's ratio on the same slice beside S-Net
-    (:func:`sscild.consensus.level_agreement` as a dict), when the lesion model ran.
+    (:func:`sscild.consensus.level_agreement` as a dict, with the map's ``lesion_GG`` / ``lesion_RET`` ratios and
+    each score's ``uncertainty``, :func:`sscild.consensus.score_uncertainty`), when the lesion model ran.
     """
 
     TOT: float | None
@@ -92,6 +93,11 @@ class LevelScores:
     def table(self) -> dict[str, dict[str, float | None]]:
         """Level -> pattern -> score (None where not scored)."""
         return {n: {p: getattr(s, p) for p in PATTERNS} for n, s in self.levels.items()}
+
+    def uncertainty(self) -> dict[str, dict[str, float]]:
+        """Level -> pattern -> the score's uncertainty, for the levels that have one (both models ran)."""
+        return {n: dict(s.agreement["uncertainty"]) for n, s in self.levels.items()
+                if s.agreement and "uncertainty" in s.agreement}
 
     def to_dict(self) -> dict[str, Any]:
         """The body of ``scores.json``."""
