@@ -207,7 +207,7 @@ def main() -> None:
     for method in ("anatomy", "combined", "lnet"):
         if any(r["method"] == method for r in rows):
             calibration_table(rows, method, lines)
-    for method in ("anatomy", "combined"):
+    for method in ("anatomy", "combined", "lnet"):
         if any(r["method"] == method for r in rows):
             condition_table(rows, method, lines)
     real_scans(lines)

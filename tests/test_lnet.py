@@ -151,3 +151,23 @@ def test_zmap_head_output_stays_inside_the_window():
         y = model(torch.randn(3, 1, CFG.window, CFG.in_plane, CFG.in_plane) * 5)
     assert y.shape == (3, len(LEVELS))
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+@pytest.mark.parametrize("seed", [2001, 2004])
+def test_shipped_lnet_loses_confidence_at_the_end_of_a_scan_cut_below_the_carina(seed):
+    """A phantom cut 15 mm below the carina: L1 and L2 lie above the scan, yet the shipped L-Net places them at its
+    top, where its windows agree (confidence 1.00 before); within EDGE_MM of the scan's end the confidence now
+    falls with the distance, below 0.8, and the note says why. On the whole phantom they stay at 0.8 or more."""
+    from sscild.phantom import make_phantom
+
+    model, cfg, _ = load_lnet()
+    scan, truth = make_phantom(seed, extent=20.0)
+    whole = predict_levels(model, scan, cfg)
+    assert all(whole.confidence[n] >= 0.8 for n in ("L1", "L2")), whole.confidence
+    zs = scan.z_positions()
+    k1 = int(np.searchsorted(zs, truth.landmarks_z["carina"] - 15.0)) + 1
+    cut = CTScan(scan.hu[:k1].copy(), scan.spacing, (scan.origin[0], scan.origin[1], scan.origin[2]), scan.direction)
+    g = predict_levels(model, cut, cfg)
+    for n in ("L1", "L2"):
+        assert g.z_mm[n] is None or (g.confidence[n] < 0.8 and "scan's end" in g.notes[n]), (n, g.z_mm[n],
+                                                                                                g.confidence[n])

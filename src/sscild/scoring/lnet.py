@@ -308,17 +308,25 @@ def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), str
     return med, iqr
 
 
+#: L-Net levels closer than this (mm) to the first or last slice's centre lose confidence in proportion (phantoms
+#: cut 15 mm below the carina or 15 mm above the right dome: L-Net placed the levels outside them, at 1.00).
+EDGE_MM = 20.0
+
+
 def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu"):
     """Five level positions by L-Net as :class:`sscild.levels.GohLevels` (``method == "lnet"``), world z (mm, LPS)
     and slice index as read, like the anatomical method, so they can feed S-Net.
 
     A level predicted outside the scan has ``z_mm`` and ``slice_index`` None. Confidence falls with the spread
-    (IQR) of the window predictions: 1 / (1 + IQR_mm / 10).
+    (IQR) of the window predictions: 1 / (1 + IQR_mm / 10), and near the scan's ends: a level within
+    :data:`EDGE_MM` of the first or last slice is scaled by its distance / EDGE_MM (on a scan cut through or above
+    a landmark L-Net still places that level, at the scan's end, with windows that agree).
     """
     from ..levels import GohLevels
 
     prep = prepare(scan, cfg)
     med, iqr = predict_positions(model, prep, cfg, device=device)
+    ends = sorted((scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)))
     z_mm, index, conf, notes = {}, {}, {}, {}
     for j, name in enumerate(LEVELS):
         z = _index_to_z(prep, med[j])
@@ -329,6 +337,10 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
         conf[name] = float(1.0 / (1.0 + iqr_mm / 10.0))
         notes[name] = (f"L-Net sliding-window median; window spread (IQR) {iqr_mm:.1f} mm" if k is not None
                        else f"L-Net places {name} at z = {z:.1f} mm, outside the scan")
+        edge = min(abs(z - ends[0]), abs(ends[1] - z))
+        if k is not None and edge < EDGE_MM:
+            conf[name] *= edge / EDGE_MM
+            notes[name] += f"; {edge:.0f} mm from the scan's end: its landmark may lie outside the scan"
     return GohLevels(z_mm, index, conf, notes, method="lnet")
 
 
