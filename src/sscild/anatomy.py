@@ -984,12 +984,11 @@ def _heart_side(labels: np.ndarray, body: np.ndarray, sp: tuple[float, float, fl
 
 
 def _upsample_labels(lab: np.ndarray, shape: tuple[int, int, int], f: int) -> np.ndarray:
+    """``lab`` (a coarse grid of ``f`` x ``f`` in-plane blocks) on the full grid ``shape`` (the remainder rows and
+    columns beyond the last whole block are 0)."""
     if f == 1:
         return lab
-    out = np.zeros(shape, lab.dtype)
-    up = np.repeat(np.repeat(lab, f, axis=1), f, axis=2)
-    out[:, : up.shape[1], : up.shape[2]] = up
-    return out
+    return _upsample_box(lab, tuple(slice(0, n) for n in shape), f)
 
 
 def _fine_box(box_lo: tuple[slice, ...], f: int, shape: tuple[int, int, int]) -> tuple[slice, ...]:

@@ -660,6 +660,12 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     return None
 
 
+#: Confidence of a great-vessel origin where the brachiocephalic trunk was followed down to the aorta, and of the
+#: arch apex taken instead when it could not be.
+ORIGIN_FOLLOWED_CONF = 0.75
+ORIGIN_AT_APEX_CONF = 0.4
+
+
 def _origin_below_apex(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, float], top: int, arch: np.ndarray,
                        kc: int) -> Landmark:
     """The great-vessel origin under the arch apex found in slice ``top``: the brachiocephalic trunk followed down
@@ -667,11 +673,11 @@ def _origin_below_apex(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, floa
     apex = scan.z_mm(top) + 0.5 * abs(scan.spacing[0])
     z_bt = _brachiocephalic_origin(scan, lungs, f, tr, top, arch, kc)
     if z_bt is None or scan.slice_at_z(z_bt) is None:
-        return _mk(scan, apex, 0.4, "top of the aortic arch (highest slice where one vessel runs from in front of "
-                   "the trachea round its left side to behind it); the brachiocephalic trunk could not be followed "
-                   "down to the arch, and in an unfolded aorta it arises 2-3 cm lower")
-    return _mk(scan, z_bt, 0.75, f"where the brachiocephalic trunk, followed down from above the aortic arch, joins "
-                                 f"the aorta (arch apex at {apex:.1f} mm)")
+        return _mk(scan, apex, ORIGIN_AT_APEX_CONF, "top of the aortic arch (highest slice where one vessel runs from "
+                   "in front of the trachea round its left side to behind it); the brachiocephalic trunk could not be "
+                   "followed down to the arch, and in an unfolded aorta it arises 2-3 cm lower")
+    return _mk(scan, z_bt, ORIGIN_FOLLOWED_CONF, f"where the brachiocephalic trunk, followed down from above the "
+               f"aortic arch, joins the aorta (arch apex at {apex:.1f} mm)")
 
 
 def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: float | None = None) -> Landmark:
@@ -712,7 +718,7 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: f
         if not why and fallback is not None and lm.confidence <= fallback.confidence:
             return fallback           # the lower apex is no better: the first one stays
         if not why:
-            if lm.confidence < 0.75 and fallback is None:
+            if lm.confidence < ORIGIN_FOLLOWED_CONF and fallback is None:
                 # no trunk followed from this apex: in contrast-filled veins at the thoracic inlet a vein and an
                 # artery can look like the arch; the next apex down is tried once, and kept if its trunk is followed
                 fallback = lm if not rejected else Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),

@@ -391,8 +391,8 @@ def _write_report(a: "Analysis", scan: "CTScan", folder: Path, doc: dict[str, An
     sc = a.scores
     inp = ReportInput(scan, a.lungs.labels, lv, density=a.density.to_dict(), volumes_ml=a.volumes_ml,
                       scores=sc.table() if sc else None, goh_extent=sc.goh_extent if sc else None,
-                      derived_scores=a.heatmaps.derived if a.heatmaps else None, uncertainty=sc.uncertainty() if sc
-                      else None, lesion_labels=a.lesion_labels,
+                      derived_scores=a.heatmaps.derived if a.heatmaps else None,
+                      uncertainty=sc.uncertainty() if sc else None, lesion_labels=a.lesion_labels,
                       lesion_summary=a.lesions.summary if a.lesions else None,
                       heatmap_pngs=doc.get("heatmap_pngs"), warnings=list(doc["warnings"]),
                       model_cards=list(a.models), timings=a.timings_s, fvc_pct=a.settings.fvc_pct,

@@ -83,9 +83,8 @@ class ReportInput:
     (as in levels.json). ``scores`` maps levels to {"TOT","GG","RET"}; ``derived_scores`` likewise;
     ``uncertainty`` maps levels to the S-Net scores' uncertainty {"TOT","GG","RET"}
     (:func:`sscild.consensus.score_uncertainty`); ``heatmap_pngs`` maps level -> pattern -> PNG file name in the
-    output folder. ``analysis`` (the
-    ``analysis.json`` dict) and ``weights`` (the ``--weights`` folder) feed the methods paragraph; without
-    ``analysis`` it is built from the other fields.
+    output folder. ``analysis`` (the ``analysis.json`` dict) and ``weights`` (the ``--weights`` folder) feed the
+    methods paragraph; without ``analysis`` it is built from the other fields.
     """
 
     scan: CTScan
