@@ -156,7 +156,7 @@ def test_zmap_head_output_stays_inside_the_window():
 @pytest.mark.parametrize("seed", [2001, 2004])
 def test_shipped_lnet_loses_confidence_at_the_end_of_a_scan_cut_below_the_carina(seed):
     """A phantom cut 15 mm below the carina: L1 and L2 lie above the scan, yet the shipped L-Net places them at its
-    top, where its windows agree (confidence 1.00 before); within EDGE_MM of the scan's end the confidence now
+    top, where its windows agree (confidence 1.00 before); within EDGE_MM (30 mm) of the scan's end the confidence now
     falls with the distance, below 0.8, and the note says why. On the whole phantom they stay at 0.8 or more."""
     from sscild.phantom import make_phantom
 
