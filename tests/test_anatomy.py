@@ -106,6 +106,30 @@ def test_real_series_dense_posterior_half_stays_lung(lung_series_dir, value):
     assert dense.volume_ml(scan)["left"] == pytest.approx(base.volume_ml(scan)["left"], rel=0.02)
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("rel,max_ml", [("chest-ct-lidc-idri-0001/ct.nii.gz", 5.0), ("lctsc_test_s1_101.nii.gz", 20.0)])
+def test_dense_envelope_leaves_the_chest_wall_behind_the_upper_lobes_out(monkeypatch, rel, max_ml):
+    """On two real scans without dense lung disease the dense envelope added chest-wall muscle and fat lying
+    behind the upper lobes, where the slice cuts the ribs obliquely and the rib-cavity rays passed between them to
+    the scapula: 14 mL on LIDC, 72 mL on LCTSC (3 mm, from `make backgrounds`), by eye all outside the pleura. The
+    rib cavity now takes the nearest bone within RIB_Z_MM above or below the slice; the envelope adds 1 and 15 mL."""
+    from pathlib import Path
+
+    from shared_data import shared_path
+    from sscild import anatomy
+    from sscild.io import load_ct
+
+    path = shared_path(*rel.split("/")) if "/" in rel else \
+        Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / rel
+    if not path.exists():
+        pytest.skip(f"{path} not available (make backgrounds)")
+    scan = load_ct(path)
+    with_envelope = segment_lungs(scan).mask
+    monkeypatch.setattr(anatomy, "_dense_envelope", lambda labels, hu, sp: (labels, ""))
+    added = with_envelope & ~segment_lungs(scan).mask
+    assert added.sum() * scan.voxel_volume_ml <= max_ml
+
+
 @pytest.mark.parametrize("kw", [dict(neck=True), dict(table="curved"), dict(bowel_gas=True),
                                 dict(prone=True, table="curved"), dict(spacing=(5.0, 4.0, 4.0)),
                                 dict(spacing=(1.0, 2.8, 2.8))])

@@ -546,6 +546,7 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
 
 RIB_MARGIN_MM = 2.0    # the cavity ends this far short of the first bone (the rib's own partial volume)
 SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) for the rib cavity
+RIB_Z_MM = 3.0         # the rib cavity's bone: the nearest within this many mm above or below (5 mm took dense lung)
 FLOOR_RELAX_MM = 10.0  # a column of dense lung may reach this far below the aerated floor of the lung around it
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
 DENSE_GRID_MM = 3.0    # the dense envelope's in-plane working grid
@@ -557,9 +558,10 @@ def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, f
                 ) -> np.ndarray:
     """The thoracic cavity per slice as seen from the lungs' centre: in each 5 degree direction it reaches the
     first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the median
-    rib distance within +-15 degrees, and 2 mm short of it. Where no bone is in reach it ends at the aerated
-    lung. Given the midline column ``x_mid``, bone within ``SPINE_HALF_MM`` of it does not end a ray. All slices
-    at once."""
+    rib distance within +-15 degrees, and 2 mm short of it; a ray's bone is the nearest within ``RIB_Z_MM`` above
+    or below the slice (a rib cut obliquely by the slice leaves a gap the ray would pass through to the scapula).
+    Where no bone is in reach in the slice itself it ends at the aerated lung. Given the midline column ``x_mid``,
+    bone within ``SPINE_HALF_MM`` of it does not end a ray. All slices at once."""
     nz, ny, nx = hu.shape
     nb = 72
     cav = np.zeros(hu.shape, bool)
@@ -583,6 +585,11 @@ def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, f
     r_bone = np.full(len(ks) * nb, np.inf)
     np.minimum.at(r_bone, ang[bone], rad[bone])
     r_bone = r_bone.reshape(len(ks), nb)
+    n_z = int(RIB_Z_MM // spacing[0])
+    if n_z > 0:     # a rib cut obliquely may end the ray in the next slice and not in this one (a ray without
+        # bone in its own slice stays without: it ends at the aerated lung)
+        r_bone = np.where(np.isfinite(r_bone), ndi.minimum_filter1d(r_bone, size=2 * n_z + 1, axis=0,
+                                                                   mode="nearest"), r_bone)
     # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
     # the spine, nearer than its neighbours, keeps its own
     window = np.median(np.stack([np.roll(r_bone, d, axis=1) for d in range(-3, 4)]), axis=0)
