@@ -20,3 +20,11 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real CT data not available at {p} (set SSCILD_SHARED_DATA or clone beside ../shared)")
     return p
+
+
+def background_path(name: str) -> Path:
+    """A real chest CT fetched by ``make backgrounds`` into .cache/backgrounds, or skip the test when it is absent."""
+    p = REPO / ".cache" / "backgrounds" / name
+    if not p.exists():
+        pytest.skip(f"{p} not fetched (make backgrounds)")
+    return p

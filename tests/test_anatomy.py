@@ -113,17 +113,11 @@ def test_dense_envelope_leaves_the_chest_wall_behind_the_upper_lobes_out(monkeyp
     behind the upper lobes, where the slice cuts the ribs obliquely and the rib-cavity rays passed between them to
     the scapula: 14 mL on LIDC, 72 mL on LCTSC (3 mm, from `make backgrounds`), by eye all outside the pleura. The
     rib cavity now takes the nearest bone within RIB_Z_MM above or below the slice; the envelope adds 1 and 15 mL."""
-    from pathlib import Path
-
-    from shared_data import shared_path
+    from shared_data import background_path, shared_path
     from sscild import anatomy
     from sscild.io import load_ct
 
-    path = shared_path(*rel.split("/")) if "/" in rel else \
-        Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / rel
-    if not path.exists():
-        pytest.skip(f"{path} not available (make backgrounds)")
-    scan = load_ct(path)
+    scan = load_ct(shared_path(*rel.split("/")) if "/" in rel else background_path(rel))
     with_envelope = segment_lungs(scan).mask
     monkeypatch.setattr(anatomy, "_dense_envelope", lambda labels, hu, sp: (labels, ""))
     added = with_envelope & ~segment_lungs(scan).mask

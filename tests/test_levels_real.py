@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared_data import shared_path
+from shared_data import background_path, shared_path
 from sscild.anatomy import segment_lungs
 from sscild.domain import LEVELS
 from sscild.levels import find_levels
@@ -172,10 +172,7 @@ def _background(name: str):
     """A real chest CT of .cache/backgrounds (``make backgrounds``), read; the test skips when it is absent."""
     from sscild.io import load_ct
 
-    path = Path(__file__).resolve().parents[1] / ".cache" / "backgrounds" / name
-    if not path.exists():
-        pytest.skip(f"{path} not fetched (make backgrounds)")
-    return load_ct(path)
+    return load_ct(background_path(name))
 
 
 def test_great_vessel_origin_of_a_ct_angiogram_below_the_contrast_filled_veins():

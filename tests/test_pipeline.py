@@ -178,6 +178,7 @@ def test_score_stage_skips_slices_with_too_little_lung_and_keeps_the_tta_spread(
     import sscild.scoring.snet as snet_mod
     from sscild.anatomy import Lungs
     from sscild.modelset import ModelSet
+    from sscild.lesions import summarise
     from sscild.pipeline import Step, agreement_stage, score_stage
     from sscild.results import LesionMaps
     from sscild.settings import AnalysisSettings
@@ -204,7 +205,7 @@ def test_score_stage_skips_slices_with_too_little_lung_and_keeps_the_tta_spread(
     ys, xs = np.nonzero(thin.mask[k_big])
     half = ys < np.median(ys)
     les[k_big, ys[half], xs[half]] = 2
-    step = agreement_stage(thin, Step(sc), LesionMaps(les, {}))
+    step = agreement_stage(Step(sc), LesionMaps(les, summarise(les, thin.labels, scan, {"L3": k_big})))
     ag = step.value.levels["L3"].agreement
     assert ag["lesion_tot"] == pytest.approx(100 * half.mean(), abs=0.01) and ag["headline"] == "S-Net"
     assert any(w.startswith("L3: S-Net 20.0 % vs lesion map") for w in step.warnings)

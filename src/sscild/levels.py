@@ -43,7 +43,7 @@ what the confidence means (>= 0.8: error <= 5 mm in >= 95 % of phantom cases wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -680,6 +680,14 @@ def _origin_below_apex(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float, floa
                f"aortic arch, joins the aorta (arch apex at {apex:.1f} mm)")
 
 
+def _after_rejected(lm: Landmark, rejected: list[str]) -> Landmark:
+    """``lm`` as it is, or, when higher candidates were rejected, at confidence 0.5 at most with them noted."""
+    if not rejected:
+        return lm
+    return Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
+                    f"{lm.note}; rejected higher: {'; '.join(rejected)}")
+
+
 def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: float | None = None) -> Landmark:
     """The great-vessel origin: arch apices from the top down (at most 90 mm above the carina and 20 mm below the
     lung apex), the first whose origin lies at a plausible distance from the carina and the apex."""
@@ -715,23 +723,19 @@ def _great_vessel_origin(scan: CTScan, lungs: Lungs, carina: Landmark, apex_z: f
         lm = _origin_below_apex(scan, lungs, f, tr, top, arch, kc)
         why = (_in_range(("great_vessel_origin", "carina"), lm.z_mm, carina.z_mm)
                or _in_range(("apex", "great_vessel_origin"), apex_z, lm.z_mm))
-        if not why and fallback is not None and lm.confidence <= fallback.confidence:
+        if why:
+            rejected.append(f"z = {lm.z_mm:.1f} mm ({why})")
+        elif fallback is None and lm.confidence < ORIGIN_FOLLOWED_CONF:
+            # no trunk followed from this apex: in contrast-filled veins at the thoracic inlet a vein and an artery
+            # can look like the arch; the next apex down is tried once, and kept if its trunk is followed
+            fallback = _after_rejected(lm, rejected)
+        elif fallback is not None and lm.confidence <= fallback.confidence:
             return fallback           # the lower apex is no better: the first one stays
-        if not why:
-            if lm.confidence < ORIGIN_FOLLOWED_CONF and fallback is None:
-                # no trunk followed from this apex: in contrast-filled veins at the thoracic inlet a vein and an
-                # artery can look like the arch; the next apex down is tried once, and kept if its trunk is followed
-                fallback = lm if not rejected else Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
-                                                           f"{lm.note}; rejected higher: {'; '.join(rejected)}")
-                k = top - int(np.ceil(10.0 / dz))
-                continue
-            note = f"{lm.note}; a higher arch-like structure without a trunk passed over: z = {fallback.z_mm:.1f} mm" \
-                if fallback is not None else lm.note
-            if not rejected:
-                return Landmark(lm.z_mm, lm.slice_index, lm.confidence, note)
-            return Landmark(lm.z_mm, lm.slice_index, min(lm.confidence, 0.5),
-                            f"{note}; rejected higher: {'; '.join(rejected)}")
-        rejected.append(f"z = {lm.z_mm:.1f} mm ({why})")
+        else:
+            if fallback is not None:
+                lm = replace(lm, note=f"{lm.note}; a higher arch-like structure without a trunk passed over: "
+                                      f"z = {fallback.z_mm:.1f} mm")
+            return _after_rejected(lm, rejected)
         k = top - int(np.ceil(10.0 / dz))
     if fallback is not None:
         return fallback

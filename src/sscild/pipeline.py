@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 from .anatomy import Lungs, _bbox, segment_lungs
 from .consensus import MIN_LUNG_AREA_CM2, lung_area_cm2
 from .density import Aeration, aeration, density_metrics, model_scan
-from .domain import LEVELS, PATTERNS, LesionClass, area_percent
+from .domain import LEVELS, PATTERNS, LesionClass
 from .errors import ModelMissingError
 from .levels import GohLevels, combine_levels, find_levels
 from .modelset import DEFAULT_MODELS, LoadedModel, ModelSet
@@ -122,7 +122,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
         with clock("lesions"):
             steps["lesions"] = lesion_stage(scan, lungs, levels or scoring_levels, st, models, free["vessels"],
                                             aer)
-        steps["scores"] = agreement_stage(lungs, steps.get("scores", Step()), steps["lesions"].value)
+        steps["scores"] = agreement_stage(steps.get("scores", Step()), steps["lesions"].value)
     regions, rmap = None, free["region_map"]
     if rmap is not None:
         with clock("regions"):
@@ -223,19 +223,22 @@ def score_level(scorer: Any, scan: CTScan, lungs: Lungs, z: float | None) -> Lev
                       RET_sd=float(sd[2]))
 
 
-def agreement_stage(lungs: Lungs, scores: Step, lesions: LesionMaps | None) -> Step:
-    """The score step with, per level, the lesion map's area ratio beside S-Net's TOT
-    (:func:`sscild.consensus.level_agreement`; S-Net stays the headline), its GG and RET ratios and each score's
-    uncertainty (:func:`sscild.consensus.score_uncertainty`: the augmentation SD and half the difference from the
-    lesion map), and a warning where the two disagree by more than :data:`sscild.consensus.DISAGREE_POINTS`."""
+def agreement_stage(scores: Step, lesions: LesionMaps | None) -> Step:
+    """The score step with, per level, the lesion map's area ratio (``lesions.json``'s ratios of the level slice)
+    beside S-Net's TOT (:func:`sscild.consensus.level_agreement`; S-Net stays the headline), its GG and RET ratios
+    and each score's uncertainty (:func:`sscild.consensus.score_uncertainty`: the augmentation SD and half the
+    difference from the lesion map), and a warning where the two disagree by more than
+    :data:`sscild.consensus.DISAGREE_POINTS`."""
     from .consensus import DISAGREE_POINTS, level_agreement, score_uncertainty
 
     sc = scores.value
     if sc is None or lesions is None:
         return scores
     per, warns = {}, []
+    ratios = lesions.summary.get("levels", {})          # lesions.json's TOT / GG / RET of each level slice
     for n, s in sc.levels.items():
-        les = None if s.slice is None else _lesion_ratios(lesions.labels[s.slice], lungs.mask[s.slice])
+        r = ratios.get(n)
+        les = (r["TOT"], r["GG"], r["RET"]) if r and s.slice is not None and r["slice"] == s.slice else None
         ag = level_agreement(s.TOT, None if les is None else les[0])
         extra: dict[str, Any] = {}
         if les is not None and None not in les and s.TOT is not None and s.TOT_sd is not None:
@@ -246,12 +249,6 @@ def agreement_stage(lungs: Lungs, scores: Step, lesions: LesionMaps | None) -> S
         if ag.difference is not None and ag.difference > DISAGREE_POINTS:
             warns.append(f"{n}: {ag.note}")
     return Step(replace(sc, levels=per), scores.warnings + tuple(warns), scores.models)
-
-
-def _lesion_ratios(labels: np.ndarray, lung: np.ndarray) -> tuple[float | None, ...]:
-    """The lesion map's TOT, GG and RET area ratios of one slice (% of its lung area)."""
-    return (area_percent(labels >= LesionClass.GG, lung), area_percent(labels == LesionClass.GG, lung),
-            area_percent(labels == LesionClass.RET, lung))
 
 
 def heatmap_stage(scan: CTScan, lungs: Lungs, scores: LevelScores, st: AnalysisSettings, models: ModelSet) -> Step:
