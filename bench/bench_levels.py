@@ -74,7 +74,7 @@ def rows_for(condition, seed, scan, truth, lnet):
     if lnet is not None:
         from sscild.scoring.lnet import predict_levels
 
-        learned = predict_levels(lnet[0], scan, lnet[1])
+        learned = predict_levels(lnet[0], scan, lnet[1], lung=lungs.mask)
         results["lnet"] = learned
         results["combined"] = combine_levels(results["anatomy"], learned, scan=scan)     # as analyze scores
     out = []
@@ -173,10 +173,11 @@ def real_scans(lines):
         if not path.exists():
             continue
         scan = load_ct(path)
-        g = find_levels(scan, segment_lungs(scan))
+        lungs = segment_lungs(scan)
+        g = find_levels(scan, lungs)
         res = [g]
         if model is not None:
-            learned = predict_levels(model, scan, cfg)
+            learned = predict_levels(model, scan, cfg, lung=lungs.mask)
             res += [learned, combine_levels(g, learned, scan=scan)]
         right = []
         for r in res:

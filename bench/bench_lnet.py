@@ -1,11 +1,13 @@
-"""L-Net (shipped weights) beside the anatomical level finder on held-out phantoms; speed of training and inference."""
+"""L-Net (shipped weights) beside the anatomical level finder on held-out phantoms; speed of training and inference.
+
+``python bench/bench_lnet.py --record-card`` (after training): the held-out phantom figures written into the shipped
+card as its ``test`` split, with the predictions they are recomputed from."""
 from __future__ import annotations
 
-import json
-import time
+import sys
 
 import numpy as np
-from common import REPO, SHARED_DATA, measure, write_section
+from common import SHARED_DATA, measure, record_test_split, write_section
 
 from sscild.anatomy import segment_lungs
 from sscild.errors import ModelError
@@ -27,13 +29,17 @@ def main():
     truth, lnet, anat, t_inf = [], [], [], []
     for s in SEEDS:
         scan, tr = make_phantom(s, extent=float((s * 13) % 71))
-        out, dt, _ = measure(lambda: predict_levels(model, scan, cfg))
+        lungs = segment_lungs(scan)
+        out, dt, _ = measure(lambda: predict_levels(model, scan, cfg, lung=lungs.mask))
         t_inf.append(dt)
-        g = find_levels(scan, segment_lungs(scan))
+        g = find_levels(scan, lungs)
         truth.append([tr.levels_z[n] for n in LEVELS])
         lnet.append([np.nan if out.z_mm[n] is None else out.z_mm[n] for n in LEVELS])
         anat.append([np.nan if g.z_mm[n] is None else g.z_mm[n] for n in LEVELS])
     truth, lnet, anat = (np.array(a, float) for a in (truth, lnet, anat))
+    if "--record-card" in sys.argv:
+        record_card(card, lnet, truth)
+        return
     tr_card = card["training"]
     lines += [f"Shipped weights `src/sscild/models/lnet` ({tr_card.get('train_cases')} training phantoms, "
               f"{tr_card.get('steps')} steps of batch {tr_card.get('batch_size', 4)}, {cfg.head} head, {cfg.z_mm:g} mm "
@@ -59,14 +65,26 @@ def main():
         from sscild.io import load_ct
 
         s = load_ct(real)
-        out, dt, _ = measure(lambda: predict_levels(model, s, cfg))
-        g = find_levels(s, segment_lungs(s))
+        lungs = segment_lungs(s)
+        out, dt, _ = measure(lambda: predict_levels(model, s, cfg, lung=lungs.mask))
+        g = find_levels(s, lungs)
         lines += ["", f"Real series A0001 (no labels; inference {dt:.2f} s): L-Net vs anatomical method (world z mm): " +
                   "; ".join(f"{n} {out.z_mm[n]:.1f} vs {g.z_mm[n]:.1f}" if out.z_mm[n] is not None and
                             g.z_mm[n] is not None else f"{n} -" for n in LEVELS) +
                   ". L-Net has seen phantoms only: on real anatomy it is not to be trusted yet."]
     write_section("lnet", "L-Net beside the anatomical method (issue: learned scoring)", "python bench/run_all.py lnet",
                   lines)
+
+
+def record_card(card: dict, pred: np.ndarray, truth: np.ndarray) -> None:
+    """The held-out phantom figures as the shipped card's ``test`` split, with their predictions."""
+    from sscild.bundle import metric_set
+    from sscild.scoring.lnet import DEFAULT_DIR, level_metrics
+
+    metric = metric_set("test", level_metrics(pred, truth), n=len(pred), predictions="test", recompute="levels",
+                        description=f"{len(pred)} held-out phantoms (seeds {SEEDS.start}-{SEEDS.stop - 1}) of "
+                                    "`python bench/run_all.py lnet`")
+    record_test_split(DEFAULT_DIR, card, metric, {"pred": pred.tolist(), "truth": truth.tolist()})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ annotated ranges (levels out of view are left out of the loss). The held-out sca
 method (find_levels), the shipped L-Net, the fine-tuned L-Net and the combined method (combine_levels), each level
 as "in" (inside the annotated range) or its distance to the range in mm.
 
-Prepared volumes, anatomy and per-fold predictions are cached in the benchmarks' work folder (lnet_real) (delete it to start over).
+Prepared volumes, anatomy and per-fold predictions are cached in the benchmarks' work folder (lnet_real/<the shipped
+weights' sha256, first 12 digits>: new weights or their input config start afresh; delete it to start over).
 Environment: LNET_REAL_FOLDS=a,b (scan names, default all), LNET_REAL_STEPS (default 150),
 LNET_REAL_PHANTOM_CHECK=N (also fine-tune on all real scans and compare with the shipped weights on N of the
 phantom test seeds of bench/bench_lnet.py).
@@ -29,6 +30,7 @@ from sscild.scoring.lnet import (LevelCase, Prepared, acquired_cases, annotated_
 
 ANNOT = json.loads((REPO / "tests" / "data" / "real_levels.json").read_text())
 CACHE = WORK / "lnet_real"
+_WEIGHTS = [""]          # the shipped weights' sha256 (12 digits), set by main: the cache's subfolder
 N_ACQ = 4                # simulated acquisitions per real scan, besides the scan itself
 REDUCE = 4               # in-plane block averaging before the acquisition model (see _reduced)
 N_PHANTOMS = 12          # training phantoms (seeds 5000..), a subset of the shipped weights' training set
@@ -39,11 +41,11 @@ PHANTOM_SEEDS = range(7000, 7030)   # the test seeds of bench/bench_lnet.py
 
 
 def _cached(name: str, make):
-    path = CACHE / f"{name}.pkl"
+    path = CACHE / _WEIGHTS[0] / f"{name}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
     value = make()
-    CACHE.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(value))
     tmp.replace(path)
@@ -195,7 +197,8 @@ def main():
     import torch
 
     torch.manual_seed(0)
-    shipped, cfg, _ = load_lnet()
+    shipped, cfg, card = load_lnet()
+    _WEIGHTS[0] = card["weights"]["sha256"][:12]
     names = sorted(ANNOT["scans"], key=_priority)
     if not SHARED_DATA.exists():
         write_section("lnet_real", "L-Net on real anatomy (issue 17 item 5)", "python bench/run_all.py lnet_real",
@@ -204,7 +207,7 @@ def main():
     wanted = [w for w in os.environ.get("LNET_REAL_FOLDS", "").split(",") if w] or names
     results = {}
     for name in names:
-        if name in wanted or (CACHE / f"fold_{_key(name)}_{STEPS}.pkl").exists():
+        if name in wanted or (CACHE / _WEIGHTS[0] / f"fold_{_key(name)}_{STEPS}.pkl").exists():
             results[name] = fold(name, names, cfg, shipped)
             print(name, "done", flush=True)
     r0 = next(iter(results.values()))

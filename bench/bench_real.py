@@ -110,7 +110,8 @@ def _level_slices(scan, lungs):
     from sscild.scoring.lnet import predict_levels
 
     lnet = SHIPPED.get("lnet")                      # loaded once for all the scans
-    g = combine_levels(find_levels(scan, lungs), predict_levels(lnet.model, scan, lnet.config), scan=scan)
+    g = combine_levels(find_levels(scan, lungs), predict_levels(lnet.model, scan, lnet.config, lung=lungs.mask),
+                       scan=scan)
     ks = [scan.slice_at_z(z) for z in g.z_mm.values() if z is not None]
     ks = [k for k in ks if k is not None and lungs.mask[k].any()]
     if len(ks) < 5:                 # levels missing on a partial scan: spread five slices over the lungs

@@ -182,8 +182,11 @@ def test_combine_levels_confidence_from_agreement():
     b = _levels([-103.0, -190.0, -182.0, -220.0, -262.0], [0.9, 0.9, 0.9, 0.9, 0.9], "lnet")
     g = combine_levels(a, b)
     assert g.method == "anatomy+lnet"
-    # agree within 5 mm: confidence above either alone
-    assert g.z_mm["L1"] == -100.0 and g.confidence["L1"] > 0.75
+    # agree within 5 mm: confidence above either alone, the position their confidence-weighted mean
+    from sscild.levels import LEARNED_WEIGHT_AGREE
+
+    w = 0.9 * LEARNED_WEIGHT_AGREE
+    assert g.z_mm["L1"] == pytest.approx((0.75 * -100.0 + w * -103.0) / (0.75 + w)) and g.confidence["L1"] > 0.75
     # 50 mm apart: the anatomy kept (L-Net's own confidence is not calibrated on real scans), confidence low, both
     # positions in the note
     assert g.z_mm["L2"] == -140.0 and g.confidence["L2"] <= 0.3
@@ -219,7 +222,7 @@ def test_noise_specks_do_not_make_a_false_carina():
 def test_combined_levels_on_slice_centres_each_level_its_own_slice():
     """As analyze combines them (with the scan): each z at the centre of the slice scored, and where L-Net's
     position would put a level on another's slice (8 mm slices; seen on A0002: L4 and L5 both at 184 mm) the
-    anatomy's position is kept. Without the scan, L-Net's continuous position is returned as before."""
+    anatomy's position is kept. Without the scan, the continuous confidence-weighted mean of the two is returned."""
     import numpy as np
 
     from sscild.levels import combine_levels
@@ -227,9 +230,13 @@ def test_combined_levels_on_slice_centres_each_level_its_own_slice():
 
     scan = CTScan(np.zeros((40, 8, 8), np.int16), (8.0, 1.0, 1.0), (0.0, 0.0, 0.0))       # slices at 0, 8, ... 312
     a = _levels([264.0, 232.0, 200.0, 192.0, 184.0], [0.5, 0.6, 0.2, 0.2, 0.3])
-    b = _levels([262.0, 229.0, 203.0, 187.6, 182.0], [0.9, 0.9, 0.9, 0.9, 0.9], "lnet")
+    b = _levels([262.0, 229.0, 203.0, 183.0, 182.0], [0.9, 0.9, 0.9, 0.9, 0.9], "lnet")
     loose = combine_levels(a, b)
-    assert loose.z_mm["L4"] == 187.6 and loose.z_mm["L3"] == 203.0
+    from sscild.levels import LEARNED_WEIGHT_AGREE
+
+    w = 0.9 * LEARNED_WEIGHT_AGREE
+    assert loose.z_mm["L4"] == pytest.approx((0.2 * 192.0 + w * 183.0) / (0.2 + w))          # 185.4: L5's slice
+    assert loose.z_mm["L3"] == pytest.approx((0.2 * 200.0 + w * 203.0) / (0.2 + w))
     g = combine_levels(a, b, scan=scan)
     assert all(g.z_mm[n] == scan.z_mm(scan.slice_at_z(g.z_mm[n])) for n in LEVELS)        # slice centres
     assert g.z_mm["L3"] == 200.0 and g.z_mm["L4"] == 192.0 and g.z_mm["L5"] == 184.0

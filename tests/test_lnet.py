@@ -157,7 +157,9 @@ def test_zmap_head_output_stays_inside_the_window():
 def test_shipped_lnet_loses_confidence_at_the_end_of_a_scan_cut_below_the_carina(seed):
     """A phantom cut 15 mm below the carina: L1 and L2 lie above the scan, yet the shipped L-Net places them at its
     top, where its windows agree (confidence 1.00 before); within EDGE_MM (30 mm) of the scan's end the confidence now
-    falls with the distance, below 0.8, and the note says why. On the whole phantom they stay at 0.8 or more."""
+    falls with the distance, below 0.8, and the note says why. L-Net 3.0.0 put L1 60-70 mm down, below L3, at 1.00:
+    a level out of order with the others gets at most OUT_OF_ORDER_CONF. On the whole phantom they stay at 0.8 or
+    more."""
     from sscild.phantom import make_phantom
 
     model, cfg, _ = load_lnet()
@@ -169,5 +171,28 @@ def test_shipped_lnet_loses_confidence_at_the_end_of_a_scan_cut_below_the_carina
     cut = CTScan(scan.hu[:k1].copy(), scan.spacing, (scan.origin[0], scan.origin[1], scan.origin[2]), scan.direction)
     g = predict_levels(model, cut, cfg)
     for n in ("L1", "L2"):
-        assert g.z_mm[n] is None or (g.confidence[n] < 0.8 and "scan's end" in g.notes[n]), (n, g.z_mm[n],
+        assert g.z_mm[n] is None or (g.confidence[n] < 0.8 and ("scan's end" in g.notes[n] or "out of order"
+                                                                 in g.notes[n])), (n, g.z_mm[n],
                                                                                                 g.confidence[n])
+
+
+def test_field_of_view_centred_on_the_lungs_whatever_the_image_size():
+    """A PET/CT reconstructs a 70 cm field of view with the patient off its centre; with ``fov_mm`` L-Net sees the
+    same square round the lungs as on a 36 cm chest field of view (the whole-image input of the weights before
+    3.0.0 shrank the chest to half and moved it)."""
+    from sscild.phantom import make_phantom
+    from sscild.scoring.lnet import lung_centre
+
+    scan, truth = make_phantom(2002, extent=20.0)            # 128 x 128 px of 2.8 mm: 358 mm
+    hu = np.full((scan.shape[0], 256, 256), -1000, np.int16)
+    hu[:, 100:228, 40:168] = scan.hu                          # 717 mm, the chest low and to the image's right
+    big = CTScan(hu, scan.spacing, scan.origin, scan.direction)
+    lung = np.zeros(hu.shape, bool)
+    lung[:, 100:228, 40:168] = truth.lungs > 0
+    cfg = LNetConfig(in_plane=48, z_mm=3.0, fov_mm=358.4)
+    small = prepare(scan, cfg, lung_centre(truth.lungs > 0)).volume
+    np.testing.assert_allclose(prepare(big, cfg, lung_centre(lung)).volume, small, atol=1e-5)
+    whole = LNetConfig(in_plane=48, z_mm=3.0)
+    assert np.abs(prepare(big, whole).volume - small).mean() > 0.1
+    # without a centre the lungs are segmented for it
+    np.testing.assert_allclose(prepare(big, cfg).volume, small, atol=0.02)

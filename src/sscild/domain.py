@@ -42,8 +42,9 @@ MIN_LEVELS_FOR_STAGE = 3
 #: Levels placed by anatomy and by L-Net within this distance (mm) agree (:func:`sscild.levels.combine_levels`),
 #: and the rule of their combination in words (the methods paragraph and the report).
 LEVELS_AGREE_MM = 10.0
-COMBINED_LEVELS_RULE = (f"agreement within {LEVELS_AGREE_MM:g} mm raises the confidence; where they disagree the "
-                        "anatomical landmark is kept unless it is only a prior")
+COMBINED_LEVELS_RULE = (f"where they agree within {LEVELS_AGREE_MM:g} mm the level is their confidence-weighted mean "
+                        "at a raised confidence; where they disagree the anatomical landmark is kept unless it is "
+                        "only a prior")
 
 
 class LungLabel(IntEnum):

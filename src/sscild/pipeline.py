@@ -105,7 +105,7 @@ def analyze(scan: CTScan, settings: AnalysisSettings | None = None, *, models: M
     steps: dict[str, Step] = {}
     if st.lnet:
         with clock("levels_lnet"):
-            steps["lnet"] = lnet_stage(scan, st, models)
+            steps["lnet"] = lnet_stage(scan, lungs, st, models)
     learned = steps.get("lnet", Step()).value
     # both methods: one set of levels, confidence from their agreement (the anatomy's kept where they disagree)
     levels = combine_levels(anatomical, learned, scan=scan) if anatomical is not None and learned is not None \
@@ -176,15 +176,16 @@ def _used(m: LoadedModel) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
     return ((m.note,) if m.note else ()), (m.summary(),)
 
 
-def lnet_stage(scan: CTScan, st: AnalysisSettings, models: ModelSet) -> Step:
-    """The five levels placed by L-Net (a :class:`~sscild.levels.GohLevels` with method ``lnet``)."""
+def lnet_stage(scan: CTScan, lungs: Lungs, st: AnalysisSettings, models: ModelSet) -> Step:
+    """The five levels placed by L-Net (a :class:`~sscild.levels.GohLevels` with method ``lnet``; its field of
+    view centred on ``lungs``)."""
     try:
         m = _load(models, "lnet", st)
     except ModelMissingError as err:
         return Step(None, (f"no L-Net levels: {err}",))
     from .scoring.lnet import predict_levels
 
-    pred = predict_levels(m.model, scan, m.config, device=st.device)
+    pred = predict_levels(m.model, scan, m.config, device=st.device, lung=lungs.mask)
     notes, used = _used(m)
     return Step(pred, notes, used)
 

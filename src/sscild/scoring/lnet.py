@@ -4,8 +4,10 @@ After Jia et al. (Sci Rep 2024): a VGG-style 3D network regresses the slice posi
 a downsampled scan; training uses random z crops that always contain the five levels, and inference slides
 windows along z and takes the median of each level's predictions.
 
-Defaults sized for a 2-core CPU: the scan is area-averaged to ``in_plane`` x ``in_plane`` pixels over the
-whole field of view and resampled to ``z_mm`` mm per slice; windows are ``window`` slices long
+Defaults sized for a 2-core CPU: the scan is area-averaged to ``in_plane`` x ``in_plane`` pixels and resampled
+to ``z_mm`` mm per slice; in-plane the network sees a square of ``fov_mm`` centred on the lungs (so a PET/CT's
+70 cm field of view or a scan centred off the patient looks like any other chest; ``fov_mm`` None, the weights
+before 3.0.0: the whole field of view, whatever its size); windows are ``window`` slices long
 (default 64 x 4 mm = 256 mm, enough for the span L1..L5 of adult thoraces). HU are clipped to -1500..1500 and
 scaled to [-1, 1], as in the paper.
 
@@ -47,6 +49,7 @@ class LNetConfig:
     hu_max: float = 1500.0
     head: str = "zmap"   # "zmap": per-z-bin level maps + soft-argmax; "dense": global pooling + linear (legacy)
     z_pools: int = 2     # zmap head: how many encoder blocks also halve z (bins of 2**z_pools slices)
+    fov_mm: float | None = None   # in-plane square (mm) centred on the lungs; None: the whole field of view
 
     def __post_init__(self):
         if self.head not in ("zmap", "dense"):
@@ -66,8 +69,46 @@ class Prepared:
     z_world: np.ndarray  # (Z,), increasing
 
 
-def prepare(scan: CTScan, cfg: LNetConfig = LNetConfig()) -> Prepared:
-    """Area-average the scan to L-Net's grid (whole field of view in-plane, ``cfg.z_mm`` along z)."""
+def lung_centre(lung: np.ndarray) -> tuple[float, float]:
+    """The centre of the lungs' in-plane bounding box (all slices) as fractions (0..1) of the image's height and
+    width: unchanged when the scan is resampled in-plane over the same field of view (another pixel size)."""
+    rows, cols = np.nonzero(np.asarray(lung).any(axis=0))
+    if len(rows) == 0:
+        return 0.5, 0.5
+    ny, nx = lung.shape[1:]
+    return (int(rows.min()) + int(rows.max()) + 1) / (2.0 * ny), (int(cols.min()) + int(cols.max()) + 1) / (2.0 * nx)
+
+
+def _in_view(scan: CTScan, cfg: LNetConfig, centre: tuple[float, float] | None) -> np.ndarray:
+    """The scan's HU clipped and scaled to [-1, 1] (float32), in-plane the square of ``cfg.fov_mm`` round the lungs'
+    centre (``centre``; found by :func:`sscild.anatomy.segment_lungs` when None), air beyond the image's edge; the
+    whole image when ``cfg.fov_mm`` is None."""
+    def scaled(a: np.ndarray) -> np.ndarray:
+        a = np.clip(a, cfg.hu_min, cfg.hu_max).astype(np.float32)
+        return (a - np.float32((cfg.hu_max + cfg.hu_min) / 2)) / np.float32((cfg.hu_max - cfg.hu_min) / 2)
+
+    if cfg.fov_mm is None:
+        return scaled(scan.hu)
+    if centre is None:
+        from ..anatomy import segment_lungs
+
+        centre = lung_centre(segment_lungs(scan).mask)
+    nz, ny, nx = scan.shape
+    out = np.full((nz, max(1, int(round(cfg.fov_mm / scan.spacing[1]))), max(1, int(round(cfg.fov_mm / scan.spacing[2])))),
+                  _air(cfg), np.float32)
+    src, dst = [], []
+    for n, m, c in ((ny, out.shape[1], centre[0]), (nx, out.shape[2], centre[1])):
+        start = int(round(c * n - m / 2))                       # first image row / column of the square
+        a, b = max(start, 0), min(start + m, n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - start, a - start + max(0, b - a)))
+    out[:, dst[0], dst[1]] = scaled(scan.hu[:, src[0], src[1]])
+    return out
+
+
+def prepare(scan: CTScan, cfg: LNetConfig = LNetConfig(), centre: tuple[float, float] | None = None) -> Prepared:
+    """Area-average the scan to L-Net's grid (in-plane the square of ``cfg.fov_mm`` round the lungs' ``centre``,
+    :func:`lung_centre`, or the whole field of view; ``cfg.z_mm`` along z)."""
     import torch
     import torch.nn.functional as F
 
@@ -75,8 +116,7 @@ def prepare(scan: CTScan, cfg: LNetConfig = LNetConfig()) -> Prepared:
     z0, z1 = scan.z_mm(0), scan.z_mm(nz - 1)
     length = abs(z1 - z0) + abs(scan.spacing[0])
     out_z = max(2, int(round(length / cfg.z_mm)))
-    vol = torch.from_numpy(np.clip(scan.hu, cfg.hu_min, cfg.hu_max).astype(np.float32))
-    vol = (vol - (cfg.hu_max + cfg.hu_min) / 2) / ((cfg.hu_max - cfg.hu_min) / 2)
+    vol = torch.from_numpy(_in_view(scan, cfg, centre))
     with torch.inference_mode():
         small = F.adaptive_avg_pool2d(vol, (cfg.in_plane, cfg.in_plane))  # (nz, p, p)
         flat = small.reshape(nz, -1).T[None]  # (1, p*p, nz)
@@ -189,13 +229,15 @@ class LevelCase:
 
     @staticmethod
     def from_scan(case_id: str, scan: CTScan, levels_z: dict[str, float | None], cfg: LNetConfig = LNetConfig(),
-                  group: str | None = None, partial: bool = False) -> "LevelCase":
-        """``partial``: levels without a z (out of view on a real scan) are NaN and left out of the loss."""
+                  group: str | None = None, partial: bool = False, centre: tuple[float, float] | None = None
+                  ) -> "LevelCase":
+        """``partial``: levels without a z (out of view on a real scan) are NaN and left out of the loss;
+        ``centre``: the lungs' centre (:func:`lung_centre`; found when None and ``cfg.fov_mm`` is set)."""
         missing = [n for n in LEVELS if levels_z.get(n) is None or not np.isfinite(levels_z[n])]
         if missing and (not partial or len(missing) == len(LEVELS)):
             raise ConfigError(f"case {case_id}: levels {missing} have no z; L-Net training needs all five "
                               "(or at least one, for a real scan whose other landmarks are out of view)")
-        prep = prepare(scan, cfg)
+        prep = prepare(scan, cfg, centre)
         pos = np.array([np.nan if n in missing else _z_to_index(prep, float(levels_z[n])) for n in LEVELS])
         return LevelCase(case_id, group or case_id, prep, pos)
 
@@ -312,20 +354,40 @@ def predict_positions(model, prep: Prepared, cfg: LNetConfig = LNetConfig(), str
 #: cut 15 mm below the carina or 15 mm above the right dome: L-Net placed the levels outside them, at 1.00; 20 mm
 #: left the placements at >= 0.8 right within 5 mm in 94.6 %, 30 mm in 95.7 %, python bench/run_all.py levels).
 EDGE_MM = 30.0
+#: confidence of an L-Net level out of order with the others (see :func:`_out_of_order`)
+OUT_OF_ORDER_CONF = 0.2
 
 
-def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu"):
+def _out_of_order(z: np.ndarray, conf: np.ndarray) -> list[int]:
+    """The levels (indices into LEVELS) to drop so that the rest run from head to feet (L1 highest, z strictly
+    falling): the largest such set, of the highest summed confidence among equals. On a phantom cut 15 mm below the
+    carina L-Net put L1, whose landmark the scan does not hold, 70 mm down, below L3, at confidence 1.00."""
+    n = len(z)
+    best: tuple[int, float, tuple[int, ...]] = (-1, -1.0, ())
+    for mask in range(1 << n):
+        keep = tuple(i for i in range(n) if mask >> i & 1)
+        if all(z[a] > z[b] for a, b in zip(keep, keep[1:])):
+            cand = (len(keep), float(sum(conf[i] for i in keep)), keep)
+            best = max(best, cand, key=lambda c: c[:2])
+    return [i for i in range(n) if i not in best[2]]
+
+
+def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: str = "cpu",
+                   lung: np.ndarray | None = None):
     """Five level positions by L-Net as :class:`sscild.levels.GohLevels` (``method == "lnet"``), world z (mm, LPS)
-    and slice index as read, like the anatomical method, so they can feed S-Net.
+    and slice index as read, like the anatomical method, so they can feed S-Net. ``lung``: the scan's lung mask
+    (``Lungs.mask``), whose centre the network's field of view is centred on (segmented here when None).
 
     A level predicted outside the scan has ``z_mm`` and ``slice_index`` None. Confidence falls with the spread
     (IQR) of the window predictions: 1 / (1 + IQR_mm / 10), and near the scan's ends: a level within
     :data:`EDGE_MM` of the first or last slice is scaled by its distance / EDGE_MM (on a scan cut through or above
-    a landmark L-Net still places that level, at the scan's end, with windows that agree).
+    a landmark L-Net still places that level, at the scan's end, with windows that agree). Levels out of order
+    with the others (:func:`_out_of_order`; beyond the scan counts above the top or below the bottom) get at most
+    :data:`OUT_OF_ORDER_CONF`.
     """
     from ..levels import GohLevels
 
-    prep = prepare(scan, cfg)
+    prep = prepare(scan, cfg, lung_centre(lung) if lung is not None and cfg.fov_mm is not None else None)
     med, iqr = predict_positions(model, prep, cfg, device=device)
     ends = sorted((scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)))
     z_mm, index, conf, notes = {}, {}, {}, {}
@@ -342,6 +404,11 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
         if k is not None and edge < EDGE_MM:
             conf[name] *= edge / EDGE_MM
             notes[name] += f"; {edge:.0f} mm from the scan's end: its landmark may lie outside the scan"
+    zs = np.array([_index_to_z(prep, m) for m in med])
+    for j in _out_of_order(zs, np.array([conf[n] for n in LEVELS])):
+        name = LEVELS[j]
+        conf[name] = min(conf[name], OUT_OF_ORDER_CONF)
+        notes[name] += "; out of order with L-Net's other levels (L1 above L2 ... above L5)"
     return GohLevels(z_mm, index, conf, notes, method="lnet")
 
 
@@ -353,7 +420,9 @@ def lnet_card(cfg: LNetConfig, *, description: str, **kw) -> dict:
     from ..bundle import model_card
 
     return model_card("lnet", "L-Net", cfg, description=description, **kw,
-                      input={"description": f"whole field of view area-averaged to {cfg.in_plane}x{cfg.in_plane}, "
+                      input={"description": ("whole field of view" if cfg.fov_mm is None else
+                                             f"{cfg.fov_mm:g} mm square centred on the lungs")
+                                            + f" area-averaged to {cfg.in_plane}x{cfg.in_plane}, "
                                             f"{cfg.z_mm} mm slices, windows of {cfg.window} slices, HU clipped "
                                             f"{cfg.hu_min:.0f}..{cfg.hu_max:.0f}"})
 
@@ -461,11 +530,21 @@ def acquired_cases(case_id: str, scan: CTScan, levels_z: dict[str, float | None]
                    rng: np.random.Generator, group: str | None = None, lung: np.ndarray | None = None
                    ) -> list[LevelCase]:
     """The scan as a case (levels without z are out of view) plus ``n`` copies under random acquisitions
-    (:func:`acquired_scan`), all in the group ``group`` (default ``case_id``) so that splits keep them together."""
-    out = [LevelCase.from_scan(case_id, scan, levels_z, cfg, group=group or case_id, partial=True)]
+    (:func:`acquired_scan`), all in the group ``group`` (default ``case_id``) so that splits keep them together.
+    ``lung``: the scan's lung mask (the acquisitions' gravity, and the centre of L-Net's field of view; segmented
+    when None and ``cfg.fov_mm`` is set)."""
+    centre = None
+    if cfg.fov_mm is not None:
+        if lung is None:
+            from ..anatomy import segment_lungs
+
+            lung = segment_lungs(scan).mask
+        centre = lung_centre(lung)      # the same fractions on every acquisition (same field of view)
+    out = [LevelCase.from_scan(case_id, scan, levels_z, cfg, group=group or case_id, partial=True, centre=centre)]
     for i in range(n):
         sim, _ = acquired_scan(scan, rng, lung)
-        out.append(LevelCase.from_scan(f"{case_id}~acq{i}", sim, levels_z, cfg, group=group or case_id, partial=True))
+        out.append(LevelCase.from_scan(f"{case_id}~acq{i}", sim, levels_z, cfg, group=group or case_id, partial=True,
+                                       centre=centre))
     return out
 
 
@@ -485,7 +564,7 @@ def phantom_cases(n: int, seed0: int, cfg: LNetConfig, size: str = "small", quie
     out = []
     for s in progress(range(seed0, seed0 + n), "phantoms", quiet=quiet):
         scan, truth = make_phantom(s, size=size, extent=float((s * 37) % 71))
-        out.append(LevelCase.from_scan(f"phantom{s}", scan, truth.levels_z, cfg))
+        out.append(LevelCase.from_scan(f"phantom{s}", scan, truth.levels_z, cfg, centre=lung_centre(truth.lungs > 0)))
     return out
 
 
