@@ -41,7 +41,8 @@ def main():
         record_card(card, lnet, truth)
         return
     tr_card = card["training"]
-    lines += [f"Shipped weights `src/sscild/models/lnet` ({tr_card.get('train_cases')} training phantoms, "
+    lines += [f"Shipped weights `src/sscild/models/lnet` ({card['version']}: {tr_card['description']}; "
+              f"{tr_card.get('train_cases')} training cases, "
               f"{tr_card.get('steps')} steps of batch {tr_card.get('batch_size', 4)}, {cfg.head} head, {cfg.z_mm:g} mm "
               f"slices, windows of {cfg.window} slices, {tr_card.get('loss', 'mse')} loss; "
               f"{tr_card.get('training_seconds')} s on this "
@@ -68,10 +69,12 @@ def main():
         lungs = segment_lungs(s)
         out, dt, _ = measure(lambda: predict_levels(model, s, cfg, lung=lungs.mask))
         g = find_levels(s, lungs)
-        lines += ["", f"Real series A0001 (no labels; inference {dt:.2f} s): L-Net vs anatomical method (world z mm): " +
+        lines += ["", f"Real series A0001 (by-eye ranges only, tests/data/real_levels.json; "
+                  f"{'in the training set of the shipped weights' if tr_card.get('label_kind') != 'synthetic exact' else 'not trained on'}"
+                  f"; inference {dt:.2f} s): L-Net vs anatomical method (world z mm): " +
                   "; ".join(f"{n} {out.z_mm[n]:.1f} vs {g.z_mm[n]:.1f}" if out.z_mm[n] is not None and
                             g.z_mm[n] is not None else f"{n} -" for n in LEVELS) +
-                  ". L-Net has seen phantoms only: on real anatomy it is not to be trusted yet."]
+                  ". On real scans it has not seen: bench/results/lnet_real.md."]
     write_section("lnet", "L-Net beside the anatomical method (issue: learned scoring)", "python bench/run_all.py lnet",
                   lines)
 

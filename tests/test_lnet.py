@@ -158,14 +158,14 @@ def test_shipped_lnet_loses_confidence_at_the_end_of_a_scan_cut_below_the_carina
     """A phantom cut 15 mm below the carina: L1 and L2 lie above the scan, yet the shipped L-Net places them at its
     top, where its windows agree (confidence 1.00 before); within EDGE_MM (30 mm) of the scan's end the confidence now
     falls with the distance, below 0.8, and the note says why. L-Net 3.0.0 put L1 60-70 mm down, below L3, at 1.00:
-    a level out of order with the others gets at most OUT_OF_ORDER_CONF. On the whole phantom they stay at 0.8 or
-    more."""
+    a level out of order with the others gets at most OUT_OF_ORDER_CONF. On the whole phantom both are placed within
+    5 mm (the weights fine-tuned on real scans give phantom L2 0.80 here, the phantom-only ones 0.95)."""
     from sscild.phantom import make_phantom
 
     model, cfg, _ = load_lnet()
     scan, truth = make_phantom(seed, extent=20.0)
     whole = predict_levels(model, scan, cfg)
-    assert all(whole.confidence[n] >= 0.8 for n in ("L1", "L2")), whole.confidence
+    assert all(abs(whole.z_mm[n] - truth.levels_z[n]) <= 5.0 for n in ("L1", "L2")), whole.z_mm
     zs = scan.z_positions()
     k1 = int(np.searchsorted(zs, truth.landmarks_z["carina"] - 15.0)) + 1
     cut = CTScan(scan.hu[:k1].copy(), scan.spacing, (scan.origin[0], scan.origin[1], scan.origin[2]), scan.direction)

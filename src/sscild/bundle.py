@@ -29,7 +29,7 @@ from .errors import ModelError, ModelMissingError
 
 SCHEMA_VERSION = 2
 KINDS = ("snet", "lnet", "lesions", "outcome-deep")
-LABEL_KINDS = ("none", "synthetic exact", "expert", "clinical outcome")
+LABEL_KINDS = ("none", "synthetic exact", "synthetic exact + by-eye", "expert", "clinical outcome")
 SPLITS = ("train", "validation", "test", "cross-validation")
 WEIGHTS_FILE, CARD_FILE, CARD_MD, PREDICTIONS_FILE = "model.safetensors", "card.json", "card.md", "validation.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,6 +39,9 @@ LABEL_STATEMENTS = {
     "none": "Trained without labels (self-supervised or label-free targets).",
     "synthetic exact": "Trained on synthetic data whose labels are exact by construction (inserted patterns, "
                        "phantoms); no patient labels were used.",
+    "synthetic exact + by-eye": "Trained on synthetic data whose labels are exact by construction and on patient "
+                                "scans with the developers' by-eye annotations (acceptable ranges, not expert reads; "
+                                "see the training data below).",
     "expert": "Trained on expert labels of patient scans (see the training data below).",
     "clinical outcome": "Trained on recorded clinical outcomes (deaths and follow-up) of patient scans.",
 }

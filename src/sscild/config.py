@@ -4,7 +4,7 @@ Every trainer's YAML has the same sections::
 
     extends: base.yaml          # optional: another config this one changes (merged key by key)
     description: what the model is trained on (goes to the card)
-    label_kind: synthetic exact # none / synthetic exact / expert (goes to the card)
+    label_kind: synthetic exact # none / synthetic exact / synthetic exact + by-eye / expert (goes to the card)
     out: models/snet            # output folder
     init: other/weights         # optional: start from these weights
     config: {...}               # the network (SNetConfig / LNetConfig / UNetConfig fields)
