@@ -189,7 +189,6 @@ def ship(names: list[str], cfg, base_card: dict, model, secs: float, n_train: in
     metrics = [metric_set("validation", level_metrics(ev["pred"], ev["truth"]), n=30, predictions="validation",
                           recompute="levels", description="30 validation phantoms of configs/lnet_phantoms.yaml "
                                                           "(seeds 6000-6029)")]
-
     card = lnet_card(cfg, label_kind="synthetic exact + by-eye", metrics=metrics, description=(
         f"L-Net {base_card['version']} (phantom-only, {base_card['training']['description']}) fine-tuned on "
         f"{N_PHANTOMS} of those phantoms (seeds 5000-{5000 + N_PHANTOMS - 1}, exact truth) and {len(names)} real chest "

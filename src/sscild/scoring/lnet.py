@@ -391,10 +391,10 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
     med, iqr = predict_positions(model, prep, cfg, device=device)
     ends = sorted((scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)))
     z_mm, index, conf, notes = {}, {}, {}, {}
-    for j, name in enumerate(LEVELS):
-        z = _index_to_z(prep, med[j])
+    zs = np.array([_index_to_z(prep, m) for m in med])
+    for name, z, spread in zip(LEVELS, zs.tolist(), iqr.tolist()):
         k = scan.slice_at_z(z)
-        iqr_mm = iqr[j] * cfg.z_mm
+        iqr_mm = spread * cfg.z_mm
         z_mm[name] = float(z) if k is not None else None
         index[name] = scan.input_slice_index(k) if k is not None else None
         conf[name] = float(1.0 / (1.0 + iqr_mm / 10.0))
@@ -404,7 +404,6 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
         if k is not None and edge < EDGE_MM:
             conf[name] *= edge / EDGE_MM
             notes[name] += f"; {edge:.0f} mm from the scan's end: its landmark may lie outside the scan"
-    zs = np.array([_index_to_z(prep, m) for m in med])
     for j in _out_of_order(zs, np.array([conf[n] for n in LEVELS])):
         name = LEVELS[j]
         conf[name] = min(conf[name], OUT_OF_ORDER_CONF)
