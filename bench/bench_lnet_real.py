@@ -228,6 +228,38 @@ def phantom_check(cfg, phantom_only, model, secs: float, n_names: int, n: int) -
     return out
 
 
+def backgrounds(cfg, phantom_only) -> list[str]:
+    """On the real scans of ``make backgrounds`` (.cache/backgrounds: no by-eye ranges, not in any L-Net's training),
+    each L-Net's distance to the anatomical level, and how many lie within 10 mm of it (the agreement that
+    ``combine_levels`` rewards)."""
+    from sscild.anatomy import segment_lungs
+    from sscild.io import load_ct
+
+    folder = REPO / ".cache" / "backgrounds"
+    paths = sorted(folder.glob("*")) if folder.exists() else []
+    if not paths:
+        return ["", "(`make backgrounds` not run: no held-out agreement table.)"]
+    nets = {"phantom-only": phantom_only, "shipped": load_lnet()[0]}
+    out = ["", "Held-out real scans of `make backgrounds` (no by-eye ranges; in no L-Net's training): |L-Net - "
+           "anatomy| per level placed by the anatomy (mm), and the count within 10 mm (they agree).", "",
+           "| scan | " + " | ".join(nets) + " |", "|---|" + "---|" * len(nets)]
+    agree = {k: [0, 0] for k in nets}
+    for p in paths:
+        scan = load_ct(p)
+        lungs = segment_lungs(scan)
+        anat = find_levels(scan, lungs)
+        cells = []
+        for k, net in nets.items():
+            g = predict_levels(net, scan, cfg, lung=lungs.mask)
+            d = [abs(g.z_mm[n] - anat.z_mm[n]) for n in LEVELS if anat.z_mm[n] is not None and g.z_mm[n] is not None]
+            agree[k][0] += sum(x <= 10 for x in d)
+            agree[k][1] += sum(anat.z_mm[n] is not None for n in LEVELS)
+            cells.append(" / ".join(f"{x:.0f}" for x in d))
+        out.append(f"| {p.name} | " + " | ".join(cells) + " |")
+    out.append("| within 10 mm | " + " | ".join(f"{a} / {n}" for a, n in agree.values()) + " |")
+    return out
+
+
 def _priority(name: str) -> int:
     """Fold order: the full chests first (5, 8, 2.5 mm; PET table without L1), the neck-and-apex crop last."""
     order = ("a0001", "a0002", "lidc", "acrin", "fused")
@@ -272,6 +304,7 @@ def main():
              "combined = `combine_levels(anatomy, fine-tuned, scan=)` as `analyze` combines them; combined "
              "(phantom-only) = the same with the phantom-only weights.",
              ""] + _table(results)
+    lines += backgrounds(cfg, phantom_only)
     n_check = int(os.environ.get("LNET_REAL_PHANTOM_CHECK", 0))
     if n_check:
         lines += phantom_check(cfg, phantom_only, *all_real(names, cfg)[:2], len(names), n_check)
