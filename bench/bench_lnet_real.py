@@ -18,6 +18,7 @@ phantom test seeds of bench/bench_lnet.py).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -35,7 +36,6 @@ from sscild.scoring.lnet import (LevelCase, Prepared, acquired_cases, annotated_
 ANNOT = json.loads((REPO / "tests" / "data" / "real_levels.json").read_text())
 CACHE = WORK / "lnet_real"
 BASE = REPO / "bench" / "models" / "lnet_phantoms"   # phantom-only weights (configs/lnet_phantoms.yaml)
-_WEIGHTS = [""]          # the phantom-only weights' sha256 (12 digits), set by main: the cache's subfolder
 N_ACQ = 4                # simulated acquisitions per real scan, besides the scan itself
 REDUCE = 4               # in-plane block averaging before the acquisition model (see _reduced)
 N_PHANTOMS = 12          # training phantoms (seeds 5000..), a subset of the phantom-only weights' training set
@@ -45,8 +45,14 @@ FROZEN = 4                # the first two conv blocks (conv + pool each) keep th
 PHANTOM_SEEDS = range(7000, 7030)   # the test seeds of bench/bench_lnet.py
 
 
+@functools.cache
+def _cache_dir():
+    """The cache's folder for the phantom-only weights: named by their sha256 (12 digits)."""
+    return CACHE / json.loads((BASE / "card.json").read_text())["weights"]["sha256"][:12]
+
+
 def _cached(name: str, make):
-    path = CACHE / _WEIGHTS[0] / f"{name}.pkl"
+    path = _cache_dir() / f"{name}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
     value = make()
@@ -271,7 +277,6 @@ def main():
 
     torch.manual_seed(0)
     phantom_only, cfg, card = load_lnet(BASE)
-    _WEIGHTS[0] = card["weights"]["sha256"][:12]
     names = sorted(ANNOT["scans"], key=_priority)
     if not SHARED_DATA.exists():
         write_section("lnet_real", "L-Net on real anatomy (issue 17 item 5)", "python bench/run_all.py lnet_real",
@@ -283,7 +288,7 @@ def main():
     wanted = [w for w in os.environ.get("LNET_REAL_FOLDS", "").split(",") if w] or names
     results = {}
     for name in names:
-        if name in wanted or (CACHE / _WEIGHTS[0] / f"fold_{_key(name)}_{STEPS}.pkl").exists():
+        if name in wanted or (_cache_dir() / f"fold_{_key(name)}_{STEPS}.pkl").exists():
             results[name] = fold(name, names, cfg, phantom_only)
             print(name, "done", flush=True)
     r0 = next(iter(results.values()))

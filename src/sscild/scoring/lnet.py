@@ -83,12 +83,8 @@ def _in_view(scan: CTScan, cfg: LNetConfig, centre: tuple[float, float] | None) 
     """The scan's HU clipped and scaled to [-1, 1] (float32), in-plane the square of ``cfg.fov_mm`` round the lungs'
     centre (``centre``; found by :func:`sscild.anatomy.segment_lungs` when None), air beyond the image's edge; the
     whole image when ``cfg.fov_mm`` is None."""
-    def scaled(a: np.ndarray) -> np.ndarray:
-        a = np.clip(a, cfg.hu_min, cfg.hu_max).astype(np.float32)
-        return (a - np.float32((cfg.hu_max + cfg.hu_min) / 2)) / np.float32((cfg.hu_max - cfg.hu_min) / 2)
-
     if cfg.fov_mm is None:
-        return scaled(scan.hu)
+        return _scaled(scan.hu, cfg)
     if centre is None:
         from ..anatomy import segment_lungs
 
@@ -102,7 +98,7 @@ def _in_view(scan: CTScan, cfg: LNetConfig, centre: tuple[float, float] | None) 
         a, b = max(start, 0), min(start + m, n)
         src.append(slice(a, max(a, b)))
         dst.append(slice(a - start, a - start + max(0, b - a)))
-    out[:, dst[0], dst[1]] = scaled(scan.hu[:, src[0], src[1]])
+    out[:, dst[0], dst[1]] = _scaled(scan.hu[:, src[0], src[1]], cfg)
     return out
 
 
@@ -139,9 +135,15 @@ def _index_to_z(prep: Prepared, idx: float) -> float:
     return float(prep.z_world[0] + idx * step)
 
 
+def _scaled(hu: np.ndarray, cfg: LNetConfig) -> np.ndarray:
+    """HU clipped to ``cfg.hu_min .. hu_max`` and scaled to [-1, 1] (float32)."""
+    a = np.clip(hu, cfg.hu_min, cfg.hu_max).astype(np.float32)
+    return (a - np.float32((cfg.hu_max + cfg.hu_min) / 2)) / np.float32((cfg.hu_max - cfg.hu_min) / 2)
+
+
 def _air(cfg: LNetConfig) -> float:
     """-1000 HU in L-Net's scaled units."""
-    return (-1000.0 - (cfg.hu_max + cfg.hu_min) / 2) / ((cfg.hu_max - cfg.hu_min) / 2)
+    return float(_scaled(np.float32(-1000.0), cfg))
 
 
 def _window(volume: np.ndarray, start: int, length: int, pad: float) -> np.ndarray:
@@ -388,7 +390,7 @@ def predict_levels(model, scan: CTScan, cfg: LNetConfig = LNetConfig(), device: 
     """
     from ..levels import GohLevels
 
-    prep = prepare(scan, cfg, lung_centre(lung) if lung is not None and cfg.fov_mm is not None else None)
+    prep = prepare(scan, cfg, None if lung is None else lung_centre(lung))
     med, iqr = predict_positions(model, prep, cfg, device=device)
     ends = sorted((scan.z_mm(0), scan.z_mm(scan.shape[0] - 1)))
     z_mm, index, conf, notes = {}, {}, {}, {}
