@@ -31,6 +31,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import morph
 from .errors import NoLungsError
 from .scan import CTScan
 
@@ -117,11 +118,11 @@ def _select(lab: np.ndarray, n: int, keep) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
-    """``ndi.binary_dilation(mask, iterations=iterations)`` computed on the mask's bounding box only."""
+    """``ndi.binary_dilation(mask, iterations=iterations)`` (:func:`sscild.morph.dilate`) computed on the mask's bounding box only."""
     out = np.zeros(mask.shape, bool)
     if mask.any():
         box = _bbox(mask, margin=iterations)
-        out[box] = ndi.binary_dilation(mask[box], iterations=iterations)
+        out[box] = morph.dilate(mask[box], iterations)
     return out
 
 
@@ -134,8 +135,7 @@ def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
     # a coarse voxel is tissue when most of its block is (block mean above the threshold)
     coarse = _downsample(hu[:, :ny2, :nx2], g) if g > 1 else hu
     tissue = coarse > -500
-    cross = ndi.generate_binary_structure(2, 1)[None]
-    opened = ndi.binary_opening(tissue, structure=cross, iterations=2 if g == 1 else 1)
+    opened = morph.opening(tissue, 2 if g == 1 else 1, axes=(1, 2))
     lab, n = cc3d.connected_components(opened, connectivity=6, return_N=True)
     if n == 0:
         return np.zeros(hu.shape, bool)
@@ -146,7 +146,7 @@ def _body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
     sub = np.ascontiguousarray(body[box])
     body[box] = sub | _slice_holes(sub)
     # one coarse voxel of margin gives back what the opening took from the outline
-    body = ndi.binary_dilation(body, structure=cross)
+    body = morph.dilate(body, axes=(1, 2))
     out = np.zeros(hu.shape, bool)
     out[:, :ny2, :nx2] = np.repeat(np.repeat(body, g, axis=1), g, axis=2) if g > 1 else body
     return out
@@ -339,7 +339,7 @@ def _track_airways(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     if not plausible(carina2):
         return airway, carina
     box = _bbox(airway2, margin=1)
-    airway2[box] |= dark[box] & ndi.binary_dilation(airway2[box], structure=_INPLANE_CROSS)
+    airway2[box] |= dark[box] & morph.dilate(airway2[box], axes=(1, 2))
     return airway2, carina2
 
 
@@ -663,15 +663,14 @@ def _under_dome(region: np.ndarray, aer: np.ndarray) -> np.ndarray:
         return region
     top = int(np.argmax(area))
     out = region.copy()
-    cross = ndi.generate_binary_structure(2, 1)
     for k in range(top + 1, region.shape[0]):
         if area[k] >= 0.3 * area.max():
             continue
         # the lung one slice lower: its aerated part and the dense parts against it in that slice
         lab, n = cc3d.connected_components(out[k - 1], connectivity=4, return_N=True)
-        touch = np.unique(lab[ndi.binary_dilation(aer[k - 1], structure=cross) & out[k - 1]])
+        touch = np.unique(lab[morph.dilate(aer[k - 1]) & out[k - 1]])
         below = aer[k - 1] | _select(lab, n, touch[touch > 0])
-        out[k] &= ndi.binary_dilation(below, structure=cross)
+        out[k] &= morph.dilate(below)
     return out
 
 
@@ -738,9 +737,8 @@ def _dense_envelope_box(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float
         n_z = max(2, int(np.ceil(8.0 / sp[0])))
         sub = _bbox(region | aer, margin=max(it + 2, n_z + 1))
         reg, aer_s = region[sub], aer[sub]
-        cross = ndi.generate_binary_structure(2, 1)[None]
-        core = ndi.binary_opening(reg, structure=cross, iterations=it)
-        reg = ndi.binary_dilation(core, structure=cross, iterations=it + 1, mask=reg)
+        core = morph.opening(reg, it, axes=(1, 2))
+        reg = morph.dilate(core, it + 1, axes=(1, 2), within=reg)
         reg = _under_dome(reg, aer_s)
         reg = ndi.binary_opening(reg, structure=np.ones((n_z, 1, 1), bool))
         lab, n = cc3d.connected_components(reg, connectivity=6, return_N=True)
@@ -1041,7 +1039,7 @@ def _refine_airways(up: np.ndarray, hu: np.ndarray) -> np.ndarray:
         return up
     box = _bbox(up, margin=3)
     m = up[box]
-    grown = ndi.binary_dilation(m, structure=_INPLANE_CROSS, iterations=2)
+    grown = morph.dilate(m, 2, axes=(1, 2))
     out = np.zeros_like(up)
     out[box] = grown & (hu[box] < AIRWAY_LUMEN_HU)
     return out

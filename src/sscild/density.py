@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import morph
 from .anatomy import Lungs
 from .domain import ZONES, LungLabel, zone_bounds
 from .scan import CTScan
@@ -250,7 +251,7 @@ def aeration(hu: np.ndarray, lung: np.ndarray, pixel_mm: float) -> Aeration:
     lu = lung[ks][:, :h, :w].reshape(len(ks), h // f, f, w // f, f).mean(axis=(2, 4)) >= 0.5
     px = float(pixel_mm) * f
     # erode by ~3 mm in-plane so the chest wall and mediastinum do not bleed into the smoothed lung border
-    inner = ndi.binary_erosion(lu, np.ones((1, 3, 3), bool), iterations=max(1, int(round(3.0 / px))))
+    inner = morph.erode(lu, max(1, int(round(3.0 / px))), axes=(1, 2), box=True)
     sel = inner if inner.sum() >= 0.2 * lu.sum() else lu
     if not sel.any():
         return Aeration(float("nan"), 0.0)

@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError     # with the module: not first imported beside the model preload
 
+from . import morph
 from .anatomy import APEX_CARINA_MIN_MM, Lungs, airway_lumens, lumen_divides
 from .domain import LEVEL_NAMES, LEVELS, LEVELS_AGREE_MM
 from .errors import NoLungsError
@@ -428,7 +429,7 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     stage's time; the two can differ only in pixels on the hull's edge)."""
     if not mask.any():
         return mask
-    yy, xx = np.nonzero(mask & ~ndi.binary_erosion(mask))      # the boundary pixels carry the hull
+    yy, xx = np.nonzero(mask & ~morph.erode(mask))      # the boundary pixels carry the hull
     pts = np.concatenate([np.stack([yy + dy, xx + dx], axis=1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
     try:
         v = pts[ConvexHull(pts).vertices]
@@ -465,7 +466,7 @@ def _bone(hu: np.ndarray, x_mid: float | None = None, px: float = 1.0) -> np.nda
             cx = np.array([c[1] for c in ndi.center_of_mass(filled, lab, np.arange(1, n + 1))])
             off = (cx - x_mid) * px
             filled = np.isin(lab, 1 + np.nonzero(~((off > 10.0) & (off < 60.0)))[0])
-    return ndi.binary_dilation(filled, iterations=1)
+    return morph.dilate(filled, 1)
 
 
 def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, float], hu_range=(-20.0, 600.0),
@@ -482,20 +483,20 @@ def _vessel_mask(scan: CTScan, lungs: Lungs, k: int, f: int, tr: tuple[float, fl
     sy, sx = scan.spacing[1], scan.spacing[2]
     lung2d = lungs.labels[k, ::f, ::f] > 0
     hu = scan.hu[k, ::f, ::f]
-    air = ndi.binary_dilation(lungs.airways[k, ::f, ::f], iterations=max(1, int(round(3.0 / (sx * f)))))
+    air = morph.dilate(lungs.airways[k, ::f, ::f], max(1, int(round(3.0 / (sx * f)))))
     boxed = False
     if lung2d.sum() < 200:
         yy = (np.arange(hu.shape[0]) * sy * f)[:, None]
         xx = (np.arange(hu.shape[1]) * sx * f)[None, :]
         box = (np.abs(xx - tr[1] * sx) < 80) & (yy > tr[0] * sy - 90) & (yy < tr[0] * sy + 50)
-        lung2d = ndi.binary_opening(box & (hu < -400) & ~air, iterations=2) if air_as_lung else np.zeros_like(box)
+        lung2d = morph.opening(box & (hu < -400) & ~air, 2) if air_as_lung else np.zeros_like(box)
         boxed = lung2d.sum() * (sx * f) * (sy * f) < 2000.0
     region = box if boxed else _hull_2d(lung2d)
     bone = _bone(hu, tr[1] / f, sx * f) if aorta_rings else _bone(hu)
-    ves = ndi.binary_opening(region & ~lung2d & ~air & ~bone & (hu > hu_range[0]) & (hu < hu_range[1]), iterations=1)
+    ves = morph.opening(region & ~lung2d & ~air & ~bone & (hu > hu_range[0]) & (hu < hu_range[1]), 1)
     if boxed:   # box search: muscles run into the box's edges; the arch lies enclosed in mediastinal fat
         lab, _ = ndi.label(ves)
-        edge = region & ~ndi.binary_erosion(region)
+        edge = region & ~morph.erode(region)
         ves &= ~np.isin(lab, np.unique(lab[edge & (lab > 0)]))
     return ves
 
@@ -551,8 +552,8 @@ FAT_HU = -100.0
 def _follow(prev: np.ndarray, lab: np.ndarray, step_px: int) -> np.ndarray:
     """What of the components of ``lab`` touching ``prev`` lies within ``step_px`` pixels of it: a structure
     followed from slice to slice, which cannot jump onto a neighbour it touches."""
-    near = ndi.binary_dilation(prev, iterations=max(1, step_px))
-    hit = np.unique(lab[ndi.binary_dilation(prev) & (lab > 0)])
+    near = morph.dilate(prev, max(1, step_px))
+    hit = np.unique(lab[morph.dilate(prev) & (lab > 0)])
     return np.isin(lab, hit[hit > 0]) & near
 
 
@@ -605,7 +606,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
     k_b = max(k_stop + 1, k_top - int(np.ceil(8.0 / dz)))
     lab_b = ndi.label(_vessel_mask(scan, lungs, k_b, f, tr, (-20.0, 1500.0), aorta_rings=True,
                                    air_as_lung=True))[0]
-    below = np.isin(lab_b, np.unique(lab_b[ndi.binary_dilation(arch, iterations=step) & (lab_b > 0)])) & (lab_b > 0)
+    below = np.isin(lab_b, np.unique(lab_b[morph.dilate(arch, step) & (lab_b > 0)])) & (lab_b > 0)
     blood = float(np.median(scan.hu[k_b, ::f, ::f][below if below.any() else arch]))
     hu_range = ((FAT_HU + min(blood, 400.0)) / 2, 1500.0)
 
@@ -636,7 +637,7 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
             aorta = np.isin(lab, np.unique(lab[arch & (lab > 0)])) & (lab > 0) & ~trunk
         elif aorta is not None:
             aorta = _follow(aorta, lab, step) & ~trunk
-        touching = np.unique(lab[ndi.binary_dilation(trunk) & (lab > 0)])
+        touching = np.unique(lab[morph.dilate(trunk) & (lab > 0)])
         cand = np.isin(lab, touching[touching > 0]) & ~(aorta if aorta is not None else False)
         edt = ndi.distance_transform_edt(cand, sampling=(sy, sx))
         moved = np.sqrt(((yy - centre[0]) * sy) ** 2 + ((xx - centre[1]) * sx) ** 2)
@@ -651,11 +652,11 @@ def _brachiocephalic_origin(scan: CTScan, lungs: Lungs, f: int, tr: tuple[float,
         if np.isfinite(score.max()):                       # the thickest point near the last centre
             centre = np.unravel_index(int(np.argmax(score)), score.shape)
             trunk = cand & disc(centre, min(float(edt[centre]), 1.5 * r_mm))
-        elif aorta is None or not (ndi.binary_dilation(trunk, iterations=step) & aorta).any():
+        elif aorta is None or not (morph.dilate(trunk, step) & aorta).any():
             return None                                    # lost, not joined to the aorta
         # touching: within one pixel, or on thick slices within half the slice thickness (partial volume
         # thins the two vessels' walls where they meet inside the slice)
-        if aorta is not None and (ndi.binary_dilation(trunk, iterations=touch_px) & aorta).any():
+        if aorta is not None and (morph.dilate(trunk, touch_px) & aorta).any():
             return scan.z_mm(k) + 0.5 * dz           # they first meet between this slice and the one above
     return None
 

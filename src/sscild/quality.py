@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import morph
 from .anatomy import Lungs, _bbox, _body_mask, _downsample, _inplane_factor
 from .errors import NoLungsError
 from .scan import CTScan
@@ -58,7 +59,7 @@ def _tracheal_air(scan: CTScan, lungs: Lungs) -> float | None:
     it = max(1, int(round(2.0 / scan.spacing[1])))
     box = _bbox(lungs.airways, margin=0)              # erosion only shrinks the mask: the same result in its box
     air = lungs.airways[box]
-    core = ndi.binary_erosion(air, structure=ndi.generate_binary_structure(2, 1)[None], iterations=it)
+    core = morph.erode(air, it, axes=(1, 2))
     vals = scan.hu[box][core if core.sum() >= 20 else air]
     return float(np.median(vals))
 
@@ -117,10 +118,10 @@ def _noise(scan: CTScan, body: _CoarseMask) -> tuple[float | None, float | None]
     hu = scan.hu[k].astype(np.float32)
     m = ndi.uniform_filter(hu, size=(1, 3, 3))
     sd = np.sqrt(np.maximum(ndi.uniform_filter(hu * hu, size=(1, 3, 3)) - m * m, 0)) * np.sqrt(9 / 8)
-    far = ~ndi.binary_dilation(body[k], structure=np.ones((1, 3, 3), bool), iterations=8)
+    far = ~morph.dilate(body[k], 8, axes=(1, 2), box=True)
     air = far & (m > -1020) & (m < -900) & (hu > -1023)
-    soft = ndi.binary_erosion(body[k], structure=np.ones((1, 3, 3), bool), iterations=3) & (m > 0) & (m < 100)
-    flat = ndi.binary_erosion(soft, structure=np.ones((1, 3, 3), bool), iterations=2)
+    soft = morph.erode(body[k], 3, axes=(1, 2), box=True) & (m > 0) & (m < 100)
+    flat = morph.erode(soft, 2, axes=(1, 2), box=True)
     out_air = float(np.median(sd[air])) if air.sum() > 200 else None
     out_soft = float(np.median(sd[flat])) if flat.sum() > 200 else None
     return out_air, out_soft
