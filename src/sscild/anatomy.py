@@ -544,8 +544,13 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     return out
 
 
-RIB_MARGIN_MM = 2.0    # the cavity ends this far short of the first bone (the rib's own partial volume)
+RIB_MARGIN_MM = 1.0    # the cavity ends this far short of the first bone (the rib's own partial volume)
 SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) for the rib cavity
+RIB_TOL_MM = 8.0     # a ray's bone is beyond a gap when farther than this beyond the nearest bone on both sides
+RIB_STEP = 1.3       # a gap between bone beside the spine and a rib this much farther takes the rib (a step)
+PARAVERTEBRAL_MM = 50.0  # bone this near the midline (x) is beside the spine for RIB_STEP
+RIB_SIDE_RAYS = 4    # rays (of 5 degrees) on each side looked at for that
+RIB_GAP_RAYS = 6     # rays (of 5 degrees) a gap between two ribs may span and still be bridged
 RIB_Z_MM = 3.0         # the rib cavity's bone: the nearest within this many mm above or below (5 mm took dense lung)
 FLOOR_RELAX_MM = 10.0  # a column of dense lung may reach this far below the aerated floor of the lung around it
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
@@ -557,11 +562,11 @@ DENSE_BOX_MM = 40.0    # the dense envelope is worked out within the lungs' in-p
 def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], x_mid: float | None = None
                 ) -> np.ndarray:
     """The thoracic cavity per slice as seen from the lungs' centre: in each 5 degree direction it reaches the
-    first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the median
-    rib distance within +-15 degrees, and 2 mm short of it; a ray's bone is the nearest within ``RIB_Z_MM`` above
-    or below the slice (a rib cut obliquely by the slice leaves a gap the ray would pass through to the scapula).
-    Where no bone is in reach in the slice itself it ends at the aerated lung. Given the midline column ``x_mid``,
-    bone within ``SPINE_HALF_MM`` of it does not end a ray. All slices at once."""
+    first bone (> 200 HU: rib, spine, sternum) beyond the aerated lung, gaps between ribs bridged by the line
+    between the ribs on either side (:func:`_rib_line`), and ``RIB_MARGIN_MM`` short of it; a ray's bone is the
+    nearest within ``RIB_Z_MM`` above or below the slice (a rib cut obliquely by the slice leaves a gap the ray
+    would pass through to the scapula). Where no rib is in reach it ends at the aerated lung. Given the midline
+    column ``x_mid``, bone within ``SPINE_HALF_MM`` of it does not end a ray. All slices at once."""
     nz, ny, nx = hu.shape
     nb = 72
     cav = np.zeros(hu.shape, bool)
@@ -590,14 +595,51 @@ def _rib_cavity(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, f
         # bone in its own slice stays without: it ends at the aerated lung)
         r_bone = np.where(np.isfinite(r_bone), ndi.minimum_filter1d(r_bone, size=2 * n_z + 1, axis=0,
                                                                    mode="nearest"), r_bone)
-    # a gap between ribs (or a ray reaching the scapula) takes the typical rib distance of its +-15 degrees;
-    # the spine, nearer than its neighbours, keeps its own
-    window = np.median(np.stack([np.roll(r_bone, d, axis=1) for d in range(-3, 4)]), axis=0)
-    r_cav = np.minimum(r_bone, window) - RIB_MARGIN_MM / spacing[1]
+    spine_side = None
+    if x_mid is not None:     # the x of each ray's bone, at the ray's central angle
+        theta = (np.arange(nb) + 0.5) / nb * 2 * np.pi - np.pi
+        x_b = cx[:, None] + np.where(np.isfinite(r_bone), r_bone, 0.0) * np.cos(theta)[None, :]
+        spine_side = np.isfinite(r_bone) & (np.abs(x_b - x_mid) * spacing[2] < PARAVERTEBRAL_MM)
+    r_cav = _rib_line(r_bone, RIB_TOL_MM / spacing[1], spine_side) - RIB_MARGIN_MM / spacing[1]
     r_l = r_lung.reshape(len(ks), nb)
     r_cav = np.where(np.isfinite(r_cav), np.maximum(r_cav, r_l), r_l).ravel()
     cav[ks] = rad <= r_cav[ang]
     return cav
+
+
+def _rib_line(r_bone: np.ndarray, tol: float, spine_side: np.ndarray | None = None) -> np.ndarray:
+    """The inner line of the rib cage per (slice, ray) from each ray's nearest bone ``r_bone`` (inf: none).
+
+    A ray passes through a gap between two ribs when its bone (the next rib out, the scapula, the arm) is farther
+    than ``tol`` (pixels) beyond the nearest bone on *both* sides within ``RIB_SIDE_RAYS`` rays (an outward excursion;
+    where the rib line only steps, next to the spine, one side is farther), or when it meets no bone. Such a ray
+    takes the line interpolated in angle between the nearest rays on either side that meet a rib (the farther of
+    the two when the nearer is bone beside the spine, ``spine_side``, and they differ by more than ``RIB_STEP``:
+    the lung's paravertebral recess reaches back to the rib, behind the chord), when the gap spans at most
+    ``RIB_GAP_RAYS`` rays; else inf (the ray ends at the aerated lung)."""
+    nk, nb = r_bone.shape
+    side = range(1, RIB_SIDE_RAYS + 1)
+    before = np.min(np.stack([np.roll(r_bone, d, axis=1) for d in side]), axis=0)
+    after = np.min(np.stack([np.roll(r_bone, -d, axis=1) for d in side]), axis=0)
+    rib = np.isfinite(r_bone) & (r_bone <= np.maximum(before, after) + tol)
+    out = np.where(rib, r_bone, np.inf)
+    rays = np.arange(nb)
+    for k in range(nk):
+        idx = np.nonzero(rib[k])[0]
+        if len(idx) < 2:
+            continue
+        # the nearest rib ray before and after each ray, circularly
+        ext = np.concatenate([idx - nb, idx, idx + nb])
+        i0, i1 = ext[np.searchsorted(ext, rays, side="right") - 1], ext[np.searchsorted(ext, rays)]
+        gap = ~rib[k] & (i1 - i0 <= RIB_GAP_RAYS + 1)
+        r0, r1 = r_bone[k, i0[gap] % nb], r_bone[k, i1[gap] % nb]
+        line = r0 + (rays[gap] - i0[gap]) / np.maximum(i1[gap] - i0[gap], 1) * (r1 - r0)
+        if spine_side is not None:
+            near_spine = np.where(r0 < r1, spine_side[k, i0[gap] % nb], spine_side[k, i1[gap] % nb])
+            step = near_spine & (np.maximum(r0, r1) > RIB_STEP * np.minimum(r0, r1))
+            line = np.where(step, np.maximum(r0, r1), line)
+        out[k, gap] = line
+    return out
 
 
 def _medial(aer: np.ndarray, right: bool) -> np.ndarray:
