@@ -150,8 +150,8 @@ def real_scans(lines) -> dict[str, tuple[bool, bool]]:
     lines += ["Every real scan in ../shared/data (best of 2 runs). "
               "Stage = lungs + airways + vessels + quality checks + levels + density.", "",
               "| scan | read (s) | lungs (s) | whole stage (s) | stage / read | process peak (GB) | right / left (mL) | "
-              "airways (mL) | vessels (mL) | enclosed air left out: in body / outside body (mL) | dense envelope added (mL) "
-              "| notes |",
+              "airways (mL) | vessels (mL) | enclosed air left out: in body / outside body (mL) | "
+              "dense envelope added (mL) | notes |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     quality, sides = [], {}
     load0 = os.getloadavg()[0]

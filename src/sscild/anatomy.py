@@ -118,7 +118,8 @@ def _select(lab: np.ndarray, n: int, keep) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
-    """``ndi.binary_dilation(mask, iterations=iterations)`` (:func:`sscild.morph.dilate`) computed on the mask's bounding box only."""
+    """``ndi.binary_dilation(mask, iterations=iterations)`` (:func:`sscild.morph.dilate`) computed on the mask's
+    bounding box only."""
     out = np.zeros(mask.shape, bool)
     if mask.any():
         box = _bbox(mask, margin=iterations)
@@ -546,11 +547,11 @@ def _close_envelope(lung: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
 
 RIB_MARGIN_MM = 1.0    # the cavity ends this far short of the first bone (the rib's own partial volume)
 SPINE_HALF_MM = 25.0   # bone this near the midline is the spine (or sternum) for the rib cavity
-RIB_TOL_MM = 8.0     # a ray's bone is beyond a gap when farther than this beyond the nearest bone on both sides
-RIB_STEP = 1.3       # a gap between bone beside the spine and a rib this much farther takes the rib (a step)
+RIB_TOL_MM = 8.0       # a ray's bone lies beyond a gap when farther than this beyond the nearest bone on both sides
+RIB_SIDE_RAYS = 4      # rays (of 5 degrees) on each side looked at for that
+RIB_GAP_RAYS = 6       # rays (of 5 degrees) a gap between two ribs may span and still be bridged
+RIB_STEP = 1.3         # a gap between bone beside the spine and a rib this much farther takes the rib (a step)
 PARAVERTEBRAL_MM = 50.0  # bone this near the midline (x) is beside the spine for RIB_STEP
-RIB_SIDE_RAYS = 4    # rays (of 5 degrees) on each side looked at for that
-RIB_GAP_RAYS = 6     # rays (of 5 degrees) a gap between two ribs may span and still be bridged
 RIB_Z_MM = 3.0         # the rib cavity's bone: the nearest within this many mm above or below (5 mm took dense lung)
 FLOOR_RELAX_MM = 10.0  # a column of dense lung may reach this far below the aerated floor of the lung around it
 DENSE_RANGE = (-300.0, 60.0)   # HU: consolidation-like or fibrotic lung that the air threshold leaves out
@@ -611,12 +612,12 @@ def _rib_line(r_bone: np.ndarray, tol: float, spine_side: np.ndarray | None = No
     """The inner line of the rib cage per (slice, ray) from each ray's nearest bone ``r_bone`` (inf: none).
 
     A ray passes through a gap between two ribs when its bone (the next rib out, the scapula, the arm) is farther
-    than ``tol`` (pixels) beyond the nearest bone on *both* sides within ``RIB_SIDE_RAYS`` rays (an outward excursion;
-    where the rib line only steps, next to the spine, one side is farther), or when it meets no bone. Such a ray
-    takes the line interpolated in angle between the nearest rays on either side that meet a rib (the farther of
-    the two when the nearer is bone beside the spine, ``spine_side``, and they differ by more than ``RIB_STEP``:
-    the lung's paravertebral recess reaches back to the rib, behind the chord), when the gap spans at most
-    ``RIB_GAP_RAYS`` rays; else inf (the ray ends at the aerated lung)."""
+    than ``tol`` (pixels) beyond the nearest bone on *both* sides within ``RIB_SIDE_RAYS`` rays (an outward
+    excursion; where the rib line only steps, next to the spine, one side is farther), or when it meets no bone.
+    Such a ray takes the line interpolated in angle between the nearest rays on either side that meet a rib (the
+    farther of the two when the nearer is bone beside the spine, ``spine_side``, and they differ by more than
+    ``RIB_STEP``: the lung's paravertebral recess reaches back to the rib, behind the chord), when the gap spans at
+    most ``RIB_GAP_RAYS`` rays; else inf (the ray ends at the aerated lung)."""
     nk, nb = r_bone.shape
     side = range(1, RIB_SIDE_RAYS + 1)
     before = np.min(np.stack([np.roll(r_bone, d, axis=1) for d in side]), axis=0)
@@ -1097,21 +1098,8 @@ def _refine_box(labels: np.ndarray, hu: np.ndarray, airways: np.ndarray) -> np.n
             continue
         sub = _bbox(whole, margin=2)
         m, hu_s, aw, res = whole[sub], hu[sub], airways[sub], out[sub]
-        # in-plane 4-neighbour erosion and dilation, outside the box counting as background (as
-        # ndi.binary_erosion/dilation with the 2D cross), by shifted copies
-        inner = m.copy()
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        inner[:, :, 1:] &= m[:, :, :-1]
-        inner[:, :, :-1] &= m[:, :, 1:]
-        inner[:, [0, -1]] = False
-        inner[:, :, [0, -1]] = False
-        outer = m.copy()
-        outer[:, 1:] |= m[:, :-1]
-        outer[:, :-1] |= m[:, 1:]
-        outer[:, :, 1:] |= m[:, :, :-1]
-        outer[:, :, :-1] |= m[:, :, 1:]
-        band = outer & ~inner
+        # in-plane 4-neighbour erosion and dilation, outside the box counting as background
+        band = morph.dilate(m, axes=(1, 2)) & ~morph.erode(m, axes=(1, 2))
         air = hu_s < LUNG_THRESHOLD
         keep = band & air & (res == 0) | (band & m & air)
         res[m & band & ~air] = 0
