@@ -68,11 +68,11 @@ def dilate(mask: np.ndarray, iterations: int = 1, *, axes: Sequence[int] | None 
         raise ValueError("iterations must be >= 1")
     ax = _axes(m0.ndim, axes)
     out = m0
-    for _ in range(iterations):
+    for _ in range(iterations):      # iterations >= 1: ``out`` is always a new array
         out = _step(out, ax, box, grow=True)
         if within is not None:
             out = np.where(within, out, m0)
-    return out if out is not m0 else m0.copy()
+    return out
 
 
 def erode(mask: np.ndarray, iterations: int = 1, *, axes: Sequence[int] | None = None, box: bool = False
